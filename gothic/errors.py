@@ -1,0 +1,31 @@
+"""User-facing errors and the one place that turns them into a one-line message and an exit code.
+
+Library code raises `GothicError` (or a subclass) with a message that says what is wrong and how
+to fix it. Entry points (stages, console scripts) wrap their `main` in `run_main`, which prints
+that message on one line of stderr and exits 2: no traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class GothicError(Exception):
+    """A problem the user can fix; str() is the complete message."""
+
+
+def run_main(main: Callable[[], object], prog: str) -> None:
+    """Run an entry point; user errors and Ctrl+C become a short message and a non-zero exit."""
+    # Imported here so this module stays importable without the config module's yaml dependency.
+    from gothic.config import ConfigError
+
+    try:
+        code = main()
+    except (GothicError, ConfigError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
