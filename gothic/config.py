@@ -306,15 +306,15 @@ def read_params_dict(path: str | Path = "params.yaml") -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(["file not found (run from the project root, or pass --params PATH)"], str(path))
+        raise ConfigError(["file not found (run from the project root, or pass --params PATH)"], str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"cannot read: {e}"], str(path))
+        raise ConfigError([f"cannot read: {e}"], str(path)) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"not valid YAML{where}: {getattr(e, 'problem', None) or e}"], str(path))
+        raise ConfigError([f"not valid YAML{where}: {getattr(e, 'problem', None) or e}"], str(path)) from None
     return raw if raw is not None else {}
 
 

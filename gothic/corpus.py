@@ -99,6 +99,12 @@ def builtin_files() -> list[tuple[str, Path]]:
             for f in files]
 
 
+def raw_files(raw_dir: Path) -> list[Path]:
+    """The .txt/.md files under raw_dir, recursively, skipping hidden files and folders (.gitkeep)."""
+    return sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in RAW_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(raw_dir).parts))
+
+
 def decode_file(path: Path, encoding_fallback: str) -> str | None:
     """The file's text, or None to skip it; binary or non-UTF-8 files are errors naming the file."""
     data = path.read_bytes()
@@ -122,7 +128,7 @@ def load_documents(cfg: PrepareConfig, raw_dir: Path) -> list[Document]:
         for name, path in builtin_files():
             docs.append(Document(name, normalize(strip_markdown(path.read_text(encoding="utf-8")))))
     if "raw" in cfg.sources and raw_dir.is_dir():
-        for path in sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in RAW_SUFFIXES):
+        for path in raw_files(raw_dir):
             text = decode_file(path, cfg.encoding_fallback)
             if text is None:
                 continue

@@ -97,7 +97,7 @@ def binarize(processed_dir: Path, tokenizer_path: Path, out_dir: Path,
     for split, docs in split_docs.items():
         encoded = encode_documents(tok, docs, progress)
         stream, documents, offset = [], [], 0
-        for doc, ids in zip(docs, encoded):
+        for doc, ids in zip(docs, encoded, strict=True):
             if stream:  # separator between documents, as in the text files
                 stream.append(np.array([eot], dtype=np.int64))
                 offset += 1

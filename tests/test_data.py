@@ -1,0 +1,91 @@
+"""Bins: exact round trip, chunked encoding equals whole encoding, batch sampling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gothic.config import PrepareConfig
+from gothic.corpus import prepare
+from gothic.data import BatchSampler, bin_dtype, binarize, encode_documents, load_meta, load_split, split_into_pieces
+from gothic.errors import GothicError
+from gothic.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+
+@pytest.fixture
+def built(raw_dir, tmp_path):
+    processed, bins = tmp_path / "processed", tmp_path / "bin"
+    prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, processed)
+    save_tokenizer(train_tokenizer([processed / "train.txt"], 300, 2), tmp_path / "tok.json")
+    meta = binarize(processed, tmp_path / "tok.json", bins)
+    return processed, tmp_path / "tok.json", bins, meta
+
+
+def test_decoded_bins_equal_cleaned_text_with_separators(built):
+    processed, tok_path, bins, meta = built
+    tok = load_tokenizer(tok_path)
+    for split in ("train", "val"):
+        ids = load_split(bins, split).tolist()
+        assert tok.decode(ids, skip_special_tokens=False) == (processed / f"{split}.txt").read_text(encoding="utf-8")
+
+
+def test_meta_records_counts_and_tokenizer(built):
+    processed, tok_path, bins, meta = built
+    assert load_meta(bins) == meta == json.loads((bins / "meta.json").read_text())
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 300
+    train = meta["splits"]["train"]
+    assert train["bytes"] == sum(d["bytes"] for d in train["documents"])
+    assert len(train["documents"]) == 2 and train["documents"][1]["start"] == train["documents"][0]["tokens"] + 1
+    assert (bins / "train.bin").stat().st_size == 2 * train["tokens"]
+
+
+def test_dtype_grows_past_uint16():
+    assert bin_dtype(65536) == np.uint16 and bin_dtype(65537) == np.uint32
+
+
+def test_pieces_encode_exactly_like_the_whole(shared_corpus, tmp_path):
+    text = (shared_corpus / "stevenson_jekyll_and_hyde.txt").read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    tok = train_tokenizer([tmp_path / "t.txt"], 1000, 2)
+    pieces = split_into_pieces(text, size=2000)
+    assert len(pieces) > 10 and "".join(pieces) == text
+    [chunked] = encode_documents(tok, [text])
+    assert chunked.tolist() == tok.encode(text).ids
+
+
+def test_progress_callback_counts_every_character(built):
+    processed, tok_path, bins, meta = built
+    totals, done = [], []
+
+    def start(total_chars):
+        totals.append(total_chars)
+        return done.append
+
+    binarize(processed, tok_path, bins, start)
+    assert totals[0] == sum(done) > 0
+
+
+def test_sampler_is_reproducible_and_resumable(built):
+    data = load_split(built[2], "train")
+    a = BatchSampler(data, block_size=8, batch_size=4, seed=3)
+    first = [a.next_batch() for _ in range(3)]
+    b = BatchSampler(data, block_size=8, batch_size=4, seed=3)
+    b.load_state_dict({"batches_drawn": 2})
+    x, y = b.next_batch()
+    assert x.equal(first[2][0]) and y.equal(first[2][1])
+    assert x.shape == (4, 8) and x[:, 1:].equal(y[:, :-1])
+    other_rank = BatchSampler(data, block_size=8, batch_size=4, seed=3, rank=1).next_batch()[0]
+    assert not other_rank.equal(first[0][0])
+
+
+def test_split_smaller_than_block_is_an_error(built):
+    data = load_split(built[2], "val")
+    with pytest.raises(GothicError, match="cannot fill one window of block_size"):
+        BatchSampler(data, block_size=data.size, batch_size=1, seed=0)
+
+
+def test_missing_bins_are_a_clear_error(tmp_path):
+    with pytest.raises(GothicError, match="dvc repro binarize"):
+        load_meta(tmp_path)

@@ -1,0 +1,94 @@
+"""The real thing: `dvc repro` of the project's dvc.yaml in a temporary git repo, with tiny params."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, git_init, has_dvc, venv_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_dvc(), reason="dvc is not installed")]
+
+# Small enough that every stage, training included, runs in seconds on a CPU.
+TINY_PARAMS = {
+    "prepare": {"sources": ["raw"], "val_fraction": 0.3},
+    "tokenizer": {"vocab_size": 300},
+    "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
+    "train": {"max_iters": 4, "batch_size": 2, "grad_accum": 1, "warmup_iters": 1, "eval_interval": 2,
+              "eval_iters": 2, "log_interval": 1, "dtype": "float32", "compile": False, "device": "cpu"},
+    "evaluate": {"batch_size": 2, "device": "cpu"},
+    "sample": {"prompts": ["The castle"], "num_samples": 1, "max_new_tokens": 8, "device": "cpu"},
+}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture
+def project(tmp_path, raw_dir) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("stages", "gothic"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(raw_dir, repo / "data" / "raw")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git_init(repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "core.analytics", "false"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny project"], repo)
+    return repo
+
+
+def test_dvc_repro_runs_clean_and_reruns_only_what_changed(project):
+    first = run(["dvc", "repro"], project)
+    assert {"prepare", "tokenize", "binarize"} <= stages_run(first)
+    meta = json.loads((project / "data/bin/meta.json").read_text())
+    assert meta["vocab_size"] == 300 and meta["splits"]["val"]["tokens"] > 0
+    corpus = json.loads((project / "metrics/corpus.json").read_text())
+    assert corpus["train"]["documents"] == 2 and corpus["val"]["documents"] == 1
+
+    assert json.loads(run(["dvc", "status", "--json"], project)) == {}
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], project)
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tokenizer"]["vocab_size"] = 290
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = stages_run(run(["dvc", "repro"], project))
+    assert {"tokenize", "binarize"} <= rerun and "prepare" not in rerun
+    assert json.loads((project / "data/bin/meta.json").read_text())["vocab_size"] == 290
+
+
+def test_new_book_in_data_raw_reruns_prepare(project):
+    run(["dvc", "repro"], project)
+    (project / "data/raw/delta.txt").write_text("A new tale of the moors and mist.\n" * 50, encoding="utf-8")
+    assert "prepare" in stages_run(run(["dvc", "repro"], project))
+    corpus = json.loads((project / "metrics/corpus.json").read_text())
+    assert corpus["train"]["documents"] + corpus["val"]["documents"] == 4
+
+
+def test_bad_params_fail_with_one_line(project):
+    (project / "params.yaml").write_text("model:\n  n_layers: 2\n")
+    proc = subprocess.run(["python", "stages/prepare.py", "data/raw", "data/processed", "metrics/corpus.json"],
+                          cwd=project, env=venv_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("prepare: error: params.yaml: "
+                                   "model.n_layers: unknown key (did you mean model.n_layer?)")
+    assert not (project / "data/processed").exists()

@@ -1,0 +1,76 @@
+"""BPE training: deterministic, byte-level complete, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from gothic.cli import tokenize_main
+from gothic.errors import GothicError
+from gothic.tokenizer import EOT, eot_id, load_tokenizer, save_tokenizer, train_tokenizer
+
+from conftest import TINY_TEXT
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text(TINY_TEXT * 30 + EOT + TINY_TEXT.upper() * 30, encoding="utf-8")
+    return path
+
+
+def test_training_is_byte_identical_across_runs(text_file, tmp_path):
+    for name in ("a.json", "b.json"):
+        save_tokenizer(train_tokenizer([text_file], 300, 2), tmp_path / name)
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_round_trip_with_unseen_characters_and_special_token(text_file, tmp_path):
+    save_tokenizer(train_tokenizer([text_file], 300, 2), tmp_path / "tok.json")
+    tok = load_tokenizer(tmp_path / "tok.json")
+    assert tok.get_vocab_size() == 300
+    text = "Zebra ünïcödé 🦇 — " + EOT + " night"
+    ids = tok.encode(text).ids
+    assert ids.count(eot_id(tok)) == 1
+    assert tok.decode(ids, skip_special_tokens=False) == text
+
+
+def test_vocab_below_byte_alphabet_is_refused(text_file):
+    with pytest.raises(GothicError, match="below the 257 byte symbols"):
+        train_tokenizer([text_file], 100, 2)
+
+
+def test_vocab_larger_than_corpus_supports_is_refused(text_file):
+    with pytest.raises(GothicError, match=r"supports only \d+ tokens .* lower tokenizer.vocab_size"):
+        train_tokenizer([text_file], 50_000, 2)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(GothicError, match="no such file"):
+        train_tokenizer([tmp_path / "nope.txt"], 300, 2)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(GothicError, match="file is empty"):
+        train_tokenizer([tmp_path / "empty.txt"], 300, 2)
+
+
+def test_load_broken_tokenizer_names_the_file(tmp_path):
+    (tmp_path / "tok.json").write_text("{not json")
+    with pytest.raises(GothicError, match="tok.json: not a valid tokenizer.json"):
+        load_tokenizer(tmp_path / "tok.json")
+
+
+def test_cli_matches_seed_flags(text_file, tmp_path, capsys):
+    out = tmp_path / "cli.json"
+    with pytest.raises(SystemExit) as info:
+        tokenize_main(["--files", str(text_file), "--vocab-size", "300", "--min-frequency", "2", "--output", str(out)])
+    assert info.value.code == 0 and load_tokenizer(out).get_vocab_size() == 300
+    # the CLI and the stage share one core function: same input, same bytes
+    save_tokenizer(train_tokenizer([text_file], 300, 2), tmp_path / "core.json")
+    assert out.read_bytes() == (tmp_path / "core.json").read_bytes()
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        tokenize_main(["--files", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "t.json")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "t.json").exists()
