@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
 from gothic.config import UINT16_VOCAB_LIMIT
@@ -21,6 +21,9 @@ from gothic.corpus import read_documents
 from gothic.errors import GothicError
 from gothic.files import write_json, write_with
 from gothic.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
+
+if TYPE_CHECKING:
+    import torch
 
 META_VERSION = 1
 SPLITS = ("train", "val")
@@ -156,6 +159,8 @@ class BatchSampler:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each int64 of shape (batch_size, block_size)."""
+        import torch  # here, not at the top: the binarize stage needs no torch and starts a second faster
+
         rng = np.random.default_rng([self.seed, self.rank, self.batches_drawn])
         self.batches_drawn += 1
         starts = rng.integers(0, self.data.size - self.block_size, size=self.batch_size)
