@@ -63,3 +63,121 @@ def venv_env() -> dict:
 
 def has_dvc() -> bool:
     return shutil.which("dvc", path=venv_env()["PATH"]) is not None
+
+
+# --- generation / evaluation fixtures -------------------------------------------------------------
+
+# Multi-byte characters on purpose: streaming must never split é, — or an emoji.
+GENERATION_TEXT = TINY_TEXT + "Café — naïve façade, the dragon 🐉 slept; “quoted” words… 東京.\n\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_path(tmp_path_factory) -> Path:
+    """A 300-token byte-level BPE trained in well under a second, saved as tokenizer.json."""
+    from gothic.tokenizer import EOT, save_tokenizer, train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tok")
+    text = folder / "train.txt"
+    text.write_text(GENERATION_TEXT * 20 + EOT + GENERATION_TEXT.upper() * 20, encoding="utf-8")
+    path = folder / "tokenizer.json"
+    save_tokenizer(train_tokenizer([text], 300, 2), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_path):
+    from gothic.tokenizer import load_tokenizer
+
+    return load_tokenizer(tiny_tokenizer_path)
+
+
+def tiny_gpt(vocab_size: int, block_size: int = 32, seed: int = 0, weight_std: float | None = None, **cfg):
+    """The real GPT at a tiny size (n_layer=2, n_head=2, n_embd=16), random weights, eval mode.
+
+    weight_std redraws every matrix with that spread: GPT-2's init (0.02) gives near-uniform logits,
+    so untrained greedy text is one token repeated; 0.5 gives peaked, varied output.
+    """
+    import torch
+
+    from gothic.config import ModelConfig
+    from gothic.model import GPT
+
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=block_size, **cfg), vocab_size).eval()
+    if weight_std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0.0, weight_std)
+    return model
+
+
+def uniform_gpt(vocab_size: int, block_size: int = 32):
+    """A tiny GPT whose logits are all exactly 0 (its tied embedding/head is zeroed), so every
+    next-token loss is ln(vocab_size): a case with a known answer."""
+    import torch
+
+    model = tiny_gpt(vocab_size, block_size)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    return model
+
+
+def save_tiny_checkpoint(path: Path, model, tokenizer_path: Path, step: int = 7) -> Path:
+    """Write `model` as a gothic checkpoint (what generation and evaluation read) tied to a tokenizer."""
+    import dataclasses
+
+    from gothic.checkpoint import save_checkpoint
+    from gothic.tokenizer import tokenizer_sha256
+
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(model.cfg),
+                           "vocab_size": model.vocab_size, "tokenizer_sha256": tokenizer_sha256(tokenizer_path),
+                           "step": step, "best_val_loss": 9.0})
+    return path
+
+
+# --- training fixtures (model / train / checkpoint tests) -------------------------------------------
+
+def tiny_model_config(**overrides):
+    """A GPT small enough to train a few steps in well under a second on CPU."""
+    from gothic.config import ModelConfig
+
+    return ModelConfig(**{"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, **overrides})
+
+
+def tiny_train_config(**overrides):
+    """float32 (bitwise comparisons), a high lr so a few steps show learning, frequent evals."""
+    from gothic.config import TrainConfig
+
+    return TrainConfig(**{"max_iters": 12, "batch_size": 4, "grad_accum": 2, "learning_rate": 1.0e-2,
+                          "min_lr": 1.0e-3, "warmup_iters": 2, "eval_interval": 4, "eval_iters": 2,
+                          "log_interval": 2, "dtype": "float32", "compile": False, "device": "cpu",
+                          "seed": 7, **overrides})
+
+
+@pytest.fixture(scope="session")
+def train_bins(tiny_tokenizer_path, tmp_path_factory) -> Path:
+    """data/bin built by the real binarize from a repetitive text with tiny_tokenizer_path
+    (a few thousand tokens per split: learnable in a few steps)."""
+    from gothic.data import binarize
+    from gothic.tokenizer import EOT
+
+    folder = tmp_path_factory.mktemp("train_data")
+    processed = folder / "processed"
+    processed.mkdir()
+    (processed / "train.txt").write_text((TINY_TEXT * 30 + EOT) * 2 + TINY_TEXT.upper() * 10, encoding="utf-8")
+    (processed / "val.txt").write_text(TINY_TEXT * 10, encoding="utf-8")
+    binarize(processed, tiny_tokenizer_path, folder / "bin")
+    return folder / "bin"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning
+    threads make them ~40x slower; use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

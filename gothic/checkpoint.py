@@ -1,0 +1,168 @@
+"""Checkpoints: save and load training state, atomically and safely.
+
+A checkpoint is one `torch.save` file holding only tensors and plain Python values, so it loads
+with `torch.load(weights_only=True)`: a file that would need to run code to unpickle is refused,
+never executed. Writes are atomic (temp file, fsync, rename), so a crash never leaves a half file.
+
+Contents (FORMAT_VERSION 1): `format_version`, `model` (the uncompiled model's state_dict),
+`model_config` (ModelConfig fields), `train_config`, `vocab_size`, `tokenizer_sha256`, `step`,
+`best_val_loss`, `best_step`, `val_loss`, `tokens_seen`, `train_time_s`, `optimizer`, `scaler`,
+`sampler`, `rng` (one entry per rank: python, numpy, torch, cuda), `history` (logged rows).
+
+Readers elsewhere (generation, evaluation, chat) only need `load_model`:
+
+    model, ckpt = load_model("models/best.pt", device="auto")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gothic.config import ModelConfig
+from gothic.errors import GothicError
+from gothic.files import atomic_path
+from gothic.model import GPT
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "model", "model_config", "vocab_size", "tokenizer_sha256", "step",
+                 "best_val_loss")
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device for a `device` param: 'auto' picks cuda > mps > cpu; plain 'cuda' means the
+    local rank's GPU under DDP. A device that is not there is a GothicError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GothicError(f"device {name!r} asked for but CUDA is not available; use device: auto or cpu")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GothicError("device 'mps' asked for but MPS is not available; use device: auto or cpu")
+    return torch.device(name)
+
+
+def capture_rng_state(device: torch.device) -> dict:
+    """This process's random generator states, as tensors and plain values."""
+    _, mt_keys, mt_pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "python": [version, list(py_state), py_gauss],
+        "numpy": [torch.from_numpy(mt_keys.astype(np.int64)), mt_pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rng_state(state: dict, device: torch.device) -> None:
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write `state` (tensors and plain values) atomically, stamped with FORMAT_VERSION."""
+    state = {"format_version": FORMAT_VERSION, **state}
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(state, tmp)
+        except OSError as e:
+            raise GothicError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and check a gothic checkpoint under weights_only=True.
+
+    Raises GothicError, naming the file, when it is missing, truncated, not a gothic checkpoint,
+    written by a newer gothic, or holds objects that would run code when unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GothicError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise GothicError(f"{path}: refused to load: it holds Python objects that could run code "
+                              "(only tensors and plain values are allowed); not a gothic checkpoint") from None
+        raise GothicError(f"{path}: cannot be read ({_first_line(e)}); the file is truncated or not a checkpoint") \
+            from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+        raise GothicError(f"{path}: cannot be read ({_first_line(e)}); the file is truncated or not a checkpoint") \
+            from None
+    return _check_contents(path, ckpt)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _check_contents(path: Path, ckpt) -> dict:
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise GothicError(f"{path}: not a gothic checkpoint (no format_version); train one with gothic-train")
+    version = ckpt["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise GothicError(f"{path}: checkpoint format {version!r} is newer than this gothic reads "
+                          f"({FORMAT_VERSION}); upgrade gothic")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise GothicError(f"{path}: checkpoint lacks {', '.join(missing)}; the file is damaged")
+    return ckpt
+
+
+def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
+    """The ModelConfig a checkpoint was trained with; unknown or invalid fields are a GothicError."""
+    raw = ckpt["model_config"]
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    if not isinstance(raw, dict) or raw.keys() - fields:
+        raise GothicError(f"{path}: model_config has fields this gothic does not know; upgrade gothic")
+    try:
+        cfg = ModelConfig(**raw)
+    except TypeError as e:
+        raise GothicError(f"{path}: invalid model_config ({e})") from None
+    problems = cfg.check()
+    if problems:
+        raise GothicError(f"{path}: invalid model_config: {'; '.join(problems)}")
+    return cfg
+
+
+def load_weights(model: GPT, state: dict, path: Path) -> None:
+    """Copy a state_dict into model; a shape or key mismatch is a GothicError naming the file."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        detail = _first_line(e) if len(str(e)) < 300 else str(e).splitlines()[0][:300]
+        raise GothicError(f"{path}: weights do not fit the model config it records ({detail})") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
+    """Build the GPT a checkpoint describes and load its weights.
+
+    Args:
+        path: a checkpoint written by training (best.pt, latest.pt, final.pt).
+        device: a torch device or a `device` param value ('auto', 'cpu', 'cuda', ...).
+    Returns:
+        (model in eval mode on device, the checkpoint dict).
+    """
+    path = Path(path)
+    device = resolve_device(device) if isinstance(device, str) else device
+    ckpt = load_checkpoint(path)
+    cfg = model_config_from(path, ckpt)
+    model = GPT(cfg, int(ckpt["vocab_size"]))
+    load_weights(model, ckpt["model"], path)
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,843 @@
+"""The training loop: single process, or DDP under torchrun. The `train` stage and gothic-train call `train`.
+
+One call builds the model from `ModelConfig`, reads the token bins, and runs `TrainConfig.max_iters`
+optimizer steps: gradient accumulation, clipping, linear warmup + cosine decay, autocast (bf16, or
+fp16 with a GradScaler), optional torch.compile, a periodic val loss on fixed batches, and
+checkpoints in `out_dir` (latest.pt every eval, best.pt at the lowest val loss, final.pt). Rank 0
+writes TensorBoard scalars to `out_dir/logs`. With `resume`, everything (weights, optimizer, data
+position, RNG) comes back from latest.pt, so on CPU a stopped-and-resumed run ends bit for bit
+where an uninterrupted one does. Ctrl+C (or SIGTERM) finishes the current step, saves latest.pt
+and stops; a second Ctrl+C stops at once.
+
+    torchrun --standalone --nproc_per_node 2 -m gothic.train --params params.yaml  # DDP: gloo on CPU, NCCL on GPU
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gothic.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    resolve_device,
+    restore_rng_state,
+    save_checkpoint,
+)
+from gothic.config import ModelConfig, TrainConfig, to_dict
+from gothic.data import BatchSampler, load_meta, load_split
+from gothic.errors import GothicError
+from gothic.files import atomic_path, write_text
+from gothic.model import GPT
+from gothic.tokenizer import tokenizer_sha256
+
+Log = Callable[[str], None]
+Batch = tuple[Tensor, Tensor]
+
+
+# --- learning-rate schedule -------------------------------------------------------------------
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
+
+    Warmup reaches learning_rate at step warmup_iters - 1 (step 0 already moves, at lr/warmup);
+    the cosine runs from warmup_iters to max_iters, where it lands on min_lr and stays.
+    """
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
+    if step >= cfg.max_iters:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_iters) / (cfg.max_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+# --- optimizers -------------------------------------------------------------------------------
+
+# Coefficients of the quintic Newton-Schulz iteration from Keller Jordan's Muon write-up (2024):
+# chosen for a steep slope at 0, so small singular values grow fast; they converge to roughly
+# [0.7, 1.2] rather than exactly 1, which the write-up shows does not hurt training.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+MUON_MOMENTUM = 0.95
+
+
+def orthogonalize(g: Tensor, steps: int = NS_STEPS) -> Tensor:
+    """Approximately replace g = U S V^T by U V^T (all singular values ~1), without an SVD."""
+    a, b, c = NS_COEFFS
+    # bf16 is fast and accurate enough on GPUs; CPUs without bf16 units are faster in fp32
+    x = g.bfloat16() if g.is_cuda else g.float()
+    wide = x.size(0) <= x.size(1)
+    if not wide:  # iterate on the wide orientation, so x @ x.T is the smaller Gram matrix
+        x = x.T
+    x = x / (x.norm() + 1e-7)  # Frobenius norm bounds the spectral norm: singular values <= 1
+    for _ in range(steps):
+        gram = x @ x.T  # (rows, rows)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.T).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (MomentUm Orthogonalized by Newton-schulz) for 2-D hidden weight matrices.
+
+    Each step takes SGD momentum (Nesterov), orthogonalises the update with `orthogonalize`, and
+    scales it by sqrt(max(1, rows / cols)) so tall matrices get an update of the same RMS per
+    entry. Weight decay is decoupled, as in AdamW: p <- p * (1 - lr * weight_decay).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = MUON_MOMENTUM, weight_decay: float = 0.0,
+                 nesterov: bool = True):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(momentum).add_(p.grad)
+                update = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                p.mul_(1.0 - lr * group["weight_decay"])
+                p.add_(orthogonalize(update), alpha=-lr * scale)
+        return None
+
+
+def _param_groups(model: GPT) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """(hidden, decay, no_decay): the blocks' 2-D weights (Muon's, when enabled); other matrices
+    (token embedding / head); biases, norm gains and the position table, which are not decayed."""
+    hidden_ids = {id(p) for p in model.blocks.parameters() if p.dim() == 2}
+    hidden, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():  # a tied weight is listed once
+        if id(p) in hidden_ids:
+            hidden.append(p)
+        elif p.dim() >= 2 and not name.startswith("wpe."):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return hidden, decay, no_decay
+
+
+def build_optimizers(model: GPT, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+    """AdamW with weight decay on matrices only; with optimizer=muon, Muon takes the hidden matrices.
+
+    Every param group carries `base_lr`, the peak that `set_lr` scales by the schedule.
+    """
+    hidden, decay, no_decay = _param_groups(model)
+    use_muon = cfg.optimizer == "muon"
+    adam_groups = [{"params": decay if use_muon else hidden + decay, "weight_decay": cfg.weight_decay},
+                   {"params": no_decay, "weight_decay": 0.0}]
+    for group in adam_groups:
+        group["base_lr"] = cfg.learning_rate
+    adamw = torch.optim.AdamW(adam_groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                              fused=True if device.type == "cuda" else None)
+    if not use_muon:
+        return [adamw]
+    # Muon's decoupled decay is multiplied by its own (much larger) lr; rescale it so the matrices
+    # shrink by the same factor per step as under AdamW.
+    muon_wd = cfg.weight_decay * cfg.learning_rate / cfg.muon_lr
+    muon = Muon([{"params": hidden, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr, weight_decay=muon_wd)
+    return [adamw, muon]
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig) -> float:
+    """Apply the schedule for `step` to every group (relative to its base_lr); returns the AdamW lr."""
+    factor = get_lr(step, cfg) / cfg.learning_rate
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * factor
+    return cfg.learning_rate * factor
+
+
+# --- devices, precision, processes -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in a (possibly one-process) DDP job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun job if there is one (NCCL on GPU, gloo on CPU); pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if world_size == 1:
+        return Dist(), device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(torch_dist.get_rank(), world_size, local_rank), device
+
+
+def all_reduce(values: list[float], dist: Dist, device: torch.device, op=torch_dist.ReduceOp.SUM) -> list[float]:
+    """Reduce a few floats across ranks (identity in a single process)."""
+    if not dist.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch_dist.all_reduce(t, op=op)
+    return t.tolist()
+
+
+@dataclass
+class Precision:
+    dtype: torch.dtype
+    device_type: str
+    scaler: torch.amp.GradScaler | None
+
+    def autocast(self) -> AbstractContextManager:
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        if self.dtype == torch.float32:
+            return "float32"
+        return f"{str(self.dtype).removeprefix('torch.')} autocast" + (" + GradScaler" if self.scaler else "")
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """Autocast dtype for `train.dtype` on device; bf16 falls back to fp16 on GPUs without it."""
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    # fp16's narrow exponent underflows small gradients; the scaler multiplies the loss up first
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return Precision(dtype, device.type, scaler)
+
+
+def should_compile(setting: bool | str, device: torch.device) -> bool:
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingData:
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    tokenizer_sha256: str
+
+
+def _load_tokens(bin_dir: Path, file_name: str, split: str, meta: dict, block_size: int) -> np.ndarray:
+    """Memory-map one split; a split too short for a single window is a GothicError."""
+    if file_name == f"{split}.bin":
+        data = load_split(bin_dir, split, meta)
+    else:  # a differently named file: meta.json cannot vouch for its length
+        path = bin_dir / file_name
+        if not path.is_file():
+            raise GothicError(f"{path}: not found; build the bins first (`dvc repro binarize`)")
+        data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+    if data.size <= block_size:
+        raise GothicError(f"{bin_dir / file_name}: {data.size} tokens cannot fill one window of "
+                          f"model.block_size={block_size} (+1 target); lower model.block_size or add text")
+    return data
+
+
+def load_training_data(bin_dir: Path, tokenizer_path: Path, block_size: int, train_file: str = "train.bin",
+                       val_file: str = "val.bin") -> TrainingData:
+    """Open the bins and check they were built with this tokenizer."""
+    meta = load_meta(bin_dir)
+    if not Path(tokenizer_path).is_file():
+        raise GothicError(f"{tokenizer_path}: tokenizer not found (run `dvc repro tokenize` or pass --tokenizer)")
+    sha = tokenizer_sha256(tokenizer_path)
+    if sha != meta.get("tokenizer_sha256"):
+        raise GothicError(f"{bin_dir}/meta.json: bins were built with another tokenizer than {tokenizer_path}; "
+                          "rebuild them with `dvc repro binarize`")
+    return TrainingData(_load_tokens(bin_dir, train_file, "train", meta, block_size),
+                        _load_tokens(bin_dir, val_file, "val", meta, block_size), int(meta["vocab_size"]), sha)
+
+
+class GlobalBatchStream:
+    """One seeded stream of micro-batches shared by all ranks: rank r of W takes r, r + W, r + 2W, ...
+
+    So W ranks x grad_accum k see exactly the batches that one process with grad_accum k x W sees
+    (the same global batch), and a resumed run continues the stream at any world size. The state is
+    BatchSampler's, with `batches_drawn` counting batches consumed by all ranks together.
+    """
+
+    def __init__(self, sampler: BatchSampler, dist: Dist):
+        self.sampler, self.rank, self.world_size = sampler, dist.rank, dist.world_size
+        self.consumed = 0
+
+    def next_batch(self) -> Batch:
+        self.sampler.batches_drawn = self.consumed + self.rank
+        self.consumed += self.world_size
+        return self.sampler.next_batch()
+
+    def state_dict(self) -> dict:
+        return {**self.sampler.state_dict(), "rank": 0, "batches_drawn": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed = int(state["batches_drawn"])
+
+
+# --- one step, one evaluation -----------------------------------------------------------------
+
+def train_step(model: nn.Module, micro_batches: list[Batch], optimizers: list[torch.optim.Optimizer],
+               precision: Precision, grad_clip: float = 0.0,
+               no_sync: Callable[[], AbstractContextManager] = nullcontext) -> Tensor:
+    """One optimizer update over the micro-batches; returns their mean loss (a detached scalar).
+
+    Each micro-batch's loss is divided by their number, so k micro-batches of b sequences give the
+    gradient of one batch of k x b. `no_sync` (DDP's) skips the gradient all-reduce on all but the
+    last micro-batch.
+    """
+    n = len(micro_batches)
+    total = torch.zeros((), device=micro_batches[0][0].device)
+    for i, (x, y) in enumerate(micro_batches):
+        with no_sync() if i < n - 1 else nullcontext():
+            with precision.autocast():
+                _, loss = model(x, y)
+            loss = loss / n
+            (precision.scaler.scale(loss) if precision.scaler else loss).backward()
+        total += loss.detach()
+    _update(model, optimizers, precision.scaler, grad_clip)
+    return total
+
+
+def _update(model: nn.Module, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler | None,
+            grad_clip: float) -> None:
+    if scaler is not None:
+        for opt in optimizers:
+            scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        if scaler is not None:
+            scaler.step(opt)  # skipped when the gradients overflowed
+        else:
+            opt.step()
+    if scaler is not None:
+        scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def estimate_loss(model: GPT, data: np.ndarray, batch_size: int, eval_iters: int, seed: int,
+                  precision: Precision, dist: Dist = Dist()) -> float:
+    """Mean loss over eval_iters batches drawn with a fixed seed: the same batches at every eval,
+    so successive values compare weights, not luck. Ranks share out the batches."""
+    device = next(model.parameters()).device
+    sampler = BatchSampler(data, model.cfg.block_size, batch_size, seed)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(dist.rank, eval_iters, dist.world_size):
+        sampler.batches_drawn = i
+        x, y = sampler.next_batch()
+        with precision.autocast():
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.double()
+    model.train(was_training)
+    (total_sum,) = all_reduce([total.item()], dist, device)
+    return total_sum / eval_iters
+
+
+# --- run state, checkpoints, resume -----------------------------------------------------------
+
+@dataclass
+class RunState:
+    """Everything about a run's progress that a checkpoint carries besides model and optimizer."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    val_loss: float = math.inf
+    tokens_seen: int = 0
+    wall_time_s: float = 0.0
+    # rows for the plots: {"step", "train_loss", "lr", "tokens_per_s"} and {"step", "val_loss"}
+    history: dict[str, list[dict]] = field(default_factory=lambda: {"train": [], "val": []})
+
+
+@dataclass
+class Run:
+    """The objects of one training run, so helpers take one argument instead of ten."""
+
+    model: GPT
+    optimizers: list[torch.optim.Optimizer]
+    precision: Precision
+    stream: GlobalBatchStream
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    data: TrainingData
+    dist: Dist
+    device: torch.device
+    out_dir: Path
+    state: RunState = field(default_factory=RunState)
+    started: float = field(default_factory=time.perf_counter)
+    """When this session began; state.wall_time_s adds the session's time to earlier sessions'."""
+    wall_offset: float = 0.0
+
+    def update_wall_time(self) -> None:
+        self.state.wall_time_s = self.wall_offset + time.perf_counter() - self.started
+
+
+# what resume needs beyond what every checkpoint has (gothic.checkpoint.REQUIRED_KEYS)
+RESUME_KEYS = ("train_config", "optimizer", "sampler", "rng", "best_step", "val_loss", "tokens_seen", "wall_time_s",
+               "history")
+
+
+def checkpoint_dict(run: Run, rng_states: list[dict]) -> dict:
+    s = run.state
+    return {
+        "model": run.model.state_dict(),  # the plain module's: no DDP `module.` or compile `_orig_mod.` prefixes
+        "model_config": to_dict(run.model_cfg),
+        "train_config": to_dict(run.train_cfg),
+        "vocab_size": run.data.vocab_size,
+        "tokenizer_sha256": run.data.tokenizer_sha256,
+        "step": s.step, "best_val_loss": s.best_val_loss, "best_step": s.best_step, "val_loss": s.val_loss,
+        "tokens_seen": s.tokens_seen, "wall_time_s": s.wall_time_s,
+        "optimizer": [opt.state_dict() for opt in run.optimizers],
+        "scaler": run.precision.scaler.state_dict() if run.precision.scaler else None,
+        "sampler": run.stream.state_dict(),
+        "rng": rng_states,
+        "history": s.history,
+    }
+
+
+def gather_rng_states(run: Run) -> list[dict]:
+    """Every rank's RNG state (a collective call under DDP), indexed by rank."""
+    mine = capture_rng_state(run.device)
+    if not run.dist.enabled:
+        return [mine]
+    states: list = [None] * run.dist.world_size
+    torch_dist.all_gather_object(states, mine)
+    return states
+
+
+def save_run(run: Run, names: tuple[str, ...]) -> None:
+    """Write latest.pt (all ranks join the RNG gather; rank 0 writes) and copy it to the other names."""
+    run.update_wall_time()
+    rng_states = gather_rng_states(run)
+    if not run.dist.is_main:
+        return
+    latest = run.out_dir / "latest.pt"
+    save_checkpoint(latest, checkpoint_dict(run, rng_states))
+    for name in names:
+        with atomic_path(run.out_dir / name) as tmp:
+            shutil.copyfile(latest, tmp)
+
+
+def _check_resumable(path: Path, ckpt: dict, run: Run) -> None:
+    """Refuse a checkpoint from another tokenizer, vocabulary, model shape or optimizer."""
+    if ckpt["tokenizer_sha256"] != run.data.tokenizer_sha256:
+        raise GothicError(f"{path}: trained with another tokenizer than the bins use; "
+                          "start fresh (train.resume: false) or use the original tokenizer")
+    if ckpt["vocab_size"] != run.data.vocab_size:
+        raise GothicError(f"{path}: vocab_size {ckpt['vocab_size']} but the bins have {run.data.vocab_size}")
+    # dropout shapes nothing, so it may change on resume; every other field must match
+    saved, wanted = ckpt["model_config"], to_dict(run.model_cfg)
+    diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, params {v!r}" for k, v in wanted.items()
+             if k != "dropout" and saved.get(k) != v]
+    if diffs:
+        raise GothicError(f"{path}: a different model shape ({'; '.join(diffs)}); "
+                          "restore those params or start fresh with train.resume: false")
+    saved_opt = ckpt["train_config"].get("optimizer")
+    if saved_opt != run.train_cfg.optimizer or len(ckpt["optimizer"]) != len(run.optimizers):
+        raise GothicError(f"{path}: trained with optimizer {saved_opt!r}, params say {run.train_cfg.optimizer!r}")
+
+
+def resume_run(run: Run, path: Path) -> None:
+    """Restore weights, optimizer, scaler, data position, RNG and progress from a checkpoint."""
+    if not path.is_file():
+        raise GothicError(f"{path}: no checkpoint to resume from; train once with train.resume: false")
+    # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
+    ckpt = load_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise GothicError(f"{path}: holds no training state ({', '.join(missing)}), so it cannot be resumed; "
+                          "start fresh with train.resume: false")
+    _check_resumable(path, ckpt, run)
+    if ckpt["step"] >= run.train_cfg.max_iters:
+        raise GothicError(f"{path}: already at step {ckpt['step']}; raise train.max_iters above it to train on")
+    load_weights(run.model, ckpt["model"], path)
+    try:
+        for opt, state in zip(run.optimizers, ckpt["optimizer"], strict=True):
+            opt.load_state_dict(state)
+    except (ValueError, KeyError) as e:
+        raise GothicError(f"{path}: optimizer state does not fit ({e})") from None
+    if run.precision.scaler is not None and ckpt.get("scaler"):
+        run.precision.scaler.load_state_dict(ckpt["scaler"])
+    run.stream.load_state_dict(ckpt["sampler"])
+    run.wall_offset = ckpt["wall_time_s"]
+    rng = ckpt["rng"]
+    restore_rng_state(rng[run.dist.rank] if run.dist.rank < len(rng) else rng[0], run.device)
+    step = ckpt["step"]
+    history = {k: [row for row in rows if row["step"] <= step] for k, rows in ckpt["history"].items()}
+    run.state = RunState(step=step, best_val_loss=ckpt["best_val_loss"], best_step=ckpt["best_step"],
+                         val_loss=ckpt["val_loss"], tokens_seen=ckpt["tokens_seen"],
+                         wall_time_s=ckpt["wall_time_s"], history=history)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before training, not after an hour, when out_dir cannot take checkpoints."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except (PermissionError, FileExistsError, NotADirectoryError) as e:
+        raise GothicError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
+
+
+# --- interruption, logging ---------------------------------------------------------------------
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step (so a
+    checkpoint can be written between steps); a second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+class RunLog:
+    """Rank 0's outputs while training: log lines or a rich progress bar, and TensorBoard scalars."""
+
+    def __init__(self, out_dir: Path, state: RunState, max_iters: int, log: Log | None, show_progress: bool):
+        from torch.utils.tensorboard import SummaryWriter  # slow import, only where logs are written
+
+        # purge_step drops events a stopped run logged past the step we resume from
+        self.writer = SummaryWriter(str(out_dir / "logs"), purge_step=state.step)
+        self.state, self.log = state, log or (lambda _msg: None)
+        self.bar, self.task = None, None
+        if show_progress:
+            from gothic.progress import progress_bar
+
+            self.bar = progress_bar()
+            self.task = self.bar.add_task("train", total=max_iters, completed=state.step, status="")
+            self.bar.start()
+            # log lines go above the bar; plain text, so a path with [brackets] is no markup
+            console = self.bar.console
+            self.log = lambda msg: console.print(msg, markup=False, highlight=False)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.state.step)
+
+    def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
+        step = self.state.step
+        self.state.history["train"].append({"step": step, "train_loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
+        for tag, value in (("loss/train", loss), ("perplexity/train", math.exp(min(loss, 50.0))),
+                           ("learning_rate", lr), ("tokens_per_s", tokens_per_s)):
+            self.writer.add_scalar(tag, value, step)
+        status = f"loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
+        if self.bar is not None:
+            self.bar.update(self.task, status=status)
+        else:
+            self.log(f"step {step}: {status}")
+
+    def val_row(self, val_loss: float, is_best: bool) -> None:
+        step = self.state.step
+        self.state.history["val"].append({"step": step, "val_loss": val_loss})
+        self.writer.add_scalar("loss/val", val_loss, step)
+        self.writer.add_scalar("perplexity/val", math.exp(min(val_loss, 50.0)), step)
+        self.log(f"step {step}: val loss {val_loss:.4f}" + (" (best, saved best.pt)" if is_best else ""))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        self.writer.close()
+
+
+class NullLog(RunLog):
+    """What ranks other than 0 write: nothing."""
+
+    def __init__(self):
+        self.log = lambda _msg: None
+
+    def step(self) -> None:
+        pass
+
+    def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
+        pass
+
+    def val_row(self, val_loss: float, is_best: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Window:
+    """Train loss and throughput between two log lines (mean loss synced across ranks)."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)  # stays on the device: no sync per step
+        self.steps, self.seconds, self.started = 0, 0.0, time.perf_counter()
+
+    def add(self, loss: Tensor) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+
+    def pause(self) -> None:
+        """Stop the clock (evaluation and checkpoints are not training time)."""
+        self.seconds += time.perf_counter() - self.started
+
+    def resume(self) -> None:
+        self.started = time.perf_counter()
+
+    def close(self, dist: Dist) -> tuple[float, int, float]:
+        """(mean loss over the window and ranks, steps, seconds), and start a new window."""
+        self.pause()
+        (loss_sum,) = all_reduce([self.loss_sum.item()], dist, self.loss_sum.device)
+        result = (loss_sum / (self.steps * dist.world_size), self.steps, self.seconds)
+        self.loss_sum.zero_()
+        self.steps, self.seconds = 0, 0.0
+        self.resume()
+        return result
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    metrics: dict
+    history: dict[str, list[dict]]
+    out_dir: Path
+    rank: int = 0
+    """Only rank 0 should write outputs from it."""
+
+
+def build_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, out_dir: Path, dist: Dist,
+              device: torch.device) -> Run:
+    torch.manual_seed(train_cfg.seed)
+    np.random.seed(train_cfg.seed)
+    model = GPT(model_cfg, data.vocab_size).to(device)  # same initial weights on every rank
+    torch.manual_seed(train_cfg.seed + dist.rank)  # but different dropout masks
+    sampler = BatchSampler(data.train, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed)
+    return Run(model, build_optimizers(model, train_cfg, device), resolve_precision(train_cfg.dtype, device),
+               GlobalBatchStream(sampler, dist), model_cfg, train_cfg, data, dist, device, out_dir)
+
+
+def wrap_for_training(run: Run) -> tuple[nn.Module, Callable[[], AbstractContextManager]]:
+    """The module the loop calls (DDP, then compiled) and the matching no_sync."""
+    module: nn.Module = run.model
+    no_sync: Callable[[], AbstractContextManager] = nullcontext
+    if run.dist.enabled:
+        ddp = DistributedDataParallel(module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+        module, no_sync = ddp, ddp.no_sync
+    if should_compile(run.train_cfg.compile, run.device):
+        module = torch.compile(module)
+    return module, no_sync
+
+
+def tokens_per_step(run: Run) -> int:
+    cfg = run.train_cfg
+    return cfg.batch_size * cfg.grad_accum * run.model_cfg.block_size * run.dist.world_size
+
+
+def startup_line(run: Run) -> str:
+    cfg, m = run.train_cfg, run.model
+    compiled = "on" if should_compile(cfg.compile, run.device) else "off"
+    ranks = f" x {run.dist.world_size} ranks" if run.dist.enabled else ""
+    start = f"resuming at step {run.state.step}" if run.state.step else "from scratch"
+    return (f"train: {run.device} | {run.precision.describe()} | compile {compiled} | "
+            f"{m.num_params(non_embedding=False) / 1e6:.2f}M params ({m.num_params() / 1e6:.2f}M non-embedding) | "
+            f"{tokens_per_step(run):,} tokens/step ({cfg.batch_size} x {cfg.grad_accum} x "
+            f"{run.model_cfg.block_size}{ranks}) | {start}, to step {cfg.max_iters}")
+
+
+def stop_agreed(stop: StopRequest, run: Run) -> bool:
+    """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+    if not run.dist.enabled:
+        return stop.requested
+    return all_reduce([float(stop.requested)], run.dist, run.device, torch_dist.ReduceOp.MAX)[0] > 0
+
+
+def evaluate_and_save(run: Run, run_log: RunLog, final: bool) -> None:
+    cfg, state = run.train_cfg, run.state
+    state.val_loss = estimate_loss(run.model, run.data.val, cfg.batch_size, cfg.eval_iters, cfg.seed,
+                                   run.precision, run.dist)
+    is_best = state.val_loss < state.best_val_loss
+    if is_best:
+        state.best_val_loss, state.best_step = state.val_loss, state.step
+    run_log.val_row(state.val_loss, is_best)
+    save_run(run, (("best.pt",) if is_best else ()) + (("final.pt",) if final else ()))
+
+
+@contextmanager
+def oom_as_error(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Out-of-memory becomes a GothicError naming the knobs that shrink memory."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; CPU/MPS allocators raise plain ones
+        text = str(e)
+        if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in text \
+                and "can't allocate memory" not in text:
+            raise
+        raise GothicError(
+            f"out of memory on {device} at train.batch_size={train_cfg.batch_size}, "
+            f"model.block_size={model_cfg.block_size}: lower train.batch_size (raise train.grad_accum to "
+            "keep the global batch), or lower model.block_size / the model size") from None
+
+
+def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextManager], run_log: RunLog,
+             stop: StopRequest, on_step: Callable[[int], None] | None) -> tuple[float, int]:
+    """Train to max_iters; returns (seconds spent in training steps, tokens trained on this session).
+
+    On a stop request, saves latest.pt at the step just finished and raises KeyboardInterrupt.
+    """
+    cfg, state = run.train_cfg, run.state
+    step_tokens = tokens_per_step(run)
+    window, train_seconds, session_steps = Window(run.device), 0.0, 0
+    while state.step < cfg.max_iters:
+        lr = set_lr(run.optimizers, state.step, cfg)
+        batches = [tuple(t.to(run.device, non_blocking=True) for t in run.stream.next_batch())
+                   for _ in range(cfg.grad_accum)]
+        window.add(train_step(module, batches, run.optimizers, run.precision, cfg.grad_clip, no_sync))
+        state.step += 1
+        state.tokens_seen += step_tokens
+        session_steps += 1
+        run_log.step()
+        is_last = state.step == cfg.max_iters
+        if state.step % cfg.log_interval == 0 or is_last:
+            loss, steps, seconds = window.close(run.dist)
+            train_seconds += seconds
+            run_log.train_row(loss, lr, steps * step_tokens / max(seconds, 1e-9))
+        if on_step is not None:
+            on_step(state.step)
+        stopping = stop_agreed(stop, run)
+        window.pause()
+        if state.step % cfg.eval_interval == 0 or is_last:
+            evaluate_and_save(run, run_log, final=is_last)
+        elif stopping:
+            save_run(run, ())
+        if stopping and not is_last:
+            run_log.log(f"stopped at step {state.step}: saved {run.out_dir / 'latest.pt'}; "
+                        "continue with train.resume: true (gothic-train --resume)")
+            raise KeyboardInterrupt
+        window.resume()
+    return train_seconds, session_steps * step_tokens
+
+
+def collect_metrics(run: Run, train_seconds: float, session_tokens: int) -> dict:
+    state, model = run.state, run.model
+    train_rows = state.history["train"]
+    return {
+        "step": state.step,
+        "train_loss": round(train_rows[-1]["train_loss"], 6) if train_rows else None,
+        "val_loss": round(state.val_loss, 6) if math.isfinite(state.val_loss) else None,
+        "best_val_loss": round(state.best_val_loss, 6) if math.isfinite(state.best_val_loss) else None,
+        "best_step": state.best_step,
+        "tokens_seen": state.tokens_seen,
+        "tokens_per_s": round(session_tokens / train_seconds, 1) if train_seconds > 0 else None,
+        "wall_time_s": round(state.wall_time_s, 2),
+        "params": model.num_params(non_embedding=False),
+        "params_non_embedding": model.num_params(),
+    }
+
+
+def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, tokenizer_path: str | Path,
+          out_dir: str | Path, *, train_file: str = "train.bin", val_file: str = "val.bin", log: Log | None = None,
+          show_progress: bool | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train (or, with train_cfg.resume, continue) a GPT on the bins in bin_dir.
+
+    Args:
+        model_cfg, train_cfg: the `model` and `train` sections of params.yaml.
+        bin_dir: folder with meta.json and the split bins.
+        tokenizer_path: the tokenizer the bins were built with (checked against meta.json).
+        out_dir: where checkpoints and logs/ go (`models/`).
+        train_file, val_file: names of the split bins inside bin_dir.
+        log: receives one-line messages (rank 0 only); None is silent.
+        show_progress: a rich progress bar instead of log lines per log_interval; None = when
+            stdout is a terminal.
+        on_step: called with the step number after every optimizer step (tests use it to
+            interrupt a run).
+    Returns:
+        TrainResult with the metrics for metrics/train.json and the history for the plots.
+    Raises:
+        GothicError: bad input (bins, tokenizer, checkpoint, permissions, out of memory).
+        KeyboardInterrupt: after a stop request (Ctrl+C, SIGTERM), once latest.pt holds the last step.
+    """
+    dist, device = init_distributed(train_cfg.device)
+    try:
+        data = load_training_data(Path(bin_dir), Path(tokenizer_path), model_cfg.block_size, train_file, val_file)
+        out_dir = Path(out_dir)
+        if dist.is_main:
+            check_writable(out_dir)
+        with oom_as_error(model_cfg, train_cfg, device):
+            run = build_run(model_cfg, train_cfg, data, out_dir, dist, device)
+            if train_cfg.resume:
+                resume_run(run, out_dir / "latest.pt")
+            module, no_sync = wrap_for_training(run)
+            if log and dist.is_main:
+                log(startup_line(run))
+            if show_progress is None:
+                show_progress = os.isatty(1)
+            run_log = RunLog(out_dir, run.state, train_cfg.max_iters, log, show_progress) if dist.is_main \
+                else NullLog()
+            try:
+                with StopRequest() as stop:
+                    train_seconds, session_tokens = run_loop(run, module, no_sync, run_log, stop, on_step)
+            finally:
+                run_log.close()
+        run.update_wall_time()
+        return TrainResult(collect_metrics(run, train_seconds, session_tokens), run.state.history, out_dir,
+                           dist.rank)
+    finally:
+        if dist.enabled and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def write_curves(history: dict[str, list[dict]], plots_dir: str | Path) -> None:
+    """The DVC plot files: train_loss.tsv, val_loss.tsv and learning_rate.tsv, one row per logged step."""
+    plots_dir = Path(plots_dir)
+    tables = {"train_loss.tsv": ("train", "train_loss"), "val_loss.tsv": ("val", "val_loss"),
+              "learning_rate.tsv": ("train", "lr")}
+    for file_name, (kind, column) in tables.items():
+        lines = [f"step\t{column}"] + [f"{row['step']}\t{row[column]:.6g}" for row in history[kind]]
+        write_text(plots_dir / file_name, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":  # `python -m gothic.train` / `torchrun -m gothic.train`: the gothic-train CLI
+    from gothic.cli import train_main
+
+    train_main()

@@ -1,0 +1,28 @@
+"""DVC stage `evaluate`: models/best.pt + data/bin/val.bin -> metrics/eval.json (full val pass, fp32)."""
+
+import sys
+from pathlib import Path
+
+from gothic.config import load_params
+from gothic.errors import run_main
+from gothic.evaluate import evaluate_checkpoint
+from gothic.files import write_json
+from gothic.progress import progress_bar
+
+
+def main(checkpoint_path: str, bin_dir: str, metrics_path: str) -> None:
+    params = load_params("params.yaml")
+    with progress_bar() as bar:
+        def start(total_tokens: int):
+            task = bar.add_task("evaluating", total=total_tokens, status="tokens")
+            return lambda done: bar.advance(task, done)
+
+        metrics = evaluate_checkpoint(Path(checkpoint_path), Path(bin_dir), params.evaluate, start)
+    write_json(metrics_path, metrics)
+    print(f"evaluate: val loss {metrics['val_loss']:.4f}, perplexity {metrics['perplexity']:.2f}, "
+          f"{metrics['bits_per_byte']:.4f} bits/byte over {metrics['tokens']:,} tokens "
+          f"({metrics['tokens_per_second']:,.0f} tokens/s)")
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(*sys.argv[1:]), "evaluate")

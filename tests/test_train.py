@@ -1,0 +1,379 @@
+"""The training loop: schedule, accumulation, learning, exact resume, best.pt, bad input, CLI, stage, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import runpy
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gothic.checkpoint import REQUIRED_KEYS, load_checkpoint, load_model
+from gothic.cli import train_main
+from gothic.config import TrainConfig, to_dict
+from gothic.errors import GothicError
+from gothic.files import sha256_file
+from gothic.model import GPT
+from gothic.train import Precision, estimate_loss, get_lr, load_training_data, train, train_step
+
+from conftest import ROOT, tiny_model_config, tiny_train_config, venv_env
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def run_training(bins: Path, tokenizer: Path, out_dir: Path, model_overrides: dict | None = None, **train_overrides):
+    return train(tiny_model_config(**(model_overrides or {})), tiny_train_config(**train_overrides), bins, tokenizer,
+                 out_dir, show_progress=False)
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# --- schedule and one step ----------------------------------------------------------------------
+
+SCHEDULE = TrainConfig(learning_rate=1.0e-3, min_lr=1.0e-4, warmup_iters=10, max_iters=110)
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 1.0e-4),      # warmup starts above zero: step 0 already learns
+    (4, 5.0e-4),
+    (9, 1.0e-3),      # peak at the last warmup step
+    (10, 1.0e-3),     # cosine starts at the peak
+    (60, 5.5e-4),     # half-way: the mean of peak and floor
+    (110, 1.0e-4),    # lands on min_lr
+    (500, 1.0e-4),    # and stays there
+])
+def test_get_lr_warmup_then_cosine(step, expected):
+    assert get_lr(step, SCHEDULE) == pytest.approx(expected)
+
+
+def test_get_lr_decays_monotonically_after_warmup():
+    lrs = [get_lr(s, SCHEDULE) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_get_lr_without_warmup_starts_at_peak():
+    cfg = TrainConfig(learning_rate=1.0e-3, min_lr=0.0, warmup_iters=0, max_iters=10)
+    assert get_lr(0, cfg) == pytest.approx(1.0e-3)
+
+
+def test_grad_accumulation_equals_one_batch_of_k_times_b():
+    """2 micro-batches of 4 sequences move the weights like 1 batch of 8 (plain SGD, so the
+    update is the gradient itself)."""
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 50, (2, 8, 16))
+    models = []
+    for micro in ([(x[:4], y[:4]), (x[4:], y[4:])], [(x, y)]):
+        torch.manual_seed(1)
+        model = GPT(tiny_model_config(), 50)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        train_step(model, micro, [opt], Precision(torch.float32, "cpu", None), grad_clip=0.0)
+        models.append(model)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+# --- learning, checkpoints, resume --------------------------------------------------------------
+
+def test_loss_falls_on_a_tiny_corpus(train_bins, tiny_tokenizer_path, tmp_path):
+    result = run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=30, eval_interval=10)
+    rows = result.history["train"]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.5
+    assert result.metrics["best_val_loss"] < math.log(300) - 1.5
+    m = result.metrics
+    assert m["step"] == 30 and m["tokens_seen"] == 30 * 4 * 2 * 32
+    assert m["params"] > m["params_non_embedding"] > 0 and m["tokens_per_s"] > 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"best.pt", "latest.pt", "final.pt", "logs"}
+
+
+def test_tensorboard_gets_loss_perplexity_lr_and_throughput(train_bins, tiny_tokenizer_path, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss/train", "loss/val", "perplexity/train", "perplexity/val",
+                                             "learning_rate", "tokens_per_s"}
+    assert [e.step for e in events.Scalars("loss/train")] == [2, 4]
+
+
+class Killed(Exception):
+    """Stands in for `kill -9`: the process dies between two steps, without saving."""
+
+
+def interrupt_by_signal(at_step: int):
+    def on_step(step: int) -> None:
+        if step == at_step:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler lets the step finish and saves latest.pt
+    return on_step
+
+
+def kill_after_checkpoint(at_step: int, out_dir: Path, keep: Path):
+    """Keep latest.pt as the last eval left it, then die a step later (before the next eval)."""
+    def on_step(step: int) -> None:
+        if step == at_step:
+            keep.write_bytes((out_dir / "latest.pt").read_bytes())
+            raise Killed
+    return on_step
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "kill"])
+def test_stopped_then_resumed_equals_uninterrupted_bitwise(train_bins, tiny_tokenizer_path, tmp_path, how):
+    """Dropout on, so the restored RNG state matters as much as weights, optimizer and data position."""
+    model = tiny_model_config(dropout=0.1)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, straight)
+    if how == "ctrl_c":
+        with pytest.raises(KeyboardInterrupt):
+            train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped, on_step=interrupt_by_signal(7))
+        assert load_checkpoint(stopped / "latest.pt")["step"] == 7
+    else:
+        keep = tmp_path / "at_eval.pt"
+        with pytest.raises(Killed):
+            train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped,
+                  on_step=kill_after_checkpoint(5, stopped, keep))
+        (stopped / "latest.pt").write_bytes(keep.read_bytes())
+        assert load_checkpoint(stopped / "latest.pt")["step"] == 4
+    resumed = train(model, tiny_train_config(resume=True), train_bins, tiny_tokenizer_path, stopped)
+    assert_bitwise_equal(weights(straight / "final.pt"), weights(stopped / "final.pt"))
+    a, b = (load_checkpoint(d / "final.pt") for d in (straight, stopped))
+    assert a["best_val_loss"] == b["best_val_loss"] and a["tokens_seen"] == b["tokens_seen"]
+    assert a["optimizer"][0]["state"][0]["exp_avg_sq"].equal(b["optimizer"][0]["state"][0]["exp_avg_sq"])
+    assert [r["step"] for r in resumed.history["train"]] == [2, 4, 6, 8, 10, 12]
+
+
+def test_resume_continues_to_a_larger_max_iters(train_bins, tiny_tokenizer_path, tmp_path):
+    run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=8)
+    result = run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=12, resume=True)
+    assert result.metrics["step"] == 12 and result.metrics["tokens_seen"] == 12 * 4 * 2 * 32
+    assert [r["step"] for r in result.history["val"]] == [4, 8, 12]
+    assert load_checkpoint(tmp_path / "final.pt")["step"] == 12
+
+
+def test_best_pt_really_holds_the_lowest_val_loss(train_bins, tiny_tokenizer_path, tmp_path):
+    # a reckless learning rate makes val loss go up and down
+    result = run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=16, eval_interval=1,
+                          learning_rate=0.08, min_lr=0.08, warmup_iters=0)
+    val = [(row["val_loss"], row["step"]) for row in result.history["val"]]
+    lowest, at_step = min(val)
+    assert any(b > a for (a, _), (b, _) in zip(val, val[1:], strict=False)), "val loss never rose: weak test"
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert (best["best_val_loss"], best["step"]) == (lowest, at_step)
+    model, _ = load_model(tmp_path / "best.pt")
+    data = load_training_data(train_bins, tiny_tokenizer_path, 32)
+    cfg = tiny_train_config()
+    assert estimate_loss(model, data.val, cfg.batch_size, cfg.eval_iters, cfg.seed,
+                         Precision(torch.float32, "cpu", None)) == pytest.approx(lowest, abs=1e-9)
+
+
+@pytest.mark.parametrize("switches", [
+    {"model": {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "swiglu", "tie_embeddings": False,
+               "bias": False}, "train": {"optimizer": "muon"}},
+    {"model": {"mlp": "relu2"}, "train": {"optimizer": "muon", "dtype": "bfloat16"}},
+    {"model": {}, "train": {"dtype": "bfloat16"}},
+    {"model": {}, "train": {"dtype": "float16"}},  # GradScaler path
+])
+def test_modern_switches_and_precisions_train_and_reload(train_bins, tiny_tokenizer_path, tmp_path, switches):
+    result = run_training(train_bins, tiny_tokenizer_path, tmp_path, switches["model"], max_iters=6,
+                          **switches["train"])
+    rows = result.history["train"]
+    assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[-1]["train_loss"] < rows[0]["train_loss"]
+    model, ckpt = load_model(tmp_path / "final.pt")
+    assert ckpt["model_config"] == to_dict(tiny_model_config(**switches["model"]))
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.zeros(1, 8, dtype=torch.long))[0]).all()
+
+
+def test_muon_moves_hidden_matrices_with_orthogonal_steps(train_bins, tiny_tokenizer_path, tmp_path):
+    run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=2, optimizer="muon")
+    ckpt = load_checkpoint(tmp_path / "final.pt")
+    adamw_state, muon_state = ckpt["optimizer"]
+    assert muon_state["param_groups"][0]["base_lr"] == tiny_train_config().muon_lr
+    n_hidden = 4 * tiny_model_config().n_layer  # qkv, attention proj, fc, mlp proj per block
+    assert len(muon_state["state"]) == n_hidden
+    assert all("momentum_buffer" in s for s in muon_state["state"].values())
+    assert all("exp_avg" in s for s in adamw_state["state"].values())
+
+
+# --- bad input: one clear error, nothing lost -----------------------------------------------------
+
+def test_missing_bins_are_an_error(tiny_tokenizer_path, tmp_path):
+    with pytest.raises(GothicError, match="meta.json: not found"):
+        run_training(tmp_path / "no_bins", tiny_tokenizer_path, tmp_path / "models")
+
+
+def test_bins_from_another_tokenizer_are_an_error(train_bins, tiny_tokenizer_path, tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(tiny_tokenizer_path.read_text(encoding="utf-8").replace("<|endoftext|>", "<|eot|>", 1),
+                     encoding="utf-8")
+    with pytest.raises(GothicError, match="another tokenizer"):
+        run_training(train_bins, other, tmp_path / "models")
+
+
+def test_block_size_larger_than_a_split_is_an_error(train_bins, tiny_tokenizer_path, tmp_path):
+    val_tokens = json.loads((train_bins / "meta.json").read_text())["splits"]["val"]["tokens"]
+    with pytest.raises(GothicError, match=f"{val_tokens} tokens cannot fill one window of model.block_size"):
+        run_training(train_bins, tiny_tokenizer_path, tmp_path, {"block_size": val_tokens})
+
+
+def test_resume_without_checkpoint_is_an_error(train_bins, tiny_tokenizer_path, tmp_path):
+    with pytest.raises(GothicError, match="no checkpoint to resume from"):
+        run_training(train_bins, tiny_tokenizer_path, tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "truncated or not a checkpoint"),
+    ("weights_only", "holds no training state"),
+    ("reshape", r"different model shape \(model.n_layer: checkpoint 2, params 3\)"),
+    ("optimizer", "trained with optimizer 'adamw', params say 'muon'"),
+    ("done", "already at step 4; raise train.max_iters"),
+])
+def test_bad_resume_is_an_error_and_keeps_the_checkpoint(train_bins, tiny_tokenizer_path, tmp_path, damage, message):
+    run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)
+    latest = tmp_path / "latest.pt"
+    if damage == "truncate":
+        latest.write_bytes(latest.read_bytes()[:5000])
+    elif damage == "weights_only":  # what generation tests write: enough to sample, not to resume
+        ckpt = torch.load(latest, weights_only=True)
+        torch.save({key: ckpt[key] for key in REQUIRED_KEYS}, latest)
+    before = sha256_file(latest)
+    overrides = {"reshape": ({"n_layer": 3}, {}), "optimizer": ({}, {"optimizer": "muon"})}.get(damage, ({}, {}))
+    with pytest.raises(GothicError, match=message):
+        run_training(train_bins, tiny_tokenizer_path, tmp_path, overrides[0], max_iters=4 if damage == "done" else 8,
+                     resume=True, **overrides[1])
+    assert sha256_file(latest) == before
+
+
+def test_unwritable_models_folder_fails_before_training(train_bins, tiny_tokenizer_path, tmp_path, monkeypatch):
+    out = tmp_path / "models"
+    out.mkdir()
+    if os.geteuid() != 0:  # root writes anyway; then simulate the refusal
+        out.chmod(0o500)
+    else:
+        import tempfile
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    try:
+        with pytest.raises(GothicError, match="cannot write checkpoints to .*models: Permission denied"):
+            run_training(train_bins, tiny_tokenizer_path, out)
+    finally:
+        out.chmod(0o700)
+
+
+def test_out_of_memory_names_the_knobs(train_bins, tiny_tokenizer_path, tmp_path, monkeypatch):
+    def no_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(GPT, "forward", no_memory)
+    with pytest.raises(GothicError, match=r"out of memory .* lower train.batch_size .*train.grad_accum.*block_size"):
+        run_training(train_bins, tiny_tokenizer_path, tmp_path)
+
+
+# --- CLI and stage --------------------------------------------------------------------------------
+
+SEED_FLAGS = ["--data-dir", "--train-file", "--val-file", "--tokenizer", "--out-dir", "--max-iters", "--batch-size",
+              "--grad-accum", "--lr", "--resume", "--compile", "--no-compile", "--params", "--set"]
+
+
+def test_cli_help_lists_the_seed_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert exit_info.value.code == 0
+    assert all(flag in out for flag in SEED_FLAGS)
+    assert "built-in 10000" in out and "default: data/bin" in out
+
+
+def write_params(path: Path, **train_overrides) -> Path:
+    params = {"model": to_dict(tiny_model_config()), "train": to_dict(tiny_train_config(**train_overrides))}
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
+def test_cli_trains_with_seed_flags_then_resumes(train_bins, tiny_tokenizer_path, tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml")
+    common = ["--params", str(params), "--data-dir", str(train_bins), "--tokenizer", str(tiny_tokenizer_path),
+              "--out-dir", str(tmp_path / "out"), "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-05",
+              "--no-compile", "--set", "train.eval_interval=3", "--set", "train.min_lr=0.0"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(common + ["--max-iters", "3", "--metrics", str(tmp_path / "m.json")])
+    assert exit_info.value.code == 0
+    ckpt = load_checkpoint(tmp_path / "out" / "final.pt")
+    cfg = ckpt["train_config"]
+    assert (cfg["batch_size"], cfg["grad_accum"], cfg["learning_rate"], cfg["compile"]) == (2, 1, 1e-5, False)
+    assert json.loads((tmp_path / "m.json").read_text())["step"] == 3
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(common + ["--max-iters", "6", "--resume"])
+    assert exit_info.value.code == 0
+    assert load_checkpoint(tmp_path / "out" / "final.pt")["step"] == 6
+    assert "resuming at step 3" in capsys.readouterr().out
+
+
+def test_cli_error_is_one_line_exit_2(tiny_tokenizer_path, tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--params", str(params), "--data-dir", str(tmp_path / "nothing"), "--tokenizer",
+                    str(tiny_tokenizer_path), "--out-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("gothic-train: error:") and "meta.json: not found" in err
+
+
+def test_stage_writes_metrics_and_plot_files(train_bins, tiny_tokenizer_path, tmp_path, monkeypatch):
+    write_params(tmp_path / "params.yaml", max_iters=4)
+    monkeypatch.chdir(tmp_path)
+    stage = runpy.run_path(str(ROOT / "stages" / "train.py"))
+    stage["main"](str(train_bins), str(tiny_tokenizer_path), "models", "metrics/train.json", "metrics/train_plots")
+    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert {"train_loss", "best_val_loss", "best_step", "tokens_seen", "tokens_per_s", "wall_time_s", "params",
+            "params_non_embedding"} <= metrics.keys()
+    plots = tmp_path / "metrics" / "train_plots"
+    assert (plots / "train_loss.tsv").read_text().splitlines()[0] == "step\ttrain_loss"
+    assert [line.split("\t")[0] for line in (plots / "learning_rate.tsv").read_text().splitlines()] == \
+        ["step", "2", "4"]
+    assert len((plots / "val_loss.tsv").read_text().splitlines()) == 2  # header + step 4
+    assert (tmp_path / "models" / "final.pt").is_file()
+
+
+# --- DDP --------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_match_one_process_on_the_same_global_batch(train_bins, tiny_tokenizer_path,
+                                                                           tmp_path):
+    """2 ranks x grad_accum 1 see the same global batches as 1 process x grad_accum 2."""
+    params = write_params(tmp_path / "params.yaml", max_iters=4, grad_accum=1)
+    args = ["--params", str(params), "--data-dir", str(train_bins), "--tokenizer", str(tiny_tokenizer_path)]
+    # torchrun --standalone: a local rendezvous on a free port
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "gothic.train", *args, "--out-dir", str(tmp_path / "ddp")]
+    # own session, so a hang can be cleaned up with the workers torchrun started
+    proc = subprocess.Popen(cmd, env=venv_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "x 2 ranks" in stdout and stdout.count("step 4: val loss") == 1  # rank 0 alone logs
+    train(tiny_model_config(), tiny_train_config(max_iters=4, grad_accum=2), train_bins, tiny_tokenizer_path,
+          tmp_path / "single")
+    ddp, single = weights(tmp_path / "ddp" / "final.pt"), weights(tmp_path / "single" / "final.pt")
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], atol=1e-5, rtol=1e-4, msg=key)
+    assert load_checkpoint(tmp_path / "ddp" / "final.pt")["sampler"]["batches_drawn"] == 8
