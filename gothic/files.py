@@ -12,6 +12,9 @@ from pathlib import Path
 
 from gothic.errors import GothicError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it; put it straight back
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -27,6 +30,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise GothicError(f"cannot write {path}: permission denied (check the folder's permissions)") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should be readable like any other file
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

@@ -89,3 +89,8 @@ def test_split_smaller_than_block_is_an_error(built):
 def test_missing_bins_are_a_clear_error(tmp_path):
     with pytest.raises(GothicError, match="dvc repro binarize"):
         load_meta(tmp_path)
+
+
+def test_outputs_are_readable_by_others(built):
+    bins = built[2]
+    assert (bins / "meta.json").stat().st_mode & 0o044 == 0o044

@@ -59,7 +59,10 @@ def project(tmp_path, raw_dir) -> Path:
 
 def test_dvc_repro_runs_clean_and_reruns_only_what_changed(project):
     first = run(["dvc", "repro"], project)
-    assert {"prepare", "tokenize", "binarize"} <= stages_run(first)
+    assert stages_run(first) == {"prepare", "tokenize", "binarize", "train", "evaluate", "sample"}
+    for path in ("models/best.pt", "models/latest.pt", "models/final.pt", "samples/samples.md",
+                 "metrics/train_plots/val_loss.tsv"):
+        assert (project / path).is_file(), path
     meta = json.loads((project / "data/bin/meta.json").read_text())
     assert meta["vocab_size"] == 300 and meta["splits"]["val"]["tokens"] > 0
     corpus = json.loads((project / "metrics/corpus.json").read_text())
@@ -92,3 +95,32 @@ def test_bad_params_fail_with_one_line(project):
     assert proc.stderr.strip() == ("prepare: error: params.yaml: "
                                    "model.n_layers: unknown key (did you mean model.n_layer?)")
     assert not (project / "data/processed").exists()
+
+
+def test_experiment_changes_training_metrics_and_metrics_diff_shows_them(project):
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    before = json.loads((project / "metrics/train.json").read_text())
+
+    out = run(["dvc", "exp", "run", "-S", "train.max_iters=8", "-S", "sample.temperature=0.5"], project)
+    assert {"train", "evaluate", "sample"} <= stages_run(out) and "prepare" not in stages_run(out)
+    after = json.loads((project / "metrics/train.json").read_text())
+    assert after["step"] == 8 != before["step"] and after["tokens_seen"] == 2 * before["tokens_seen"]
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project))
+    assert diff["metrics/train.json"]["step"] == {"old": before["step"], "new": 8, "diff": 8 - before["step"]}
+    for key in ("val_loss", "perplexity", "bits_per_byte"):
+        assert key in diff["metrics/eval.json"], key
+    assert "train.max_iters" in run(["dvc", "exp", "show", "--csv"], project)
+    plots = run(["dvc", "plots", "show", "--json"], project)
+    assert "val_loss" in plots and "lr" in plots
+
+
+def test_sample_only_change_reruns_only_sample(project):
+    run(["dvc", "repro"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sample"]["temperature"] = 0.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stages_run(run(["dvc", "repro"], project)) == {"sample"}
+    assert "The castle" in (project / "samples/samples.md").read_text()
