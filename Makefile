@@ -43,9 +43,8 @@ test: setup  ## run the test suite
 lint: setup  ## ruff
 	$(BIN)/ruff check gothic stages tests
 
-chat: setup  ## talk to models/best.pt in the terminal
-	@if [ -f models/best.pt ]; then $(BIN)/gothic-chat --checkpoint models/best.pt; \
-	else echo "No models/best.pt yet: train one with 'make demo' (CPU, ~10 min) or 'make repro'."; exit 1; fi
+chat: setup  ## talk to models/best.pt (train one first: make demo); more flags: make chat CHAT_ARGS="--temp 1.0"
+	@$(BIN)/gothic-chat --checkpoint models/best.pt $(CHAT_ARGS)
 
 tensorboard: setup  ## TensorBoard on the training logs
 	$(BIN)/tensorboard --logdir models/logs

@@ -219,18 +219,21 @@ def chat_main(argv: list[str] | None = None) -> None:
     defaults = SamplingSettings()
     parser = _parser("gothic-chat", "Chat with a trained checkpoint: replies stream token by token; "
                                     "/help inside lists the slash commands.")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint to load (default: list those under --models-dir and ask)")
-    parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"),
+    # SUPPRESS: no "(default: None)" in --help; an absent flag is simply not set
+    parser.add_argument("--checkpoint", type=Path, default=argparse.SUPPRESS, metavar="PATH",
+                        help="checkpoint to load; without it, list those under --models-dir and ask")
+    parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"), metavar="PATH",
                         help="the tokenizer the model was trained with")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"),
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
                         help="where /models and /model NAME look for checkpoints")
-    parser.add_argument("--temp", type=float, default=defaults.temperature, help="temperature (0 = greedy)")
-    parser.add_argument("--topk", type=int, default=defaults.top_k, help="top-k (0 = off)")
-    parser.add_argument("--topp", type=float, default=defaults.top_p, help="top-p (1 = off)")
-    parser.add_argument("--max", type=int, default=defaults.max_new_tokens, help="max tokens per reply")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the first reply (then +1 per reply); default: random")
+    parser.add_argument("--temp", type=float, default=defaults.temperature, metavar="F",
+                        help="temperature (0 = greedy)")
+    parser.add_argument("--topk", type=int, default=defaults.top_k, metavar="N", help="top-k (0 = off)")
+    parser.add_argument("--topp", type=float, default=defaults.top_p, metavar="F", help="top-p (1 = off)")
+    parser.add_argument("--max", type=int, default=defaults.max_new_tokens, metavar="N",
+                        help="max tokens per reply")
+    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="N",
+                        help="seed of the first reply, then +1 per reply (default: a random seed each reply)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
 
@@ -239,6 +242,7 @@ def chat_main(argv: list[str] | None = None) -> None:
 
         settings = SamplingSettings(max_new_tokens=args.max, temperature=args.temp, top_k=args.topk,
                                     top_p=args.topp)
-        start_chat(args.checkpoint, args.tokenizer, args.models_dir, settings, seed=args.seed, device=args.device)
+        start_chat(getattr(args, "checkpoint", None), args.tokenizer, args.models_dir, settings,
+                   seed=getattr(args, "seed", None), device=args.device)
 
     run_main(run, "gothic-chat")
