@@ -12,15 +12,24 @@ Contents (FORMAT_VERSION 1): `format_version`, `model` (the uncompiled model's s
 Readers elsewhere (generation, evaluation, chat) only need `load_model`:
 
     model, ckpt = load_model("models/best.pt", device="auto")
+
+`find_checkpoints` and `summarize_checkpoint` list a folder's checkpoints (step, val loss) without
+loading their weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import pickle
+import pickletools
 import random
+import struct
+import warnings
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -85,6 +94,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             raise GothicError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, LookupError, struct.error,
+               zipfile.BadZipFile, OSError)
+"""What torch.load(weights_only=True) raises for a file it cannot load: a refused pickle, or a
+truncated or corrupt file (garbage reaches KeyError, IndexError and struct.error in its unpickler)."""
+_IMPORT_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST"})
+_MAX_PICKLES = 5  # the legacy (non-zip) torch format is five pickles in a row; then come raw tensor bytes
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load and check a gothic checkpoint under weights_only=True.
 
@@ -96,16 +113,52 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise GothicError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+    except LOAD_ERRORS as e:
+        if isinstance(e, pickle.UnpicklingError) and imports_objects(path):
             raise GothicError(f"{path}: refused to load: it holds Python objects that could run code "
                               "(only tensors and plain values are allowed); not a gothic checkpoint") from None
-        raise GothicError(f"{path}: cannot be read ({_first_line(e)}); the file is truncated or not a checkpoint") \
-            from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
-        raise GothicError(f"{path}: cannot be read ({_first_line(e)}); the file is truncated or not a checkpoint") \
-            from None
+        raise GothicError(f"{path}: cannot be read ({_load_error_detail(e)}); the file is truncated or not a "
+                          "checkpoint") from None
     return _check_contents(path, ckpt)
+
+
+def imports_objects(path: Path) -> bool:
+    """Whether the file holds well-formed pickles that import Python objects (GLOBAL and kin).
+
+    Every weights_only refusal mentions weights_only, garbage included, and a protocol-4 pickle is
+    refused as an "Unsupported operand" before its imports are reached; so the file is judged by
+    its own opcodes. pickletools parses them and executes none. The pickles are the zip's data.pkl,
+    else the file itself (the legacy torch format, or a bare pickle).
+    """
+    try:
+        with _pickle_stream(path) as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickletools decoding garbage warns of bad escapes
+            for _ in range(_MAX_PICKLES):
+                start = f.tell()
+                pickletools.dis(f, out=io.StringIO())  # raises unless a whole, consistent pickle comes next
+                f.seek(start)
+                if any(opcode.name in _IMPORT_OPCODES for opcode, _, _ in pickletools.genops(f)):
+                    return True
+    except Exception:  # whatever pickletools trips on is not a well-formed pickle
+        return False
+    return False
+
+
+def _pickle_stream(path: Path) -> BinaryIO:
+    if not zipfile.is_zipfile(path):
+        return path.open("rb")
+    with zipfile.ZipFile(path) as archive:
+        name = next((n for n in archive.namelist() if n.rpartition("/")[2] == "data.pkl"), None)
+        return io.BytesIO(archive.read(name) if name else b"")
+
+
+def _load_error_detail(e: BaseException) -> str:
+    """The telling part of a load error: torch's unpickler buries it under paragraphs of advice."""
+    if isinstance(e, LookupError | struct.error):
+        return f"malformed pickle data: {type(e).__name__}"
+    _, marker, rest = str(e).partition("WeightsUnpickler error:")
+    detail = next((line.strip() for line in rest.splitlines() if line.strip()), "") if marker else ""
+    return detail.partition(". ")[0] or _first_line(e)  # its first sentence: the rest is how to allowlist
 
 
 def _first_line(e: BaseException) -> str:
@@ -166,3 +219,58 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     model = GPT(cfg, int(ckpt["vocab_size"]))
     load_weights(model, ckpt["model"], path)
     return model.to(device).eval(), ckpt
+
+
+CHECKPOINT_NAMES = ("best", "latest", "final")
+"""The files training writes, listed first."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSummary:
+    """One checkpoint file as the chat's /models lists it; `error` says why step and val loss are missing."""
+
+    path: Path
+    size: int
+    modified: float
+    step: int | None = None
+    val_loss: float | None = None
+    error: str | None = None
+
+
+def find_checkpoints(models_dir: Path) -> list[Path]:
+    """Every *.pt under models_dir: best, latest, final first (in that order), then the rest."""
+    if not models_dir.is_dir():
+        return []
+    found = sorted(p for p in models_dir.rglob("*.pt") if p.is_file())
+    named = [models_dir / f"{name}.pt" for name in CHECKPOINT_NAMES]
+    return [p for p in named if p in found] + [p for p in found if p not in named]
+
+
+def summarize_checkpoint(path: Path) -> CheckpointSummary:
+    """Step and val loss of a checkpoint, read without loading its tensors.
+
+    mmap=True maps the file instead of reading it, so listing large checkpoints (weights plus
+    optimizer state) stays instant; only the few plain values are touched.
+    """
+    stat = path.stat()
+    base = CheckpointSummary(path, stat.st_size, stat.st_mtime)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except LOAD_ERRORS:
+        return dataclasses.replace(base, error="unreadable")
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        return dataclasses.replace(base, error="not a gothic checkpoint")
+    return dataclasses.replace(base, step=_as_int(ckpt.get("step")), val_loss=checkpoint_val_loss(ckpt))
+
+
+def checkpoint_val_loss(info: dict) -> float | None:
+    """The val loss of these weights: the last evaluation's, else the best one recorded."""
+    for key in ("val_loss", "best_val_loss"):
+        value = info.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def _as_int(value) -> int | None:
+    return int(value) if isinstance(value, int | float) and math.isfinite(value) else None

@@ -14,15 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from gothic.chat import (
-    COMMANDS,
-    PROMPT,
-    ChatSession,
-    Typewriter,
-    parse_command,
-    run_chat,
-    start_chat,
-)
+from gothic.chat import PROMPT, ChatSession, run_chat, start_chat
+from gothic.chat_commands import COMMANDS, parse_command
+from gothic.chat_view import Typewriter
 from gothic.cli import chat_main
 from gothic.generation import Engine, SamplingSettings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ import torch
 from gothic.checkpoint import (
     FORMAT_VERSION,
     capture_rng_state,
+    imports_objects,
     load_model,
     restore_rng_state,
     save_checkpoint,
+    summarize_checkpoint,
 )
 from gothic.errors import GothicError
 from gothic.files import sha256_file
@@ -77,17 +80,52 @@ class Payload:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+WRITERS = {
+    "torch.save": lambda obj, path: torch.save(obj, path),
+    "torch.save, protocol 4": lambda obj, path: torch.save(obj, path, pickle_protocol=4),
+    "torch.save, legacy format": lambda obj, path: torch.save(obj, path, _use_new_zipfile_serialization=False),
+    "pickle, protocol 0": lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=0)),
+    "pickle, protocol 2": lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=2)),
+    "pickle, default protocol": lambda obj, path: path.write_bytes(pickle.dumps(obj)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", WRITERS)
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, writer):
     marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
     payload = {"format_version": 1, "model": Payload(marker)}
-    if writer == "torch.save":
-        torch.save(payload, path)
-    else:
-        path.write_bytes(pickle.dumps(payload, protocol=2))
-    with pytest.raises(GothicError, match="refused to load"):
+    WRITERS[writer](payload, path)
+    with pytest.raises(GothicError, match="evil.pt: refused to load: it holds Python objects that could run code"):
         load_model(path)
-    assert not marker.exists()
+    assert imports_objects(path) and not marker.exists()  # judging the file ran nothing either
+
+
+@pytest.mark.parametrize("text", [
+    "hello, this is not a checkpoint\n",
+    "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22e\nsize 123456\n",
+    "checkpoint: not trained yet\nsee README\n",  # torch reads `c...\n...\n` as an "Unsupported global"
+    "<html><body>404 Not Found</body></html>\n",
+    "{}",
+    "x",
+])
+def test_a_text_file_named_pt_is_corrupt_not_dangerous(tmp_path, text):
+    path = tmp_path / "x.pt"
+    path.write_text(text)
+    with pytest.raises(GothicError, match=r"x\.pt: cannot be read \(.+\); the file is truncated or not a checkpoint$") \
+            as caught:
+        load_model(path)
+    assert "could run code" not in str(caught.value) and "\n" not in str(caught.value)
+    assert not imports_objects(path)
+
+
+def test_random_bytes_are_corrupt_not_dangerous(tmp_path):
+    rng = random.Random(0)
+    for n in range(200):
+        path = tmp_path / f"noise{n}.pt"
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randint(1, 400))))
+        with pytest.raises(GothicError, match="truncated or not a checkpoint$"):
+            load_model(path)
 
 
 def test_foreign_checkpoint_is_refused(tmp_path):
@@ -105,12 +143,36 @@ def test_newer_format_is_refused(trained, tmp_path):
         load_model(tmp_path / "future.pt")
 
 
-@pytest.mark.parametrize("keep", [0, 100, 5000, -100])
+@pytest.mark.parametrize("keep", [0, 1, 100, 5000, -100])
 def test_truncated_or_empty_file_is_refused(trained, tmp_path, keep):
     data = (trained / "final.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[:keep])
-    with pytest.raises(GothicError, match="cut.pt: cannot be read .* truncated or not a checkpoint"):
+    with pytest.raises(GothicError, match="cut.pt: cannot be read .* truncated or not a checkpoint") as caught:
         load_model(tmp_path / "cut.pt")
+    assert "could run code" not in str(caught.value)
+
+
+DAMAGE = {
+    "cut": lambda data: data[:len(data) // 2],
+    "zeroed": lambda data: bytes(len(data)),
+    "text": lambda data: b"hello, not a pickle\n",  # torch's unpickler fails with a KeyError
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_checkpoint_with_a_damaged_pickle_inside_is_corrupt(trained, tmp_path, damage):
+    """A whole zip whose data.pkl is cut short, zeroed or text: torch's unpickler fails, harmlessly."""
+    path = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(trained / "final.pt") as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/data.pkl"):
+                data = DAMAGE[damage](data)
+            target.writestr(info, data)
+    with pytest.raises(GothicError, match="damaged.pt: cannot be read .* truncated or not a checkpoint") as caught:
+        load_model(path)
+    assert "could run code" not in str(caught.value)
+    assert summarize_checkpoint(path).error == "unreadable"  # and a listing of the folder goes on
 
 
 def test_missing_file_is_refused(tmp_path):
