@@ -205,7 +205,7 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, generators: Se
 def _last_logits(model: GPT, idx: torch.Tensor, cache) -> torch.Tensor:
     """Next-token logits (B, V) as float32 on the CPU, where sampling happens."""
     with torch.inference_mode():
-        logits, _ = model(idx, cache=cache) if cache is not None else model(idx)
+        logits, _ = model(idx, cache=cache, last_only=True)
     return logits[:, -1, :].float().cpu()
 
 

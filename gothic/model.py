@@ -38,8 +38,9 @@ class KVCache:
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_size: int,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         shape = (batch_size, n_head, max_len, head_size)  # (B, nh, T_max, hs)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        # uninitialised: attention reads only positions < length, which are always written first
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.batch_size, self.max_len = batch_size, max_len
         self.length = 0
 
@@ -96,6 +97,9 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if start == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:
+            # one new token after cached ones sees every key: no mask to build (the decode hot path)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         else:
             # is_causal aligns the mask top-left, which is wrong once cached keys precede the
             # queries: query i (position start + i) may see keys 0 .. start + i.
@@ -216,8 +220,8 @@ class GPT(nn.Module):
                        self.cfg.n_embd // self.cfg.n_head, device=device or weight.device,
                        dtype=dtype or weight.dtype)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> tuple[Tensor, Tensor | None]:
         """Logits for every position, and the mean cross-entropy against targets when given.
 
         Args:
@@ -225,20 +229,27 @@ class GPT(nn.Module):
                 cache.length .. cache.length + T - 1.
             targets: (B, T) int64 next-token ids, or None.
             cache: KV cache for incremental decoding; advanced by T.
+            last_only: score only the last position (a prefill needs just the next token's
+                logits; the head is the largest matmul per position). Not with targets.
         Returns:
-            logits (B, T, vocab_size) as float32, and the loss (or None).
+            logits (B, T, vocab_size) as float32 ((B, 1, vocab_size) with last_only), and the
+            loss (or None).
         """
         B, T = idx.shape
         start = self._check_positions(B, T, cache)
+        if last_only and targets is not None:
+            raise ValueError("last_only scores one position; the loss needs them all")
         x = self.wte(idx)  # (B, T, C)
         rotary = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.wpe.weight[start:start + T]  # (T, C) rows of the table, no index tensor
         else:
             rotary = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, hs/2) each
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, rotary, cache, layer)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.norm_f(x)).float()  # (B, T, vocab); fp32 for a stable softmax
         if cache is not None:
             cache.length += T

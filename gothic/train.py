@@ -1,8 +1,9 @@
 """The training loop: single process, or DDP under torchrun. The `train` stage and gothic-train call `train`.
 
 One call builds the model from `ModelConfig`, reads the token bins, and runs `TrainConfig.max_iters`
-optimizer steps: gradient accumulation, clipping, linear warmup + cosine decay, autocast (bf16, or
-fp16 with a GradScaler), optional torch.compile, a periodic val loss on fixed batches, and
+optimizer steps (the optimizers come from gothic.optim): gradient accumulation, clipping, linear
+warmup + cosine decay, autocast (bf16, or fp16 with a GradScaler; fp32 on CPUs without bf16
+units), optional torch.compile, a periodic val loss on fixed batches, and
 checkpoints in `out_dir` (latest.pt every eval, best.pt at the lowest val loss, final.pt). Rank 0
 writes TensorBoard scalars to `out_dir/logs`. With `resume`, everything (weights, optimizer, data
 position, RNG) comes back from latest.pt, so on CPU a stopped-and-resumed run ends bit for bit
@@ -45,6 +46,7 @@ from gothic.data import BatchSampler, load_meta, load_split
 from gothic.errors import GothicError
 from gothic.files import atomic_path, write_text
 from gothic.model import GPT
+from gothic.optim import build_optimizers
 from gothic.tokenizer import tokenizer_sha256
 
 Log = Callable[[str], None]
@@ -65,96 +67,6 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
         return cfg.min_lr
     progress = (step - cfg.warmup_iters) / (cfg.max_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-# --- optimizers -------------------------------------------------------------------------------
-
-# Coefficients of the quintic Newton-Schulz iteration from Keller Jordan's Muon write-up (2024):
-# chosen for a steep slope at 0, so small singular values grow fast; they converge to roughly
-# [0.7, 1.2] rather than exactly 1, which the write-up shows does not hurt training.
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
-NS_STEPS = 5
-MUON_MOMENTUM = 0.95
-
-
-def orthogonalize(g: Tensor, steps: int = NS_STEPS) -> Tensor:
-    """Approximately replace g = U S V^T by U V^T (all singular values ~1), without an SVD."""
-    a, b, c = NS_COEFFS
-    # bf16 is fast and accurate enough on GPUs; CPUs without bf16 units are faster in fp32
-    x = g.bfloat16() if g.is_cuda else g.float()
-    wide = x.size(0) <= x.size(1)
-    if not wide:  # iterate on the wide orientation, so x @ x.T is the smaller Gram matrix
-        x = x.T
-    x = x / (x.norm() + 1e-7)  # Frobenius norm bounds the spectral norm: singular values <= 1
-    for _ in range(steps):
-        gram = x @ x.T  # (rows, rows)
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x if wide else x.T).to(g.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon (MomentUm Orthogonalized by Newton-schulz) for 2-D hidden weight matrices.
-
-    Each step takes SGD momentum (Nesterov), orthogonalises the update with `orthogonalize`, and
-    scales it by sqrt(max(1, rows / cols)) so tall matrices get an update of the same RMS per
-    entry. Weight decay is decoupled, as in AdamW: p <- p * (1 - lr * weight_decay).
-    """
-
-    def __init__(self, params, lr: float, momentum: float = MUON_MOMENTUM, weight_decay: float = 0.0,
-                 nesterov: bool = True):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(momentum).add_(p.grad)
-                update = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                p.mul_(1.0 - lr * group["weight_decay"])
-                p.add_(orthogonalize(update), alpha=-lr * scale)
-        return None
-
-
-def _param_groups(model: GPT) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """(hidden, decay, no_decay): the blocks' 2-D weights (Muon's, when enabled); other matrices
-    (token embedding / head); biases, norm gains and the position table, which are not decayed."""
-    hidden_ids = {id(p) for p in model.blocks.parameters() if p.dim() == 2}
-    hidden, decay, no_decay = [], [], []
-    for name, p in model.named_parameters():  # a tied weight is listed once
-        if id(p) in hidden_ids:
-            hidden.append(p)
-        elif p.dim() >= 2 and not name.startswith("wpe."):
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    return hidden, decay, no_decay
-
-
-def build_optimizers(model: GPT, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
-    """AdamW with weight decay on matrices only; with optimizer=muon, Muon takes the hidden matrices.
-
-    Every param group carries `base_lr`, the peak that `set_lr` scales by the schedule.
-    """
-    hidden, decay, no_decay = _param_groups(model)
-    use_muon = cfg.optimizer == "muon"
-    adam_groups = [{"params": decay if use_muon else hidden + decay, "weight_decay": cfg.weight_decay},
-                   {"params": no_decay, "weight_decay": 0.0}]
-    for group in adam_groups:
-        group["base_lr"] = cfg.learning_rate
-    adamw = torch.optim.AdamW(adam_groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                              fused=True if device.type == "cuda" else None)
-    if not use_muon:
-        return [adamw]
-    # Muon's decoupled decay is multiplied by its own (much larger) lr; rescale it so the matrices
-    # shrink by the same factor per step as under AdamW.
-    muon_wd = cfg.weight_decay * cfg.learning_rate / cfg.muon_lr
-    muon = Muon([{"params": hidden, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr, weight_decay=muon_wd)
-    return [adamw, muon]
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig) -> float:
@@ -213,6 +125,8 @@ class Precision:
     dtype: torch.dtype
     device_type: str
     scaler: torch.amp.GradScaler | None
+    fallback: str = ""
+    """Why dtype differs from the one asked for (shown in the startup line), or ''."""
 
     def autocast(self) -> AbstractContextManager:
         if self.dtype == torch.float32:
@@ -221,18 +135,33 @@ class Precision:
 
     def describe(self) -> str:
         if self.dtype == torch.float32:
-            return "float32"
-        return f"{str(self.dtype).removeprefix('torch.')} autocast" + (" + GradScaler" if self.scaler else "")
+            text = "float32"
+        else:
+            text = f"{str(self.dtype).removeprefix('torch.')} autocast" + (" + GradScaler" if self.scaler else "")
+        return text + (f" ({self.fallback})" if self.fallback else "")
 
 
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """Autocast dtype for `train.dtype` on device; bf16 falls back to fp16 on GPUs without it."""
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); without them oneDNN emulates it."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(name: str, device: torch.device, cpu_fallback: bool = True) -> Precision:
+    """Autocast dtype for `train.dtype` on device.
+
+    bf16 falls back to fp16 on GPUs without it, and (with cpu_fallback) to fp32 on CPUs without
+    bf16 units, where emulated bf16 autocast trains 2-4x slower than fp32 (bench/README.md).
+    """
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    fallback = ""
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
+        dtype, fallback = torch.float16, "this GPU has no bfloat16"
+    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_fallback and not cpu_has_bf16_units():
+        dtype, fallback = torch.float32, "bfloat16 asked; this CPU has no bf16 units, fp32 is faster"
     # fp16's narrow exponent underflows small gradients; the scaler multiplies the loss up first
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    return Precision(dtype, device.type, scaler)
+    return Precision(dtype, device.type, scaler, fallback)
 
 
 def should_compile(setting: bool | str, device: torch.device) -> bool:

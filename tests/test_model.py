@@ -9,7 +9,7 @@ import torch
 
 from gothic.config import ModelConfig
 from gothic.model import GPT, swiglu_hidden
-from gothic.train import orthogonalize
+from gothic.optim import orthogonalize
 
 from conftest import tiny_model_config
 
@@ -174,3 +174,13 @@ def test_newton_schulz_pushes_singular_values_towards_one(shape):
     singular = torch.linalg.svdvals(out)
     assert out.shape == shape and out.dtype == g.dtype
     assert singular.min() > 0.6 and singular.max() < 1.25
+
+
+@pytest.mark.parametrize("variant", ["seed", "modern"])
+def test_last_only_scores_just_the_final_position(variant):
+    model = make_model(**VARIANTS[variant])
+    idx = torch.randint(0, VOCAB, (2, 11))
+    full, _ = model(idx)
+    last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, VOCAB)
+    torch.testing.assert_close(last[:, 0], full[:, -1])

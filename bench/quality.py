@@ -1,0 +1,218 @@
+"""Held-out quality for a fixed wall-clock budget: train each profile for N minutes, then bits per byte.
+
+Builds its own split with the project's own code (gothic.corpus: whole documents held out, named
+in the output; a BPE tokenizer trained on the training documents only; the bins), then, per
+profile, trains from scratch until the training clock reaches the budget (evaluation time is not
+counted) and scores every held-out token in fp32 (gothic.evaluate). The learning rate warms up
+and decays on the budget's clock, so every profile gets a full schedule. Prints the curve and the
+final figures.
+
+    python bench/quality.py [--corpus builtin|DIR] [--minutes 10] [--profiles seed-arch demo]
+                            [--set model.n_layer=6 ...] [--threads N] [--name quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+import yaml
+
+from gothic.config import ModelConfig, PrepareConfig, TrainConfig
+from gothic.corpus import prepare
+from gothic.data import BatchSampler, binarize, load_meta, load_split
+from gothic.evaluate import evaluate_tokens
+from gothic.model import GPT
+from gothic.optim import build_optimizers
+from gothic.tokenizer import save_tokenizer, train_tokenizer
+from gothic.train import resolve_precision, set_lr, train_step
+
+from common import RESULTS_DIR, print_table, report
+
+ROOT = Path(__file__).resolve().parent.parent
+LN2 = math.log(2)
+# the demo's shape and batch: what both profiles share, so only the architecture and optimizer differ
+DEMO_SHAPE = {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 256, "model.block_size": 256,
+              "train.batch_size": 8, "train.grad_accum": 1, "train.dtype": "float32"}
+PROFILES: dict[str, dict] = {
+    # the seed architecture (GPT-2 style, AdamW) at the demo's shape and learning rate
+    "seed-arch": {**DEMO_SHAPE, "train.learning_rate": 1.0e-3, "train.min_lr": 1.0e-4},
+    # the modern switches: rotary, RMSNorm, QK-norm, ReLU^2, untied head, no biases, Muon
+    "demo": {**DEMO_SHAPE, "model.pos_embedding": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
+             "model.mlp": "relu2", "model.tie_embeddings": False, "model.bias": False,
+             "train.optimizer": "muon", "train.muon_lr": 0.02, "train.learning_rate": 3.0e-3,
+             "train.min_lr": 3.0e-4},
+    "modern-adamw": {**DEMO_SHAPE, "model.pos_embedding": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
+                     "model.mlp": "relu2", "model.tie_embeddings": False, "model.bias": False,
+                     "train.learning_rate": 2.0e-3, "train.min_lr": 2.0e-4},
+}
+# the schedule runs on the budget's clock, expressed in these virtual steps
+SCHEDULE_STEPS = 1000
+WARMUP_FRACTION = 0.05
+CURVE_WINDOWS = 16  # held-out windows scored for each point of the curve (the final figure uses all)
+
+
+def build_split(corpus: str, work_dir: Path, vocab_size: int, val_fraction: float,
+                seed: int) -> tuple[Path, Path, dict]:
+    """prepare -> tokenizer (trained on the train documents) -> bins; returns (bin_dir, tokenizer, documents)."""
+    if corpus == "builtin":
+        cfg, raw_dir = PrepareConfig(sources=["builtin"], val_fraction=val_fraction, seed=seed), work_dir / "none"
+    else:  # the books only: a folder's README/SOURCES.md is no document
+        cfg, raw_dir = PrepareConfig(sources=["raw"], val_fraction=val_fraction, seed=seed), work_dir / "raw"
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        for book in sorted(Path(corpus).glob("*.txt")):
+            shutil.copy(book, raw_dir / book.name)
+    processed = work_dir / "processed"
+    prepare(cfg, raw_dir, processed)
+    tokenizer_path = work_dir / "tokenizer.json"
+    save_tokenizer(train_tokenizer([processed / "train.txt"], vocab_size, 2), tokenizer_path)
+    bin_dir = work_dir / "bin"
+    binarize(processed, tokenizer_path, bin_dir)
+    documents = json.loads((processed / "documents.json").read_text())
+    return bin_dir, tokenizer_path, documents
+
+
+def configs(profile: dict, overrides: dict) -> tuple[ModelConfig, TrainConfig]:
+    values = {**profile, **overrides}
+    model = {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
+    train = {k.removeprefix("train."): v for k, v in values.items() if k.startswith("train.")}
+    train.setdefault("compile", False)
+    train.setdefault("device", "cpu")
+    model_cfg, train_cfg = ModelConfig(**model), TrainConfig(**train)
+    problems = model_cfg.check() + train_cfg.check()
+    if problems:
+        raise SystemExit("; ".join(problems))
+    return model_cfg, train_cfg
+
+
+def curve_bpb(model: GPT, val, windows: int, tokens_per_byte: float) -> float:
+    """Bits per byte estimated on the first `windows` held-out windows (a cheap point of the curve)."""
+    block = model.cfg.block_size
+    n = min(windows, (len(val) - 1) // block)
+    x = torch.from_numpy(val[:n * block].astype("int64")).view(n, block)
+    y = torch.from_numpy(val[1:n * block + 1].astype("int64")).view(n, block)
+    model.eval()
+    with torch.inference_mode():
+        _, loss = model(x, y)
+    model.train()
+    return loss.item() * tokens_per_byte / LN2
+
+
+def train_for(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: Path, budget_s: float,
+              eval_every_s: float) -> tuple[dict, list[dict]]:
+    """Train one profile until its training clock reaches budget_s; returns (final row, curve rows)."""
+    meta = load_meta(bin_dir)
+    train_tokens, val = load_split(bin_dir, "train", meta), load_split(bin_dir, "val", meta)
+    tokens_per_byte = meta["splits"]["val"]["tokens"] / meta["splits"]["val"]["bytes"]
+    torch.manual_seed(train_cfg.seed)
+    device = torch.device("cpu")
+    model = GPT(model_cfg, int(meta["vocab_size"]))
+    optimizers = build_optimizers(model, train_cfg, device)
+    precision = resolve_precision(train_cfg.dtype, device)
+    sampler = BatchSampler(train_tokens, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed)
+    schedule = dataclasses.replace(train_cfg, max_iters=SCHEDULE_STEPS,
+                                   warmup_iters=round(SCHEDULE_STEPS * WARMUP_FRACTION))
+    clock, step, next_eval, losses = 0.0, 0, eval_every_s, []
+    curve = [{"profile": name, "train s": 0.0, "step": 0, "train loss": math.nan,
+              "held-out bpb (est.)": curve_bpb(model, val, CURVE_WINDOWS, tokens_per_byte)}]
+    while clock < budget_s:
+        started = time.perf_counter()
+        set_lr(optimizers, min(SCHEDULE_STEPS - 1, int(SCHEDULE_STEPS * clock / budget_s)), schedule)
+        batches = [sampler.next_batch() for _ in range(train_cfg.grad_accum)]
+        losses.append(train_step(model, batches, optimizers, precision, train_cfg.grad_clip).item())
+        clock += time.perf_counter() - started
+        step += 1
+        if clock >= next_eval or clock >= budget_s:
+            next_eval += eval_every_s
+            recent = losses[-20:]
+            curve.append({"profile": name, "train s": round(clock, 1), "step": step,
+                          "train loss": sum(recent) / len(recent),
+                          "held-out bpb (est.)": curve_bpb(model, val, CURVE_WINDOWS, tokens_per_byte)})
+            print(f"{name}: {clock:6.0f}s step {step:5d} train loss {curve[-1]['train loss']:.3f} "
+                  f"held-out bpb ~{curve[-1]['held-out bpb (est.)']:.3f}", flush=True)
+    tokens = step * train_cfg.batch_size * train_cfg.grad_accum * model_cfg.block_size
+    metrics = evaluate_tokens(model.float().eval(), val, meta["splits"]["val"]["documents"], int(meta["eot_id"]),
+                              batch_size=8)
+    row = {"profile": name, "params M": model.num_params(non_embedding=False) / 1e6, "steps": step,
+           "tokens": tokens, "tokens/s": tokens / clock, "train s": clock,
+           "held-out loss": metrics["val_loss"], "held-out bpb": metrics["bits_per_byte"]}
+    return row, curve
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`model.x=1` strings -> {"model.x": 1}, values read as YAML (true, 3.0e-4, rope)."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key.startswith(("model.", "train.")) or not value:
+            raise SystemExit(f"--set {item!r}: expected model.KEY=VALUE or train.KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="builtin",
+                        help="'builtin' (the Shakespeare plays) or a folder of .txt books "
+                             "(e.g. ../shared/corpus/gothic)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per profile")
+    parser.add_argument("--profiles", nargs="+", default=["seed-arch", "demo"], choices=sorted(PROFILES))
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override for every profile, e.g. model.n_layer=6")
+    parser.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between curve points")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the document split")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--name", default="quality", help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep the split and bins here and reuse them (same corpus and settings only)")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = parse_overrides(args.overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        work_dir = args.work_dir or Path(tmp)
+        if (work_dir / "bin" / "meta.json").is_file():  # a split built by an earlier run with --work-dir
+            bin_dir, documents = work_dir / "bin", json.loads((work_dir / "processed" / "documents.json").read_text())
+        else:
+            bin_dir, _, documents = build_split(args.corpus, work_dir, args.vocab_size, args.val_fraction, args.seed)
+        held_out = documents["val"]
+        print(f"held out ({len(held_out)} of {len(held_out) + len(documents['train'])} documents): "
+              + ", ".join(held_out), flush=True)
+        rows, curve = [], []
+        for name in args.profiles:
+            model_cfg, train_cfg = configs(PROFILES[name], overrides)
+            # a fresh process per profile: a run after another in the same process trained several
+            # times slower (allocator state), which would skew a wall-clock comparison
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_set_threads, initargs=(args.threads,)) as pool:
+                row, points = pool.submit(train_for, name, model_cfg, train_cfg, bin_dir, args.minutes * 60,
+                                          args.eval_every).result()
+            rows.append(row)
+            curve += points
+    print_table("held-out curve", curve)
+    notes = (f"corpus {args.corpus}; {args.minutes:g} min of training per profile (torch threads "
+             f"{torch.get_num_threads()}); held out: {', '.join(held_out)}")
+    settings = {name: {**PROFILES[name], **overrides} for name in args.profiles}
+    report(args.name, rows, notes=notes, extra={"held_out": held_out, "profiles": settings, "curve": curve},
+           results_dir=args.results_dir or RESULTS_DIR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Smoke tests of the benchmark scripts under bench/: each runs end to end at a tiny size and writes
+its JSON (to a temporary folder, never over bench/results/). They check that the scripts run, not
+the figures; the real runs are documented in bench/README.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, TINY_TEXT, venv_env
+
+
+def run_bench(script: str, *args: str, results_dir: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--results-dir", str(results_dir)],
+                          cwd=ROOT, env=venv_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_train_throughput_runs_and_compares_with_the_reference(tmp_path):
+    run_bench("train_throughput.py", "--sizes", "tiny", "--precisions", "fp32", "bf16-autocast", "--compile", "off",
+              "--repeats", "1", "--peak-sizes", "64", results_dir=tmp_path)
+    rows = json.loads((tmp_path / "train_throughput.json").read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16-autocast"]
+    assert rows[1]["runs as"] == "bfloat16 autocast"
+    assert all(r["tokens/s"] > 0 and r["ref tokens/s"] > 0 and r["x ref"] > 0 for r in rows)
+
+
+def test_generate_runs_with_and_without_cache(tmp_path):
+    run_bench("generate.py", "--size", "tiny", "--prompts", "4", "--new-tokens", "8", "--repeats", "1",
+              results_dir=tmp_path)
+    rows = json.loads((tmp_path / "generate.json").read_text())["rows"]
+    assert [r["KV cache"] for r in rows] == ["on", "off"]
+    assert all(r["tokens/s"] > 0 and r["first token ms"] > 0 for r in rows)
+
+
+def test_quality_trains_each_profile_and_names_the_held_out_documents(tmp_path):
+    profiles = ["seed-arch", "demo"]
+    corpus = tmp_path / "books"
+    corpus.mkdir()
+    for i in range(4):  # four small "books", one held out
+        (corpus / f"book{i}.txt").write_text(TINY_TEXT * 3 + f"\nThe end of book {i}.\n", encoding="utf-8")
+    out = run_bench("quality.py", "--corpus", str(corpus), "--minutes", "0.01", "--eval-every", "0.2",
+                    "--vocab-size", "300", "--val-fraction", "0.25", "--profiles", *profiles, "--set",
+                    "model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=16",
+                    results_dir=tmp_path / "results")
+    result = json.loads((tmp_path / "results" / "quality.json").read_text())
+    assert len(result["held_out"]) == 1 and result["held_out"][0] in out
+    assert [r["profile"] for r in result["rows"]] == profiles
+    assert all(0 < r["held-out bpb"] < 20 and r["steps"] >= 1 for r in result["rows"])
+    assert {p["profile"] for p in result["curve"]} == set(profiles)
