@@ -102,21 +102,6 @@ def resolve_checkpoint(name: str, models_dir: Path) -> Path:
     raise CommandError(f"no checkpoint {name!r}: use best, latest, final, a number from /models, or a path")
 
 
-HEAVY_CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "sampler", "rng")
-
-
-def load_engine(checkpoint_path: Path, tokenizer_path: Path, device: str) -> Engine:
-    """Engine.from_checkpoint, keeping only the checkpoint's metadata afterwards.
-
-    The engine holds the whole checkpoint dict as `checkpoint_info`; a chat lives long and may
-    switch models, so it drops the weight copy and optimizer state (about 3x the model's size)
-    that the model no longer needs.
-    """
-    engine = Engine.from_checkpoint(checkpoint_path, tokenizer_path, device)
-    engine.checkpoint_info = {k: v for k, v in engine.checkpoint_info.items() if k not in HEAVY_CHECKPOINT_KEYS}
-    return engine
-
-
 def settings_problems(settings: SamplingSettings) -> list[str]:
     """The engine's checks, plus the chat's floors on temperature and top-p (see MIN_TEMPERATURE)."""
     problems = settings.problems()
@@ -174,7 +159,7 @@ class ChatSession:
         """Load another checkpoint; on any failure the current model stays."""
         path = resolve_checkpoint(name, self.models_dir)
         try:
-            engine = load_engine(path, self.tokenizer_path, self.device)
+            engine = Engine.from_checkpoint(path, self.tokenizer_path, self.device)
         except GothicError as e:
             raise CommandError(str(e)) from None
         self.engine, self.checkpoint_path = engine, path
@@ -387,7 +372,7 @@ def start_chat(checkpoint: Path | None, tokenizer: Path, models_dir: Path, setti
     elif not checkpoint.is_file():
         raise GothicError(no_checkpoint_message(models_dir, checkpoint))
     with console.status(f"loading {checkpoint} ..."):
-        engine = load_engine(checkpoint, tokenizer, device)
+        engine = Engine.from_checkpoint(checkpoint, tokenizer, device)
     session = ChatSession(engine, checkpoint, tokenizer, models_dir=models_dir, logs_dir=logs_dir, device=device,
                           settings=settings, next_seed=seed)
     run_chat(session, console, read_line)

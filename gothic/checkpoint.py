@@ -203,6 +203,10 @@ def load_weights(model: GPT, state: dict, path: Path) -> None:
         raise GothicError(f"{path}: weights do not fit the model config it records ({detail})") from None
 
 
+# what only resuming needs; load_model leaves it out of the metadata it returns
+TRAINING_STATE_KEYS = ("optimizer", "scaler", "sampler", "rng")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
     """Build the GPT a checkpoint describes and load its weights.
 
@@ -210,15 +214,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
         path: a checkpoint written by training (best.pt, latest.pt, final.pt).
         device: a torch device or a `device` param value ('auto', 'cpu', 'cuda', ...).
     Returns:
-        (model in eval mode on device, the checkpoint dict).
+        (model in eval mode on device, the checkpoint's metadata: step, best_val_loss,
+        model_config, vocab_size, tokenizer_sha256, ... without the weights and training state,
+        so a long-lived caller such as the chat does not keep a second copy of the model).
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
     ckpt = load_checkpoint(path)
     cfg = model_config_from(path, ckpt)
     model = GPT(cfg, int(ckpt["vocab_size"]))
-    load_weights(model, ckpt["model"], path)
-    return model.to(device).eval(), ckpt
+    load_weights(model, ckpt.pop("model"), path)
+    return model.to(device).eval(), {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
 
 
 CHECKPOINT_NAMES = ("best", "latest", "final")

@@ -176,6 +176,7 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     mass_before = probs.cumsum(dim=-1) - probs
     # a token is dropped once the more likely tokens before it already reach p
     drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # a p that rounds to 0 in float32 must still leave the top token
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, -math.inf)
 
@@ -196,6 +197,10 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, generators: Se
         logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
     if settings.greedy:
         return logits.argmax(dim=-1)
+    # shift the row maximum to 0 and divide in float64, so a tiny temperature (which float32 would
+    # round to 0, or overflow every logit to inf) leaves the top token and sends the rest to -inf;
+    # softmax and the filters ignore the shift
+    logits = (logits - logits.max(dim=-1, keepdim=True).values).double()
     logits = filter_top_p(filter_top_k(logits / settings.temperature, settings.top_k), settings.top_p)
     probs = logits.softmax(dim=-1)
     draws = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]

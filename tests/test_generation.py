@@ -343,3 +343,12 @@ def test_cli_bad_files_exit_2_with_one_line(checkpoint, tiny_tokenizer_path, tmp
     for args in cases:
         code, _, err = run_cli(args, capsys)
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_extreme_settings_still_draw_the_top_token():
+    """A temperature or top-p so small it under/overflows float32 behaves as greedy, never crashes."""
+    logits = torch.tensor([[0.1, 2.0, -1.0, 1.9]])
+    generators = [torch.Generator().manual_seed(0)]
+    for settings in (SamplingSettings(temperature=1e-60, top_k=0, top_p=1.0),
+                     SamplingSettings(temperature=0.8, top_k=0, top_p=1e-56)):
+        assert sample_next(logits, settings, generators).tolist() == [1]
