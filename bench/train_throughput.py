@@ -30,7 +30,8 @@ from torch import nn
 from gothic.config import ModelConfig, TrainConfig
 from gothic.model import GPT
 from gothic.optim import build_optimizers
-from gothic.train import resolve_precision, train_step
+from gothic.runtime import resolve_precision
+from gothic.train import train_step
 
 from common import RESULTS_DIR, peak_tflops, report
 

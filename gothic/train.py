@@ -37,7 +37,6 @@ from gothic.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_weights,
-    resolve_device,
     restore_rng_state,
     save_checkpoint,
 )
@@ -47,6 +46,15 @@ from gothic.errors import GothicError
 from gothic.files import atomic_path, write_text
 from gothic.model import GPT
 from gothic.optim import build_optimizers
+from gothic.runtime import (
+    SINGLE_PROCESS,
+    Dist,
+    Precision,
+    all_reduce,
+    init_distributed,
+    resolve_precision,
+    should_compile,
+)
 from gothic.tokenizer import tokenizer_sha256
 
 Log = Callable[[str], None]
@@ -76,96 +84,6 @@ def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig)
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * factor
     return cfg.learning_rate * factor
-
-
-# --- devices, precision, processes -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits in a (possibly one-process) DDP job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the torchrun job if there is one (NCCL on GPU, gloo on CPU); pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
-    if world_size == 1:
-        return Dist(), device
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(torch_dist.get_rank(), world_size, local_rank), device
-
-
-def all_reduce(values: list[float], dist: Dist, device: torch.device, op=torch_dist.ReduceOp.SUM) -> list[float]:
-    """Reduce a few floats across ranks (identity in a single process)."""
-    if not dist.enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch_dist.all_reduce(t, op=op)
-    return t.tolist()
-
-
-@dataclass
-class Precision:
-    dtype: torch.dtype
-    device_type: str
-    scaler: torch.amp.GradScaler | None
-    fallback: str = ""
-    """Why dtype differs from the one asked for (shown in the startup line), or ''."""
-
-    def autocast(self) -> AbstractContextManager:
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def describe(self) -> str:
-        if self.dtype == torch.float32:
-            text = "float32"
-        else:
-            text = f"{str(self.dtype).removeprefix('torch.')} autocast" + (" + GradScaler" if self.scaler else "")
-        return text + (f" ({self.fallback})" if self.fallback else "")
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); without them oneDNN emulates it."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_precision(name: str, device: torch.device, cpu_fallback: bool = True) -> Precision:
-    """Autocast dtype for `train.dtype` on device.
-
-    bf16 falls back to fp16 on GPUs without it, and (with cpu_fallback) to fp32 on CPUs without
-    bf16 units, where emulated bf16 autocast trains 2-4x slower than fp32 (bench/README.md).
-    """
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    fallback = ""
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype, fallback = torch.float16, "this GPU has no bfloat16"
-    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_fallback and not cpu_has_bf16_units():
-        dtype, fallback = torch.float32, "bfloat16 asked; this CPU has no bf16 units, fp32 is faster"
-    # fp16's narrow exponent underflows small gradients; the scaler multiplies the loss up first
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    return Precision(dtype, device.type, scaler, fallback)
-
-
-def should_compile(setting: bool | str, device: torch.device) -> bool:
-    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -275,7 +193,7 @@ def _update(model: nn.Module, optimizers: list[torch.optim.Optimizer], scaler: t
 
 @torch.no_grad()
 def estimate_loss(model: GPT, data: np.ndarray, batch_size: int, eval_iters: int, seed: int,
-                  precision: Precision, dist: Dist = Dist()) -> float:
+                  precision: Precision, dist: Dist = SINGLE_PROCESS) -> float:
     """Mean loss over eval_iters batches drawn with a fixed seed: the same batches at every eval,
     so successive values compare weights, not luck. Ranks share out the batches."""
     device = next(model.parameters()).device
