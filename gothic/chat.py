@@ -52,11 +52,11 @@ MAX_DRAWS = 3
 """An empty reply (the model ends its turn at once, common for lightly trained models) is drawn
 again with the next seed, up to this many draws in all, before the user is told."""
 MIN_TEMPERATURE = 1e-3
-"""Below this (but above 0) logits / temperature can overflow to inf and the engine's draw fails;
-such a temperature is greedy in all but name, so the chat asks for 0 instead."""
+"""Below this (but above 0) a temperature is greedy in all but name (the engine then keeps only
+the top token), so the chat asks for the honest spelling, 0."""
 MIN_TOP_P = 1e-3
-"""A top-p below float32's range rounds to 0, which filters out every token; /topk 1 is the way
-to keep only the likeliest."""
+"""A top-p this small keeps only the likeliest token (the engine always keeps it); /topk 1 says
+that plainly, so the chat asks for it instead."""
 
 
 @dataclass(frozen=True)

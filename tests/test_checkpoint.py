@@ -180,20 +180,16 @@ def test_missing_file_is_refused(tmp_path):
         load_model(tmp_path / "nope.pt")
 
 
-def test_weights_that_do_not_fit_the_recorded_config_are_refused(trained, tmp_path):
+@pytest.mark.parametrize("key, value, message", [
+    ("n_embd", 64, "weights do not fit the model config"),  # config and weights disagree
+    ("n_experts", 8, "does not know"),  # a field this gothic has no idea of
+])
+def test_tampered_model_config_is_refused(trained, tmp_path, key, value, message):
     ckpt = torch.load(trained / "final.pt", weights_only=True)
-    ckpt["model_config"]["n_embd"] = 64
-    torch.save(ckpt, tmp_path / "mixed.pt")
-    with pytest.raises(GothicError, match="weights do not fit the model config"):
-        load_model(tmp_path / "mixed.pt")
-
-
-def test_unknown_model_config_field_is_refused(trained, tmp_path):
-    ckpt = torch.load(trained / "final.pt", weights_only=True)
-    ckpt["model_config"]["n_experts"] = 8
-    torch.save(ckpt, tmp_path / "odd.pt")
-    with pytest.raises(GothicError, match="does not know"):
-        load_model(tmp_path / "odd.pt")
+    ckpt["model_config"][key] = value
+    torch.save(ckpt, tmp_path / "tampered.pt")
+    with pytest.raises(GothicError, match=message):
+        load_model(tmp_path / "tampered.pt")
 
 
 def test_failed_save_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatch):
