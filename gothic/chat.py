@@ -123,7 +123,8 @@ class ChatSession:
 
     engine: Engine
     checkpoint_path: Path
-    tokenizer_path: Path
+    tokenizer_path: Path | None
+    """A tokenizer.json every model is checked against; None: each checkpoint's own."""
     models_dir: Path = Path("models")
     logs_dir: Path = Path("logs")
     device: str = "auto"
@@ -352,7 +353,7 @@ def choose_checkpoint(models_dir: Path, console: Console, read_line: Callable[[s
             note(console, str(e), "error")
 
 
-def start_chat(checkpoint: Path | None, tokenizer: Path, models_dir: Path, settings: SamplingSettings,
+def start_chat(checkpoint: Path | None, tokenizer: Path | None, models_dir: Path, settings: SamplingSettings,
                seed: int | None = None, device: str = "auto", logs_dir: Path = Path("logs"),
                console: Console | None = None, read_line: Callable[[str], str] | None = None) -> None:
     """What `gothic-chat` runs: pick and load a checkpoint, then the REPL.

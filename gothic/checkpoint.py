@@ -4,10 +4,15 @@ A checkpoint is one `torch.save` file holding only tensors and plain Python valu
 with `torch.load(weights_only=True)`: a file that would need to run code to unpickle is refused,
 never executed. Writes are atomic (temp file, fsync, rename), so a crash never leaves a half file.
 
-Contents (FORMAT_VERSION 1): `format_version`, `model` (the uncompiled model's state_dict),
-`model_config` (ModelConfig fields), `train_config`, `vocab_size`, `tokenizer_sha256`, `step`,
-`best_val_loss`, `best_step`, `val_loss`, `tokens_seen`, `train_time_s`, `optimizer`, `scaler`,
-`sampler`, `rng` (one entry per rank: python, numpy, torch, cuda), `history` (logged rows).
+Contents (FORMAT_VERSION 2): `format_version`, `model` (the uncompiled model's state_dict),
+`model_config` (ModelConfig fields), `train_config`, `vocab_size`, `tokenizer` (the text of the
+tokenizer.json it was trained with), `tokenizer_sha256`, `step`, `best_val_loss`, `best_step`,
+`val_loss`, `tokens_seen`, `wall_time_s`, `history` (logged rows); and in latest.pt only, what
+resuming needs: `optimizer`, `scaler`, `sampler`, `rng` (one entry per rank: python, numpy, torch,
+cuda). best.pt and final.pt leave those out (`release_state`), so they are a third of the size.
+
+Version 1 (still read) had no `tokenizer`, and best/final were copies of latest.pt; such a
+checkpoint needs its tokenizer.json given separately.
 
 Readers elsewhere (generation, evaluation, chat) only need `load_model`:
 
@@ -20,6 +25,7 @@ loading their weights.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import math
 import pickle
@@ -33,13 +39,15 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from gothic.config import ModelConfig
 from gothic.errors import GothicError
 from gothic.files import atomic_path
 from gothic.model import GPT
+from gothic.tokenizer import EOT
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the tokenizer travels inside; best/final hold no optimizer state
 REQUIRED_KEYS = ("format_version", "model", "model_config", "vocab_size", "tokenizer_sha256", "step",
                  "best_val_loss")
 
@@ -205,6 +213,28 @@ def load_weights(model: GPT, state: dict, path: Path) -> None:
 
 # what only resuming needs; load_model leaves it out of the metadata it returns
 TRAINING_STATE_KEYS = ("optimizer", "scaler", "sampler", "rng")
+
+
+def release_state(state: dict) -> dict:
+    """A checkpoint's state without what only resuming needs: weights, configs, tokenizer, metrics."""
+    return {k: v for k, v in state.items() if k not in TRAINING_STATE_KEYS}
+
+
+def checkpoint_tokenizer(path: str | Path, info: dict) -> Tokenizer | None:
+    """The tokenizer a checkpoint carries (format 2), checked against its recorded hash; None
+    for a format-1 checkpoint, which carries none."""
+    text = info.get("tokenizer")
+    if text is None:
+        return None
+    if not isinstance(text, str) or hashlib.sha256(text.encode("utf-8")).hexdigest() != info["tokenizer_sha256"]:
+        raise GothicError(f"{path}: the tokenizer inside does not match its recorded sha256; the file is damaged")
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as e:  # tokenizers raises plain Exceptions
+        raise GothicError(f"{path}: the tokenizer inside cannot be read ({_first_line(e)})") from None
+    if tok.token_to_id(EOT) is None:
+        raise GothicError(f"{path}: the tokenizer inside has no {EOT} token; the file is damaged")
+    return tok
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:

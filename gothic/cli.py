@@ -137,8 +137,9 @@ def generate_main(argv: list[str] | None = None) -> None:
 
     parser = _parser("gothic-generate", "Generate text from a trained checkpoint, streaming it as it is produced.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint, e.g. models/best.pt")
-    parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"),
-                        help="the tokenizer the checkpoint was trained with")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="check the model against this tokenizer.json (default: the one inside the checkpoint; "
+                             "data/tokenizer.json for older checkpoints that carry none)")
     parser.add_argument("--prompt", default="", help="text to continue; empty starts a new document")
     parser.add_argument("--max-tokens", type=int, default=200, help="new tokens per sample, at most")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied")
@@ -222,8 +223,9 @@ def chat_main(argv: list[str] | None = None) -> None:
     # SUPPRESS: no "(default: None)" in --help; an absent flag is simply not set
     parser.add_argument("--checkpoint", type=Path, default=argparse.SUPPRESS, metavar="PATH",
                         help="checkpoint to load; without it, list those under --models-dir and ask")
-    parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"), metavar="PATH",
-                        help="the tokenizer the model was trained with")
+    parser.add_argument("--tokenizer", type=Path, default=None, metavar="PATH",
+                        help="check models against this tokenizer.json (default: the one inside each checkpoint; "
+                             "data/tokenizer.json for older checkpoints that carry none)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
                         help="where /models and /model NAME look for checkpoints")
     parser.add_argument("--temp", type=float, default=defaults.temperature, metavar="F",

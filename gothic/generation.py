@@ -8,7 +8,7 @@ Two layers, so each can be tested alone:
 * text level: `Engine` (model + tokenizer + device) turns prompts into text, streaming pieces that
   never split a UTF-8 character.
 
-    engine = Engine.from_checkpoint("models/best.pt", "data/tokenizer.json", device="auto")
+    engine = Engine.from_checkpoint("models/best.pt", device="auto")  # the tokenizer travels inside
     settings = SamplingSettings(max_new_tokens=200, temperature=0.8, top_k=40, top_p=0.9)
     stream = engine.stream("In the shadow of R'lyeh", settings, seed=1, stop=["\\n\\n"])
     if stream.notice:                 # the prompt was cut to fit the context; say so once
@@ -52,13 +52,16 @@ from typing import TYPE_CHECKING
 import torch
 from tokenizers import Tokenizer, decoders
 
-from gothic.checkpoint import load_model, resolve_device
+from gothic.checkpoint import checkpoint_tokenizer, load_model, resolve_device
 from gothic.errors import GothicError
 from gothic.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
 
 if TYPE_CHECKING:
     from gothic.config import SampleConfig
     from gothic.model import GPT
+
+LEGACY_TOKENIZER = Path("data/tokenizer.json")
+"""Where a format-1 checkpoint (which carries no tokenizer) finds its tokenizer by default."""
 
 FINISH_REASONS = ("eot", "stop", "length", "closed")
 
@@ -415,14 +418,28 @@ class Engine:
                               f"{tokenizer.get_vocab_size()}: use the tokenizer the model was trained with")
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_path: str | Path, tokenizer_path: str | Path,
+    def from_checkpoint(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None,
                         device: str = "auto") -> Engine:
-        """Load a checkpoint and its tokenizer; a tokenizer it was not trained with is a GothicError."""
-        tokenizer = load_tokenizer(tokenizer_path)
+        """Load a checkpoint and its tokenizer.
+
+        Without tokenizer_path, the tokenizer inside the checkpoint (format 2), else (an older
+        checkpoint) data/tokenizer.json. A given tokenizer the model was not trained with is a
+        GothicError.
+        """
+        tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None  # fail before the load
         target = resolve_device(device)
         model, info = load_model(checkpoint_path, device=target)
-        check_tokenizer_matches(info, checkpoint_path, tokenizer.get_vocab_size(),
-                                tokenizer_sha256(tokenizer_path), str(tokenizer_path))
+        if tokenizer is None:
+            tokenizer = checkpoint_tokenizer(checkpoint_path, info)
+        if tokenizer is None:  # format 1: the tokenizer was a separate file
+            tokenizer_path = LEGACY_TOKENIZER
+            if not tokenizer_path.is_file():
+                raise GothicError(f"{checkpoint_path} is an older checkpoint that carries no tokenizer: pass "
+                                  "--tokenizer PATH (the tokenizer.json it was trained with)")
+            tokenizer = load_tokenizer(tokenizer_path)
+        if tokenizer_path is not None:
+            check_tokenizer_matches(info, checkpoint_path, tokenizer.get_vocab_size(),
+                                    tokenizer_sha256(tokenizer_path), str(tokenizer_path))
         return cls(model, tokenizer, target, info)
 
     @property

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -37,13 +36,14 @@ from gothic.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_weights,
+    release_state,
     restore_rng_state,
     save_checkpoint,
 )
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, load_meta, load_split
 from gothic.errors import GothicError
-from gothic.files import atomic_path, write_text
+from gothic.files import write_text
 from gothic.model import GPT
 from gothic.optim import build_optimizers
 from gothic.runtime import (
@@ -94,6 +94,8 @@ class TrainingData:
     val: np.ndarray
     vocab_size: int
     tokenizer_sha256: str
+    tokenizer_json: str = ""
+    """The tokenizer.json text; every checkpoint carries it, so a model needs no other file."""
 
 
 def _load_tokens(bin_dir: Path, file_name: str, split: str, meta: dict, block_size: int) -> np.ndarray:
@@ -117,12 +119,14 @@ def load_training_data(bin_dir: Path, tokenizer_path: Path, block_size: int, tra
     meta = load_meta(bin_dir)
     if not Path(tokenizer_path).is_file():
         raise GothicError(f"{tokenizer_path}: tokenizer not found (run `dvc repro tokenize` or pass --tokenizer)")
+    tokenizer_json = Path(tokenizer_path).read_bytes().decode("utf-8")  # bytes: the hash covers exactly these
     sha = tokenizer_sha256(tokenizer_path)
     if sha != meta.get("tokenizer_sha256"):
         raise GothicError(f"{bin_dir}/meta.json: bins were built with another tokenizer than {tokenizer_path}; "
                           "rebuild them with `dvc repro binarize`")
     return TrainingData(_load_tokens(bin_dir, train_file, "train", meta, block_size),
-                        _load_tokens(bin_dir, val_file, "val", meta, block_size), int(meta["vocab_size"]), sha)
+                        _load_tokens(bin_dir, val_file, "val", meta, block_size), int(meta["vocab_size"]), sha,
+                        tokenizer_json)
 
 
 class GlobalBatchStream:
@@ -264,6 +268,7 @@ def checkpoint_dict(run: Run, rng_states: list[dict]) -> dict:
         "train_config": to_dict(run.train_cfg),
         "vocab_size": run.data.vocab_size,
         "tokenizer_sha256": run.data.tokenizer_sha256,
+        "tokenizer": run.data.tokenizer_json,
         "step": s.step, "best_val_loss": s.best_val_loss, "best_step": s.best_step, "val_loss": s.val_loss,
         "tokens_seen": s.tokens_seen, "wall_time_s": s.wall_time_s,
         "optimizer": [opt.state_dict() for opt in run.optimizers],
@@ -285,16 +290,16 @@ def gather_rng_states(run: Run) -> list[dict]:
 
 
 def save_run(run: Run, names: tuple[str, ...]) -> None:
-    """Write latest.pt (all ranks join the RNG gather; rank 0 writes) and copy it to the other names."""
+    """Write latest.pt (all ranks join the RNG gather; rank 0 writes) and, for the other names, the
+    same checkpoint without the optimizer, RNG and sampler state that only resuming needs."""
     run.update_wall_time()
     rng_states = gather_rng_states(run)
     if not run.dist.is_main:
         return
-    latest = run.out_dir / "latest.pt"
-    save_checkpoint(latest, checkpoint_dict(run, rng_states))
+    state = checkpoint_dict(run, rng_states)
+    save_checkpoint(run.out_dir / "latest.pt", state)
     for name in names:
-        with atomic_path(run.out_dir / name) as tmp:
-            shutil.copyfile(latest, tmp)
+        save_checkpoint(run.out_dir / name, release_state(state))
 
 
 def _check_resumable(path: Path, ckpt: dict, run: Run) -> None:

@@ -1,0 +1,298 @@
+"""Export a checkpoint as a folder that Hugging Face transformers loads, with a model card.
+
+    export_checkpoint("models/best.pt", "export", metrics_dir="metrics", samples="samples/samples.md")
+
+writes model.safetensors, config.json, generation_config.json, tokenizer.json (+ tokenizer_config.json)
+and README.md. Every gothic block is a pre-norm transformer block, so each choice of switches is one
+of a few transformers architectures with the same arithmetic, given the right weight names:
+
+| gothic switches                                        | transformers architecture |
+| ------------------------------------------------------ | ------------------------- |
+| learned positions, LayerNorm, GELU or ReLU^2 (seed)    | GPT2LMHeadModel           |
+| rope, RMSNorm, SwiGLU                                  | LlamaForCausalLM          |
+| rope, RMSNorm, QK-norm, SwiGLU, no biases              | Qwen3ForCausalLM          |
+| rope, RMSNorm, GELU or ReLU^2                          | ArceeForCausalLM          |
+| rope, RMSNorm, QK-norm, GELU or ReLU^2, no biases      | ApertusForCausalLM        |
+
+each with a tied or untied head. gothic's rotary layout (rotate the first half of a head against
+the second) is transformers' `rotate_half`, so q and k need no permutation. Biases gothic leaves
+out are written as zeros where the target always has them (GPT-2). Any other combination (learned
+positions with RMSNorm, rope with LayerNorm, ...) has no exact counterpart: the folder then holds
+gothic's own tensor names and config, and `export_checkpoint` says so.
+
+safetensors is the `export` extra; transformers (same extra) is needed only to verify the export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gothic.checkpoint import checkpoint_tokenizer, load_model
+from gothic.config import ModelConfig, to_dict
+from gothic.errors import GothicError
+from gothic.files import write_json, write_text, write_with
+from gothic.model import GPT, ROPE_BASE
+from gothic.tokenizer import EOT
+
+EXTRA_HINT = "install the export extra: pip install 'gothic[export]' (make setup does)"
+
+
+@dataclass
+class HFModel:
+    """What an export writes: an architecture's config.json fields and its named tensors."""
+
+    architecture: str | None  # None: no transformers architecture computes this model exactly
+    config: dict
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    reason: str = ""  # why architecture is None
+
+
+def choose_architecture(cfg: ModelConfig) -> tuple[str | None, str]:
+    """The transformers class that computes exactly what this gothic model does, or (None, why not)."""
+    gated = cfg.mlp == "swiglu"
+    if cfg.pos_embedding == "learned":
+        if cfg.norm == "layernorm" and not cfg.qk_norm and not gated:
+            return "GPT2LMHeadModel", ""
+        return None, ("learned positions exist in transformers only as GPT-2, which has LayerNorm, no QK-norm "
+                      "and an ungated MLP")
+    if cfg.norm != "rmsnorm":
+        return None, "no transformers architecture combines rotary positions with gothic's LayerNorm blocks"
+    if gated:
+        if not cfg.qk_norm:
+            return "LlamaForCausalLM", ""
+        return ("Qwen3ForCausalLM", "") if not cfg.bias else \
+            (None, "Qwen3 (SwiGLU with QK-norm) has no MLP biases; train with model.bias: false")
+    if not cfg.qk_norm:
+        return "ArceeForCausalLM", ""
+    return ("ApertusForCausalLM", "") if not cfg.bias else \
+        (None, "Apertus (an ungated MLP with QK-norm) has no MLP biases; train with model.bias: false")
+
+
+def to_hf(model: GPT, eot: int) -> HFModel:
+    """gothic's weights under the names (and in the shapes) of the chosen architecture."""
+    cfg = model.cfg
+    arch, reason = choose_architecture(cfg)
+    common = {"vocab_size": model.vocab_size, "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
+              "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": "float32", "use_cache": True}
+    if arch is None:
+        state = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+        return HFModel(None, {"model_type": "gothic", **common, "gothic_model_config": to_dict(cfg)}, state, reason)
+    build = _gpt2 if arch == "GPT2LMHeadModel" else _llama_family
+    config, tensors = build(model, arch)
+    if not cfg.tie_embeddings:
+        tensors["lm_head.weight"] = model.lm_head.weight
+    config = {"architectures": [arch], **config, **common}
+    return HFModel(arch, config, {k: v.detach().contiguous() for k, v in tensors.items()})
+
+
+def _gpt2(model: GPT, arch: str) -> tuple[dict, dict[str, Tensor]]:
+    cfg = model.cfg
+    config = {"model_type": "gpt2", "n_positions": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
+              "n_head": cfg.n_head, "n_inner": 4 * cfg.n_embd,
+              # "gelu" is the exact (erf) GELU that F.gelu computes; GPT-2's own default is the tanh one
+              "activation_function": "gelu" if cfg.mlp == "gelu" else "relu2",
+              "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    t: dict[str, Tensor] = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.wpe.weight}
+    # GPT-2's Conv1D stores weights as (in, out): the transpose of nn.Linear's
+    for i, block in enumerate(model.blocks):
+        p = f"transformer.h.{i}."
+        for hf_name, module in (("ln_1", block.norm1), ("ln_2", block.norm2)):
+            t |= _norm_tensors(p + hf_name, module)
+        for hf_name, linear in (("attn.c_attn", block.attn.qkv), ("attn.c_proj", block.attn.proj),
+                                ("mlp.c_fc", block.mlp.fc), ("mlp.c_proj", block.mlp.proj)):
+            t[p + hf_name + ".weight"] = linear.weight.t()
+            t[p + hf_name + ".bias"] = _bias(linear)
+    t |= _norm_tensors("transformer.ln_f", model.norm_f)
+    return config, t
+
+
+def _norm_tensors(prefix: str, norm: torch.nn.LayerNorm) -> dict[str, Tensor]:
+    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
+    return {prefix + ".weight": norm.weight, prefix + ".bias": bias}
+
+
+def _bias(linear: torch.nn.Linear) -> Tensor:
+    return linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+
+
+# per architecture: model_type, the two norms' names, and whether it takes bias flags
+_LLAMA_FAMILY = {
+    "LlamaForCausalLM": ("llama", "input_layernorm", "post_attention_layernorm", True),
+    "Qwen3ForCausalLM": ("qwen3", "input_layernorm", "post_attention_layernorm", False),
+    "ArceeForCausalLM": ("arcee", "input_layernorm", "post_attention_layernorm", True),
+    "ApertusForCausalLM": ("apertus", "attention_layernorm", "feedforward_layernorm", False),
+}
+
+
+def _llama_family(model: GPT, arch: str) -> tuple[dict, dict[str, Tensor]]:
+    cfg = model.cfg
+    model_type, norm1, norm2, takes_bias = _LLAMA_FAMILY[arch]
+    head_size = cfg.n_embd // cfg.n_head
+    fc_out = model.blocks[0].mlp.fc.out_features
+    config = {"model_type": model_type, "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+              "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": head_size,
+              "intermediate_size": fc_out // 2 if cfg.mlp == "swiglu" else fc_out,
+              "hidden_act": "silu" if cfg.mlp == "swiglu" else cfg.mlp,
+              "max_position_embeddings": cfg.block_size,
+              # torch's RMSNorm with eps=None uses the dtype's machine epsilon
+              "rms_norm_eps": torch.finfo(torch.float32).eps,
+              # rope_parameters is transformers 5's spelling, rope_theta 4.x's
+              "rope_theta": ROPE_BASE, "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
+              "attention_dropout": 0.0}
+    if takes_bias:
+        config |= {"attention_bias": cfg.bias, "mlp_bias": cfg.bias}
+    t: dict[str, Tensor] = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.norm_f.weight}
+    for i, block in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        t[p + norm1 + ".weight"] = block.norm1.weight
+        t[p + norm2 + ".weight"] = block.norm2.weight
+        attn, mlp = block.attn, block.mlp
+        # gothic's fused qkv is q, k, v stacked along the output rows, heads contiguous in each
+        for name, w in zip(("q_proj", "k_proj", "v_proj"), attn.qkv.weight.chunk(3), strict=True):
+            t[p + f"self_attn.{name}.weight"] = w
+        if attn.qkv.bias is not None:
+            for name, b in zip(("q_proj", "k_proj", "v_proj"), attn.qkv.bias.chunk(3), strict=True):
+                t[p + f"self_attn.{name}.bias"] = b
+        _linear(t, p + "self_attn.o_proj", attn.proj)
+        if attn.q_norm is not None:
+            t[p + "self_attn.q_norm.weight"] = attn.q_norm.weight
+            t[p + "self_attn.k_norm.weight"] = attn.k_norm.weight
+        if cfg.mlp == "swiglu":  # gothic splits fc's output into (gate, value) halves
+            gate, up = mlp.fc.weight.chunk(2)
+            t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"] = gate, up
+            if mlp.fc.bias is not None:
+                t[p + "mlp.gate_proj.bias"], t[p + "mlp.up_proj.bias"] = mlp.fc.bias.chunk(2)
+        else:
+            _linear(t, p + "mlp.up_proj", mlp.fc)
+        _linear(t, p + "mlp.down_proj", mlp.proj)
+    return config, t
+
+
+def _linear(t: dict[str, Tensor], prefix: str, linear: torch.nn.Linear) -> None:
+    t[prefix + ".weight"] = linear.weight
+    if linear.bias is not None:
+        t[prefix + ".bias"] = linear.bias
+
+
+# --- the folder -------------------------------------------------------------------------------
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    architecture: str | None
+    reason: str
+    max_logit_diff: float | None  # None: transformers is not installed, so it was not checked
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_dir: str | Path | None = None,
+                      samples: str | Path | None = None, tokenizer_path: str | Path | None = None,
+                      sampling: dict | None = None, sources: list[str] | None = None,
+                      verify: bool = True) -> ExportResult:
+    """Write the export folder for a checkpoint; with verify (and transformers installed), load it
+    back with transformers and measure the largest logit difference from gothic's.
+
+    Args:
+        checkpoint: a gothic checkpoint (format 2 carries its tokenizer).
+        out_dir: the folder to (re)write.
+        metrics_dir: where metrics/corpus.json, eval.json and train.json are, for the model card.
+        samples: samples/samples.md, quoted in the model card.
+        tokenizer_path: the tokenizer.json for a format-1 checkpoint that carries none.
+        sampling: generation_config.json's sampling defaults (temperature, top_k, top_p).
+        sources: prepare.sources, for the licence line of the model card.
+    """
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise GothicError(f"gothic-export needs safetensors: {EXTRA_HINT}") from None
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    model, info = load_model(checkpoint, device="cpu")
+    tokenizer_json = _tokenizer_json(checkpoint, info, tokenizer_path)
+    from tokenizers import Tokenizer
+
+    eot = Tokenizer.from_str(tokenizer_json).token_to_id(EOT)
+    hf = to_hf(model, eot)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info["step"])}
+    write_with(out_dir / "model.safetensors", lambda tmp: save_file(hf.tensors, str(tmp), metadata=metadata))
+    write_json(out_dir / "config.json", hf.config)
+    write_json(out_dir / "generation_config.json", generation_config(eot, model.cfg.block_size, sampling or {}))
+    write_text(out_dir / "tokenizer.json", tokenizer_json)
+    write_json(out_dir / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
+        "model_max_length": model.cfg.block_size, "clean_up_tokenization_spaces": False})
+    diff = max_logit_diff(model, out_dir) if verify and hf.architecture and transformers_available() else None
+    from gothic.model_card import model_card
+
+    write_text(out_dir / "README.md", model_card(model, info, hf.architecture, hf.reason, diff,
+                                                 Path(metrics_dir) if metrics_dir else None,
+                                                 Path(samples) if samples else None, out_dir.name, sources))
+    return ExportResult(out_dir, hf.architecture, hf.reason, diff)
+
+
+def _tokenizer_json(checkpoint: Path, info: dict, tokenizer_path: str | Path | None) -> str:
+    if tokenizer_path is not None:
+        from gothic.generation import check_tokenizer_matches
+        from gothic.tokenizer import load_tokenizer, tokenizer_sha256
+
+        tok = load_tokenizer(tokenizer_path)
+        check_tokenizer_matches(info, checkpoint, tok.get_vocab_size(), tokenizer_sha256(tokenizer_path),
+                                str(tokenizer_path))
+        return Path(tokenizer_path).read_bytes().decode("utf-8")
+    if checkpoint_tokenizer(checkpoint, info) is None:
+        raise GothicError(f"{checkpoint} is an older checkpoint that carries no tokenizer: pass --tokenizer PATH")
+    return info["tokenizer"]
+
+
+def generation_config(eot: int, block_size: int, sampling: dict) -> dict:
+    """Sampling defaults as gothic-generate's (or the sample stage's) for transformers' generate()."""
+    values = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, **sampling}
+    return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": values["temperature"] > 0,
+            "temperature": values["temperature"] or 1.0, "top_k": values["top_k"], "top_p": values["top_p"],
+            "max_length": block_size}
+
+
+# --- checking against transformers ------------------------------------------------------------
+
+def transformers_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_hf(folder: str | Path):
+    """The exported folder as transformers loads it, in eval mode on the CPU. A tensor it expected
+    and did not find (or found and did not expect) is a GothicError: it would be left random."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    model, report = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                         output_loading_info=True)
+    problems = {k: v for k, v in report.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        raise GothicError(f"{folder}: transformers did not load every tensor: {problems}")
+    return model.eval()
+
+
+@torch.no_grad()
+def max_logit_diff(model: GPT, folder: str | Path, n_prompts: int = 4, seed: int = 0) -> float:
+    """The largest |logit| difference between gothic and transformers on random prompts of random
+    lengths up to the context window."""
+    hf = load_hf(folder)
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for _ in range(n_prompts):
+        length = int(torch.randint(1, model.cfg.block_size + 1, (1,), generator=gen))
+        ids = torch.randint(0, model.vocab_size, (1, length), generator=gen)
+        ours, _ = model(ids)
+        theirs = hf(ids).logits.float()
+        worst = max(worst, (ours - theirs).abs().max().item())
+    return worst if math.isfinite(worst) else math.inf
