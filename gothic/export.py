@@ -25,8 +25,9 @@ safetensors is the `export` extra; transformers (same extra) is needed only to v
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +37,12 @@ from torch import Tensor
 from gothic.checkpoint import checkpoint_tokenizer, load_model
 from gothic.config import ModelConfig, to_dict
 from gothic.errors import GothicError
-from gothic.files import write_json, write_text, write_with
+from gothic.files import write_json, write_text
 from gothic.model import GPT, ROPE_BASE
 from gothic.tokenizer import EOT
 
+TOLERANCE = 1e-4
+"""The largest logit difference from gothic that counts as the same model (float32 round-off is ~1e-6)."""
 EXTRA_HINT = "install the export extra: pip install 'gothic[export]' (make setup does)"
 
 
@@ -217,21 +220,35 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
 
     eot = Tokenizer.from_str(tokenizer_json).token_to_id(EOT)
     hf = to_hf(model, eot)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info["step"])}
-    write_with(out_dir / "model.safetensors", lambda tmp: save_file(hf.tensors, str(tmp), metadata=metadata))
-    write_json(out_dir / "config.json", hf.config)
-    write_json(out_dir / "generation_config.json", generation_config(eot, model.cfg.block_size, sampling or {}))
-    write_text(out_dir / "tokenizer.json", tokenizer_json)
-    write_json(out_dir / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
-        "model_max_length": model.cfg.block_size, "clean_up_tokenization_spaces": False})
-    diff = max_logit_diff(model, out_dir) if verify and hf.architecture and transformers_available() else None
-    from gothic.model_card import model_card
+    # built in a temporary folder beside out_dir, then swapped in: never a half-written export
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as e:
+        raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
+    try:
+        metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info["step"])}
+        save_file(hf.tensors, str(tmp / "model.safetensors"), metadata=metadata)
+        write_json(tmp / "config.json", hf.config)
+        write_json(tmp / "generation_config.json", generation_config(eot, sampling or {}))
+        write_text(tmp / "tokenizer.json", tokenizer_json)
+        write_json(tmp / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
+            "model_max_length": model.cfg.block_size, "clean_up_tokenization_spaces": False})
+        diff = max_logit_diff(model, tmp) if verify and hf.architecture and transformers_available() else None
+        from gothic.model_card import model_card
 
-    write_text(out_dir / "README.md", model_card(model, info, hf.architecture, hf.reason, diff,
+        write_text(tmp / "README.md", model_card(model, info, hf.architecture, hf.reason, diff,
                                                  Path(metrics_dir) if metrics_dir else None,
                                                  Path(samples) if samples else None, out_dir.name, sources))
+        tmp.chmod(0o755)  # mkdtemp makes 0700
+        if out_dir.is_dir():
+            shutil.rmtree(out_dir)
+        elif out_dir.exists():
+            raise GothicError(f"{out_dir} exists and is not a folder; remove it or choose another --out-dir")
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out_dir, hf.architecture, hf.reason, diff)
 
 
@@ -249,12 +266,11 @@ def _tokenizer_json(checkpoint: Path, info: dict, tokenizer_path: str | Path | N
     return info["tokenizer"]
 
 
-def generation_config(eot: int, block_size: int, sampling: dict) -> dict:
+def generation_config(eot: int, sampling: dict) -> dict:
     """Sampling defaults as gothic-generate's (or the sample stage's) for transformers' generate()."""
     values = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, **sampling}
     return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": values["temperature"] > 0,
-            "temperature": values["temperature"] or 1.0, "top_k": values["top_k"], "top_p": values["top_p"],
-            "max_length": block_size}
+            "temperature": values["temperature"] or 1.0, "top_k": values["top_k"], "top_p": values["top_p"]}
 
 
 # --- checking against transformers ------------------------------------------------------------

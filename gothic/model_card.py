@@ -68,7 +68,8 @@ def _data(corpus: dict, sources: list[str] | None) -> str:
         for split in ("train", "val"):
             s = corpus.get(split) or {}
             if s:
-                lines.append(f"- {split}: {s.get('documents', '?'):,} documents, {s.get('bytes', 0):,} bytes of UTF-8 text")
+                lines.append(f"- {split}: {s.get('documents', 0):,} documents, "
+                             f"{s.get('bytes', 0):,} bytes of UTF-8 text")
     else:
         lines.append("- (metrics/corpus.json was not available at export)")
     if sources:

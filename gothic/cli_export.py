@@ -1,0 +1,51 @@
+"""gothic-export: a checkpoint -> a folder that transformers loads, with a model card (gothic.export)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gothic.errors import run_main
+
+
+def describe(result) -> str:
+    """The one line that says what was written and whether transformers computes the same model."""
+    if result.architecture is None:
+        return (f"wrote {result.out_dir}/ with gothic's own tensor names: no transformers architecture computes "
+                f"this model exactly ({result.reason})")
+    checked = ("not checked: transformers is not installed" if result.max_logit_diff is None
+               else f"logits match gothic's to {result.max_logit_diff:.1e}")
+    return f"wrote {result.out_dir}/ as transformers' {result.architecture} ({checked})"
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="gothic-export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write a checkpoint as a folder that transformers loads (model.safetensors, config.json, "
+                    "tokenizer.json, generation_config.json) with a README.md model card.")
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/best.pt"), help="the checkpoint to export")
+    parser.add_argument("--out-dir", type=Path, default=Path("export"), help="the folder to (re)write")
+    parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"),
+                        help="corpus.json, eval.json and train.json for the model card (skipped when absent)")
+    parser.add_argument("--samples", type=Path, default=Path("samples/samples.md"),
+                        help="samples quoted in the model card (skipped when absent)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="tokenizer.json, only for older checkpoints that carry none")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip loading the export back with transformers to compare logits")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        from gothic.export import TOLERANCE, export_checkpoint
+
+        result = export_checkpoint(args.checkpoint, args.out_dir, metrics_dir=args.metrics_dir,
+                                   samples=args.samples, tokenizer_path=args.tokenizer, verify=not args.no_verify)
+        print(f"gothic-export: {describe(result)}")
+        if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
+            print(f"gothic-export: error: the exported model's logits differ from gothic's by "
+                  f"{result.max_logit_diff:.1e} (> {TOLERANCE:.0e}); please report this", file=sys.stderr)
+            return 1
+        return 0
+
+    run_main(run, "gothic-export")
