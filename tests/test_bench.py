@@ -51,3 +51,9 @@ def test_quality_trains_each_profile_and_names_the_held_out_documents(tmp_path):
     assert [r["profile"] for r in result["rows"]] == profiles
     assert all(0 < r["held-out bpb"] < 20 and r["steps"] >= 1 for r in result["rows"])
     assert {p["profile"] for p in result["curve"]} == set(profiles)
+
+
+def test_checkpoint_size_compares_latest_best_and_export(tmp_path):
+    run_bench("checkpoint_size.py", "--size", "tiny", results_dir=tmp_path)
+    rows = {r["file"]: r["MB"] for r in json.loads((tmp_path / "checkpoint_size.json").read_text())["rows"]}
+    assert len(rows) == 3 and all(size > 0 for size in rows.values())

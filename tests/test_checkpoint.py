@@ -205,3 +205,73 @@ def test_failed_save_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatc
         save_checkpoint(path, {"step": 5})
     assert sha256_file(path) == before
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temp file left behind
+
+
+# --- format 2: self-contained checkpoints -----------------------------------------------------------
+
+def test_best_and_final_hold_weights_config_tokenizer_and_metrics_only(trained, tiny_tokenizer_path):
+    from gothic.checkpoint import TRAINING_STATE_KEYS
+
+    tokenizer_text = tiny_tokenizer_path.read_bytes().decode("utf-8")
+    latest = torch.load(trained / "latest.pt", weights_only=True)
+    assert set(TRAINING_STATE_KEYS) <= latest.keys() and latest["tokenizer"] == tokenizer_text
+    for name in ("best.pt", "final.pt"):
+        ckpt = torch.load(trained / name, weights_only=True)
+        assert ckpt["format_version"] == FORMAT_VERSION == 2
+        assert not set(TRAINING_STATE_KEYS) & ckpt.keys(), name
+        assert {"model", "model_config", "train_config", "vocab_size", "tokenizer", "tokenizer_sha256", "step",
+                "best_val_loss", "val_loss", "history"} <= ckpt.keys()
+        assert ckpt["tokenizer"] == tokenizer_text
+    # AdamW keeps two moments per weight: without them a checkpoint is about a third of the size
+    assert (trained / "final.pt").stat().st_size < 0.5 * (trained / "latest.pt").stat().st_size
+
+
+def test_generate_needs_nothing_but_the_checkpoint(trained, tmp_path, monkeypatch, capsys):
+    from gothic.cli import generate_main
+
+    monkeypatch.chdir(tmp_path)  # no data/tokenizer.json here
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main(["--checkpoint", str(trained / "best.pt"), "--prompt", "The castle", "--max-tokens", "6",
+                       "--seed", "1", "--device", "cpu"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("The castle")
+
+
+def test_a_given_tokenizer_is_checked_against_the_one_inside(trained, tiny_tokenizer_path, tmp_path):
+    from gothic.generation import Engine
+
+    assert Engine.from_checkpoint(trained / "best.pt", tiny_tokenizer_path, device="cpu").tokenizer.get_vocab_size() \
+        == 300
+    changed = tmp_path / "tokenizer.json"
+    changed.write_text(tiny_tokenizer_path.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    with pytest.raises(GothicError, match="is not the tokenizer .* was trained with"):
+        Engine.from_checkpoint(trained / "best.pt", changed, device="cpu")
+
+
+def test_a_tampered_tokenizer_inside_is_refused(trained, tmp_path):
+    from gothic.generation import Engine
+
+    ckpt = torch.load(trained / "best.pt", weights_only=True)
+    ckpt["tokenizer"] = ckpt["tokenizer"].replace("<|endoftext|>", "<|end|>")
+    save_checkpoint(tmp_path / "tampered.pt", ckpt)
+    with pytest.raises(GothicError, match="does not match its recorded sha256"):
+        Engine.from_checkpoint(tmp_path / "tampered.pt", device="cpu")
+
+
+def test_format_1_checkpoints_still_load_with_their_tokenizer_file(tiny_tokenizer_path, tmp_path, monkeypatch):
+    """Version 1 carried no tokenizer: it comes from --tokenizer, else data/tokenizer.json as before."""
+    from gothic.generation import Engine
+
+    from conftest import save_tiny_checkpoint, tiny_gpt
+
+    old = save_tiny_checkpoint(tmp_path / "old.pt", tiny_gpt(300), tiny_tokenizer_path)
+    ckpt = torch.load(old, weights_only=True)
+    save_checkpoint(old, {**ckpt, "format_version": 1})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GothicError, match="older checkpoint that carries no tokenizer: pass --tokenizer"):
+        Engine.from_checkpoint(old, device="cpu")
+    assert Engine.from_checkpoint(old, tiny_tokenizer_path, device="cpu").checkpoint_info["format_version"] == 1
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tokenizer.json").write_bytes(tiny_tokenizer_path.read_bytes())
+    assert Engine.from_checkpoint(old, device="cpu").tokenizer.get_vocab_size() == 300
+

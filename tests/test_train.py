@@ -153,6 +153,7 @@ def test_stopped_then_resumed_equals_uninterrupted_bitwise(train_bins, tiny_toke
     assert_bitwise_equal(weights(straight / "final.pt"), weights(stopped / "final.pt"))
     a, b = (load_checkpoint(d / "final.pt") for d in (straight, stopped))
     assert a["best_val_loss"] == b["best_val_loss"] and a["tokens_seen"] == b["tokens_seen"]
+    a, b = (load_checkpoint(d / "latest.pt") for d in (straight, stopped))  # final.pt holds no optimizer state
     assert a["optimizer"][0]["state"][0]["exp_avg_sq"].equal(b["optimizer"][0]["state"][0]["exp_avg_sq"])
     assert [r["step"] for r in resumed.history["train"]] == [2, 4, 6, 8, 10, 12]
 
@@ -201,7 +202,7 @@ def test_modern_switches_and_precisions_train_and_reload(train_bins, tiny_tokeni
 
 def test_muon_moves_hidden_matrices_with_orthogonal_steps(train_bins, tiny_tokenizer_path, tmp_path):
     run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=2, optimizer="muon")
-    ckpt = load_checkpoint(tmp_path / "final.pt")
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
     adamw_state, muon_state = ckpt["optimizer"]
     assert muon_state["param_groups"][0]["base_lr"] == tiny_train_config().muon_lr
     n_hidden = 4 * tiny_model_config().n_layer  # qkv, attention proj, fc, mlp proj per block
@@ -377,4 +378,4 @@ def test_ddp_two_gloo_processes_match_one_process_on_the_same_global_batch(train
     ddp, single = weights(tmp_path / "ddp" / "final.pt"), weights(tmp_path / "single" / "final.pt")
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], atol=1e-5, rtol=1e-4, msg=key)
-    assert load_checkpoint(tmp_path / "ddp" / "final.pt")["sampler"]["batches_drawn"] == 8
+    assert load_checkpoint(tmp_path / "ddp" / "latest.pt")["sampler"]["batches_drawn"] == 8
