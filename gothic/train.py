@@ -393,12 +393,15 @@ class StopRequest:
 class RunLog:
     """Rank 0's outputs while training: log lines or a rich progress bar, and TensorBoard scalars."""
 
-    def __init__(self, out_dir: Path, state: RunState, max_iters: int, log: Log | None, show_progress: bool):
+    def __init__(self, out_dir: Path, state: RunState, max_iters: int, log: Log | None, show_progress: bool,
+                 on_log: Callable[[RunState], None] | None = None):
         from torch.utils.tensorboard import SummaryWriter  # slow import, only where logs are written
 
-        # purge_step drops events a stopped run logged past the step we resume from
-        self.writer = SummaryWriter(str(out_dir / "logs"), purge_step=state.step)
+        # purge_step drops events a stopped run logged past the step we resume from; flushing every
+        # 10 s (not the default 120) lets TensorBoard follow a run as it trains
+        self.writer = SummaryWriter(str(out_dir / "logs"), purge_step=state.step, flush_secs=10)
         self.state, self.log = state, log or (lambda _msg: None)
+        self.on_log = on_log or (lambda _state: None)  # gothic.live: the DVC metrics and plots, as they happen
         self.bar, self.task = None, None
         if show_progress:
             from gothic.progress import progress_bar
@@ -425,6 +428,7 @@ class RunLog:
             self.bar.update(self.task, status=status)
         else:
             self.log(f"step {step}: {status}")
+        self.on_log(self.state)
 
     def val_row(self, val_loss: float, is_best: bool) -> None:
         step = self.state.step
@@ -432,6 +436,7 @@ class RunLog:
         self.writer.add_scalar("loss/val", val_loss, step)
         self.writer.add_scalar("perplexity/val", math.exp(min(val_loss, 50.0)), step)
         self.log(f"step {step}: val loss {val_loss:.4f}" + (" (best, saved best.pt)" if is_best else ""))
+        self.on_log(self.state)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -629,7 +634,8 @@ def collect_metrics(run: Run, train_seconds: float, session_tokens: int) -> dict
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, tokenizer_path: str | Path,
           out_dir: str | Path, *, train_file: str = "train.bin", val_file: str = "val.bin", log: Log | None = None,
-          show_progress: bool | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
+          show_progress: bool | None = None, on_step: Callable[[int], None] | None = None,
+          on_log: Callable[[RunState], None] | None = None) -> TrainResult:
     """Train (or, with train_cfg.resume, continue) a GPT on the bins in bin_dir.
 
     Args:
@@ -643,6 +649,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
             stdout is a terminal.
         on_step: called with the step number after every optimizer step (tests use it to
             interrupt a run).
+        on_log: called (rank 0) with the run state after each logged train or val row
+            (gothic.live.LiveMetrics keeps the DVC metrics and plot files current).
     Returns:
         TrainResult with the metrics for metrics/train.json and the history for the plots.
     Raises:
@@ -664,7 +672,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
                 log(startup_line(run))
             if show_progress is None:
                 show_progress = os.isatty(1)
-            run_log = RunLog(out_dir, run.state, train_cfg.max_iters, log, show_progress) if dist.is_main \
+            run_log = RunLog(out_dir, run.state, train_cfg.max_iters, log, show_progress, on_log) if dist.is_main \
                 else NullLog()
             try:
                 with StopRequest() as stop:

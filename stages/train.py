@@ -1,4 +1,5 @@
-"""DVC stage `train`: data/bin/ + tokenizer -> models/ (checkpoints, logs/), metrics/train.json, plot TSVs.
+"""DVC stage `train`: data/bin/ + tokenizer -> models/ (checkpoints, logs/), metrics/train.json, plot TSVs
+(kept current while it trains: gothic.live).
 
     python stages/train.py data/bin data/tokenizer.json models metrics/train.json metrics/train_plots
 
@@ -11,16 +12,21 @@ from pathlib import Path
 from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.files import write_json
+from gothic.live import LiveMetrics
 from gothic.train import train, write_curves
 
 
 def main(bin_dir: str, tokenizer_path: str, out_dir: str, metrics_path: str, plots_dir: str | None = None) -> None:
     params = load_params("params.yaml")
-    result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(out_dir), log=print)
+    plots_dir = plots_dir or Path(metrics_path).parent / "train_plots"
+    # the metrics and plots are rewritten as training goes (dvc exp show / dvc plots show follow it),
+    # then once more from the final result
+    result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(out_dir), log=print,
+                   on_log=LiveMetrics(metrics_path, plots_dir))
     if result.rank != 0:  # the stage under torchrun: one writer
         return
     write_json(metrics_path, result.metrics)
-    write_curves(result.history, plots_dir or Path(metrics_path).parent / "train_plots")
+    write_curves(result.history, plots_dir)
     m = result.metrics
     print(f"train: step {m['step']}, best val loss {m['best_val_loss']} at step {m['best_step']}, "
           f"{m['tokens_per_s']} tokens/s")
