@@ -59,9 +59,9 @@ def project(tmp_path, raw_dir) -> Path:
 
 def test_dvc_repro_runs_clean_and_reruns_only_what_changed(project):
     first = run(["dvc", "repro"], project)
-    assert stages_run(first) == {"prepare", "tokenize", "binarize", "train", "evaluate", "sample"}
+    assert stages_run(first) == {"prepare", "tokenize", "binarize", "train", "evaluate", "sample", "export"}
     for path in ("models/best.pt", "models/latest.pt", "models/final.pt", "samples/samples.md",
-                 "metrics/train_plots/val_loss.tsv"):
+                 "metrics/train_plots/val_loss.tsv", "export/model.safetensors", "export/README.md"):
         assert (project / path).is_file(), path
     meta = json.loads((project / "data/bin/meta.json").read_text())
     assert meta["vocab_size"] == 300 and meta["splits"]["val"]["tokens"] > 0
@@ -122,5 +122,32 @@ def test_sample_only_change_reruns_only_sample(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["sample"]["temperature"] = 0.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(run(["dvc", "repro"], project)) == {"sample"}
+    assert stages_run(run(["dvc", "repro"], project)) == {"sample", "export"}  # the model card quotes samples
     assert "The castle" in (project / "samples/samples.md").read_text()
+
+
+def test_the_model_is_shared_through_a_dvc_remote(project, tmp_path):
+    """dvc push to a local-folder remote, a fresh clone, dvc pull: the checkpoint generates with nothing else,
+    and transformers loads the exported folder."""
+    pytest.importorskip("transformers", reason="the export extra (transformers) is not installed")
+    run(["dvc", "repro"], project)
+    run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "trained"], project)
+    run(["dvc", "push"], project)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "export").exists() and not (clone / "models").exists()
+    for target in ("export", "models"):  # the model only: no data, no tokenizer file
+        run(["dvc", "pull", target], clone)
+    assert not (clone / "data" / "tokenizer.json").exists()
+    out = run(["gothic-generate", "--checkpoint", "models/best.pt", "--prompt", "The castle", "--max-tokens", "8",
+               "--seed", "1", "--device", "cpu"], clone)
+    assert out.startswith("The castle")
+    # the README's snippet; 4 new tokens: the tiny model's window is 16 and transformers does not slide it
+    snippet = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+               "tok, model = AutoTokenizer.from_pretrained('export'), AutoModelForCausalLM.from_pretrained('export')\n"
+               "print(tok.decode(model.generate(**tok('The castle', return_tensors='pt'), max_new_tokens=4)[0]))\n")
+    assert run(["python", "-c", snippet], clone).startswith("The castle")
+    assert "bits per byte" in (clone / "export" / "README.md").read_text()
