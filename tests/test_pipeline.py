@@ -151,3 +151,9 @@ def test_the_model_is_shared_through_a_dvc_remote(project, tmp_path):
                "print(tok.decode(model.generate(**tok('The castle', return_tensors='pt'), max_new_tokens=4)[0]))\n")
     assert run(["python", "-c", snippet], clone).startswith("The castle")
     assert "bits per byte" in (clone / "export" / "README.md").read_text()
+
+    # the declared artifact, fetched by name (its latest version tag) without a clone
+    run(["git", "tag", "-a", "gothic-gpt@v0.1.0", "-m", "gothic-gpt v0.1.0"], project)  # GTO-style: annotated
+    run(["dvc", "artifacts", "get", str(project), "gothic-gpt", "-o", str(tmp_path / "got")], tmp_path)
+    got, pulled = (folder / "model.safetensors" for folder in (tmp_path / "got", clone / "export"))
+    assert got.read_bytes() == pulled.read_bytes()
