@@ -30,7 +30,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@# pin the torch just installed, so no dependency (transformers in the export extra) swaps it
+	$(BIN)/python -m pip freeze | grep -i '^torch==' > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
 	touch $@
 
 demo: setup  ## run the whole pipeline on the built-in corpus with the CPU demo profile (~10 min)
