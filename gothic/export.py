@@ -241,7 +241,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         write_text(tmp / "README.md", model_card(model, info, hf.architecture, hf.reason, diff,
                                                  Path(metrics_dir) if metrics_dir else None,
                                                  Path(samples) if samples else None, out_dir.name, sources))
-        tmp.chmod(0o755)  # mkdtemp makes 0700
+        tmp.chmod(0o755)  # mkdtemp makes 0700, and safetensors writes 0600: shared files should be readable
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if out_dir.is_dir():
             shutil.rmtree(out_dir)
         elif out_dir.exists():

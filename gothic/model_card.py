@@ -108,8 +108,11 @@ def _samples(samples: Path | None) -> str:
         return "(samples/samples.md was not available at export)\n"
     if len(text) > MAX_SAMPLES_CHARS:
         text = text[:MAX_SAMPLES_CHARS] + "\n\n[... cut]"
-    # the samples file has its own headings: push them below this card's
-    return text.replace("\n#", "\n###").removeprefix("#").strip() + "\n"
+    lines = text.strip().splitlines()
+    if lines and lines[0].startswith("# "):  # the file's title: this section's heading replaces it
+        lines = lines[1:]
+    # its other headings go two levels down, below this card's
+    return "\n".join("##" + line if line.startswith("#") else line for line in lines).strip() + "\n"
 
 
 def _usage(architecture: str | None, folder: str) -> str:
