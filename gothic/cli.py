@@ -65,14 +65,18 @@ def train_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gothic-train", description=(
         "Train the GPT on token bins, as the `train` stage does. Unset flags take their value from "
         "--params; `torchrun --nproc_per_node N -m gothic.train ...` trains on N processes (DDP)."))
-    parser.add_argument("--data-dir", type=Path, default=Path("data/bin"),
-                        help="folder with the token bins and meta.json (default: data/bin)")
-    parser.add_argument("--train-file", default="train.bin", help="training bin in --data-dir (default: train.bin)")
-    parser.add_argument("--val-file", default="val.bin", help="validation bin in --data-dir (default: val.bin)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data/processed"),
+                        help="folder with the training and validation files (default: data/processed)")
+    parser.add_argument("--train-file", default="train.txt",
+                        help="training text in --data-dir, encoded once into OUT_DIR/bins; or a .bin of the "
+                             "binarize stage, e.g. --data-dir data/bin --train-file train.bin (default: train.txt)")
+    parser.add_argument("--val-file", default="val.txt", help="validation text (or .bin) in --data-dir "
+                                                              "(default: val.txt)")
     parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"),
                         help="tokenizer the bins were built with (default: data/tokenizer.json)")
-    parser.add_argument("--out-dir", type=Path, default=Path("models"),
-                        help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard (default: models)")
+    parser.add_argument("--out-dir", type=Path, default=Path("checkpoints"),
+                        help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard "
+                             "(default: checkpoints)")
     parser.add_argument("--params", type=Path, default=None,
                         help="params file (default: params.yaml if present here, else built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -87,8 +91,9 @@ def train_main(argv: list[str] | None = None) -> None:
         default = getattr(built_in, key.removeprefix("train."))
         parser.add_argument(f"--{dest.replace('_', '-')}", type=float if dest == "lr" else int,
                             help=f"{what} (default: {key} from --params; built-in {default})")
-    parser.add_argument("--resume", action="store_true", default=None,
-                        help="continue from OUT_DIR/latest.pt, also to a larger --max-iters (train.resume)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                        help="continue the run in OUT_DIR, also to another --max-iters; --no-resume starts "
+                             "fresh (default: train.resume; built-in 'auto' = continue this very run if stopped)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model (default: train.compile; built-in 'auto' = on for CUDA)")
     parser.add_argument("--metrics", type=Path, default=None, help="also write the final metrics as JSON here")
@@ -103,6 +108,7 @@ def train_main(argv: list[str] | None = None) -> None:
 
     def run() -> None:
         from gothic.config import apply_overrides, load_params, params_from_dict
+        from gothic.data import bins_for
         from gothic.files import write_json
         from gothic.train import train
 
@@ -112,8 +118,10 @@ def train_main(argv: list[str] | None = None) -> None:
             params = params_from_dict(apply_overrides({}, overrides), "built-in defaults")
         else:
             params = load_params(args.params or Path("params.yaml"), overrides)
-        result = train(params.model, params.train, args.data_dir, args.tokenizer, args.out_dir,
-                       train_file=args.train_file, val_file=args.val_file, log=print if is_rank0 else None)
+        bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
+                                                 args.out_dir / "bins")
+        result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
+                       train_file=train_file, val_file=val_file, log=print if is_rank0 else None)
         if result.rank == 0:
             if args.metrics:
                 write_json(args.metrics, result.metrics)
