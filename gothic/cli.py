@@ -142,6 +142,7 @@ def generate_main(argv: list[str] | None = None) -> None:
 
     from gothic.errors import GothicError
     from gothic.generation import Engine, SamplingSettings, new_seed
+    from gothic.runtime import ctrl_c_interrupts
 
     parser = _parser("gothic-generate", "Generate text from a trained checkpoint, streaming it as it is produced.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint, e.g. models/best.pt")
@@ -211,6 +212,7 @@ def generate_main(argv: list[str] | None = None) -> None:
             raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
         engine = Engine.from_checkpoint(args.checkpoint, args.tokenizer, device=args.device)
         if args.interactive:
+            ctrl_c_interrupts()
             if args.prompt:
                 emit(engine, settings, args.prompt)
             interact(engine, settings)

@@ -364,8 +364,8 @@ def test_stage_writes_metrics_and_plot_files(train_bins, tiny_tokenizer_path, tm
     stage["main"](str(train_bins), str(tiny_tokenizer_path), "checkpoints", "models", "metrics/train.json",
                   "metrics/train_plots")
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    assert {"train_loss", "best_val_loss", "best_step", "tokens_seen", "tokens_per_second", "wall_time_s", "model_params",
-            "model_params_non_embedding"} <= metrics.keys()
+    assert {"train_loss", "best_val_loss", "best_step", "tokens_seen", "tokens_per_second", "wall_time_s",
+            "model_params", "model_params_non_embedding"} <= metrics.keys()
     plots = tmp_path / "metrics" / "train_plots"
     assert (plots / "train_loss.tsv").read_text().splitlines()[0] == "step\ttrain_loss"
     assert [line.split("\t")[0] for line in (plots / "learning_rate.tsv").read_text().splitlines()] == \
@@ -381,8 +381,8 @@ def test_ddp_two_gloo_processes_match_one_process_on_the_same_global_batch(train
                                                                            tmp_path):
     """2 ranks x grad_accum 1 see the same global batches as 1 process x grad_accum 2."""
     params = write_params(tmp_path / "params.yaml", max_iters=4, grad_accum=1)
-    args = ["--params", str(params), "--data-dir", str(train_bins), "--train-file", "train.bin", "--val-file", "val.bin",
-            "--tokenizer", str(tiny_tokenizer_path)]
+    args = ["--params", str(params), "--data-dir", str(train_bins), "--train-file", "train.bin",
+            "--val-file", "val.bin", "--tokenizer", str(tiny_tokenizer_path)]
     # torchrun --standalone: a local rendezvous on a free port
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "gothic.train", *args, "--out-dir", str(tmp_path / "ddp")]
