@@ -138,6 +138,10 @@ class RunDirLock:
                               "to finish, or give this one another folder (--out-dir)") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        # a run killed inside a write leaves its temporary file (gothic.files.atomic_path); holding the
+        # lock, no one else is writing here, so every one left is stale
+        for stale in self.path.parent.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc) -> None:
