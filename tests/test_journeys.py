@@ -140,6 +140,13 @@ def test_queued_experiments_then_exp_apply_restores_each_ones_outputs(clone, hom
         assert sh(["dvc", "status", "--json"], clone, home).stdout.strip() == "{}"
     assert seen["a"] != seen["b"]
 
+    # once a's run is committed, a queued experiment continues its model to a larger max_iters
+    sh(["git", "-c", "user.name=me", "-c", "user.email=me@gothic.invalid", "commit", "-qam", "keep a"], clone, home)
+    dvc_identity_run(["dvc", "exp", "run", "--queue", "-n", "d",
+                      *overrides(**{"train.seed": "5", "train.resume": "true", "train.max_iters": "9"})], clone, home)
+    run_d = dvc_identity_run(["dvc", "exp", "run", "--run-all"], clone, home)
+    assert "resuming at step 6, to step 9" in run_d, run_d[-3000:]
+
 
 IDENTITY = {"GIT_AUTHOR_NAME": "gothic tests", "GIT_AUTHOR_EMAIL": "t@gothic.invalid",
             "GIT_COMMITTER_NAME": "gothic tests", "GIT_COMMITTER_EMAIL": "t@gothic.invalid"}
