@@ -34,8 +34,8 @@ def test_metrics_and_plots_are_written_while_training(train_bins, tiny_tokenizer
     train(tiny_model_config(), tiny_train_config(), train_bins, tiny_tokenizer_path, tmp_path / "models",
           on_step=look, on_log=LiveMetrics(metrics, plots, min_interval_s=0))
     live6, train6, val6, lr6 = seen[6]
-    assert live6["step"] == 6 and live6["best_step"] == 4 and live6["val_loss"] is not None
-    assert live6["learning_rate"] > 0
+    assert live6["step"] == 6 and live6["best_step"] == 4 and live6["last_val_loss"] is not None
+    assert live6["current_lr"] > 0
     assert (train6, val6, lr6) == ([2, 4, 6], [4], [2, 4, 6])
     assert seen[10][1] == [2, 4, 6, 8, 10] and seen[10][2] == [4, 8]
 
@@ -81,7 +81,7 @@ def test_train_rows_are_throttled_but_val_rows_always_written(tmp_path):
     state.val_loss = state.best_val_loss = 2.7
     live(state)  # a new val row: written at once
     written = json.loads((tmp_path / "m.json").read_text())
-    assert written["step"] == 4 and written["val_loss"] == 2.7
+    assert written["step"] == 4 and written["last_val_loss"] == 2.7
     now[0] = 7.0
     state.history["train"].append({"step": 6, "train_loss": 2.0, "lr": 0.1})
     live(state)
