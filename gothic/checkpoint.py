@@ -36,7 +36,7 @@ import torch
 
 from gothic.config import MIN_VOCAB_SIZE, ModelConfig
 from gothic.errors import GothicError
-from gothic.files import atomic_path
+from gothic.files import WriteError, atomic_path
 from gothic.model import GPT
 
 FORMAT_VERSION = 1
@@ -90,11 +90,14 @@ def restore_rng_state(state: dict, device: torch.device) -> None:
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write `state` (tensors and plain values) atomically, stamped with FORMAT_VERSION."""
     state = {"format_version": FORMAT_VERSION, **state}
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # turns OSErrors (ENOSPC, EROFS, ...) into one line, removes tmp
         try:
             torch.save(state, tmp)
-        except OSError as e:
-            raise GothicError(f"cannot write {path}: {e.strerror or e}") from None
+        except RuntimeError as e:
+            # torch's own writer reports a failed write (a full disk, mostly) without an errno
+            raise WriteError(f"cannot write {path}: the write stopped part-way ({_first_line(e)}); the disk is "
+                             "probably full: free some space and run again (files written before are intact)"
+                             ) from None
 
 
 LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, LookupError, struct.error,

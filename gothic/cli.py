@@ -209,15 +209,15 @@ def generate_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        from gothic.generation import SamplingSettings
-
-        settings = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p,
-                                    repetition_penalty=args.repetition_penalty).validate()
         if args.num_samples < 1:
             raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
         _check_seed(args.seed)
         _check_device(args.device)
+        from gothic.generation import SamplingSettings  # torch
+
+        settings = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p,
+                                    repetition_penalty=args.repetition_penalty).validate()
         _generate(args, settings)
 
     run_main(run, "gothic-generate")

@@ -283,9 +283,11 @@ def _build(cls, raw, section: str):
             errors.append(f"{section}.{key}: expected a finite number, got {value!r}")
         else:
             good[key] = float(value) if want is float else value
-    # range checks still run on the well-typed keys, so one pass reports every problem
+    # range checks still run on the well-typed keys, so one pass reports every problem; a check
+    # that names a mistyped key compared against its default and is left out
     cfg = cls(**good)
-    errors += cfg.check()
+    bad = [f"{section}.{key}=" for key in raw.keys() - good.keys()]
+    errors += [e for e in cfg.check() if not any(b in e for b in bad)]
     return (None if errors else cfg), errors
 
 

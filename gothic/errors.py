@@ -14,6 +14,9 @@ from collections.abc import Callable
 class GothicError(Exception):
     """A problem the user can fix; str() is the complete message."""
 
+    exit_code = 2
+    """2: a usage or input mistake (argparse's code too); subclasses for the machine's refusals use 1."""
+
 
 def run_main(main: Callable[[], object], prog: str) -> None:
     """Run an entry point; user errors and Ctrl+C become a short message and a non-zero exit."""
@@ -24,7 +27,7 @@ def run_main(main: Callable[[], object], prog: str) -> None:
         code = main()
     except (GothicError, ConfigError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
