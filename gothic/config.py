@@ -392,7 +392,8 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     """Read, override and validate a params file.
 
     Args:
-        require: sections the file must have (default: all, as the pipeline's params.yaml does).
+        require: sections the file must have: those the caller reads (each stage names its own;
+            default all). Any other section may be left out and takes the built-in defaults.
         values: already-typed overrides {'train.max_iters': 5} applied after `overrides`.
     """
     raw = read_params_dict(path)

@@ -15,7 +15,7 @@ from gothic.train import train, write_curves
 
 
 def main(bin_dir: str, tokenizer_path: str, out_dir: str, metrics_path: str, plots_dir: str | None = None) -> None:
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", require=("model", "train"))
     result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(out_dir), log=print)
     if result.rank != 0:  # the stage under torchrun: one writer
         return
