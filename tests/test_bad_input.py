@@ -344,3 +344,16 @@ def test_generate_reads_a_latin1_prompt(ws):
     err = proc.stderr.decode()
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert proc.stdout.decode().startswith("café") and err.count("\n") == 1 and "not valid UTF-8" in err
+
+
+def test_generate_into_a_closed_pipe_stops_quietly(ws):
+    """`gothic-generate ... | head -c 10`: the reader leaves early; no BrokenPipeError traceback."""
+    env = venv_env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen([str(BIN / "gothic-generate"), "--checkpoint", "models/best.pt", "--tokenizer",
+                             "tok.json", "--device", "cpu", "--max-tokens", "20000", "--num-samples", "5"],
+                            cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -103,3 +103,28 @@ def test_dvc_ignores_a_temp_left_inside_an_output_folder(tmp_path):
     lock = (tmp_path / "dvc.lock").read_text()
     assert "nfiles: 1" in lock  # models/ holds best.pt only
     assert "up to date" in dvc("status")
+
+
+@pytest.mark.parametrize("error, line", [
+    (OSError(errno.ENOSPC, "No space left on device", "models/logs/events.out"),
+     "prog: error: models/logs/events.out: No space left on device (free some disk space and run again)\n"),
+    (PermissionError(errno.EACCES, "Permission denied", "data/raw/book.txt"),
+     "prog: error: data/raw/book.txt: Permission denied (check the permissions)\n"),
+])
+def test_run_main_shows_a_refused_write_anywhere_as_one_line(capsys, error, line):
+    """Writes outside atomic_path (TensorBoard logs, say) meet a full disk too."""
+    from gothic.errors import run_main
+
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as info:
+        run_main(main, "prog")
+    assert info.value.code == 1 and capsys.readouterr().err == line
+
+
+def test_run_main_keeps_the_traceback_of_an_unforeseen_error():
+    from gothic.errors import run_main
+
+    with pytest.raises(FileNotFoundError):
+        run_main(lambda: open("/nonexistent/x"), "prog")
