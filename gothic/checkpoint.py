@@ -34,7 +34,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from gothic.config import MIN_VOCAB_SIZE, ModelConfig
+from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path
 from gothic.model import GPT
@@ -198,7 +198,7 @@ def _check_contents(path: Path, ckpt) -> dict:
         if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
             raise GothicError(f"{path}: {key} is a {type(ckpt[key]).__name__}, not a {_kind_name(kind)}; "
                               "the file is damaged or not from gothic")
-    if not MIN_VOCAB_SIZE <= ckpt["vocab_size"] <= 2**32 or ckpt["step"] < 0:
+    if not MIN_VOCAB_SIZE <= ckpt["vocab_size"] <= MAX_VOCAB_SIZE or ckpt["step"] < 0:
         raise GothicError(f"{path}: impossible vocab_size {ckpt['vocab_size']} or step {ckpt['step']}; "
                           "the file is damaged")
     return ckpt

@@ -83,6 +83,10 @@ def tokenize_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def run() -> None:
+        problems = TokenizerConfig(vocab_size=args.vocab_size, min_frequency=args.min_frequency).check()
+        if problems:  # the params checks, named by the flags
+            flags = "; ".join(problems).replace("tokenizer.vocab_size", "--vocab-size")
+            raise GothicError(flags.replace("tokenizer.min_frequency", "--min-frequency"))
         from gothic.tokenizer import save_tokenizer, train_tokenizer
 
         tok = train_tokenizer(args.files, args.vocab_size, args.min_frequency)

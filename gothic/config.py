@@ -22,6 +22,8 @@ from pathlib import Path
 UINT16_VOCAB_LIMIT = 65536
 # 256 byte-level symbols plus <|endoftext|>: the smallest vocabulary BPE can start from
 MIN_VOCAB_SIZE = 257
+# far beyond any useful BPE here; the trainer reserves memory in proportion (1e11 aborted asking for 4.5 TB)
+MAX_VOCAB_SIZE = 2**20
 # a longer context is a typo or a tampered checkpoint: its tables and KV cache would not fit in memory
 MAX_BLOCK_SIZE = 65536
 # numpy's and torch's seeds must fit in 32 unsigned bits
@@ -82,7 +84,7 @@ class TokenizerConfig:
 
     def check(self) -> list[str]:
         errors = []
-        _range(errors, "tokenizer.vocab_size", self.vocab_size, MIN_VOCAB_SIZE, 2**32)
+        _range(errors, "tokenizer.vocab_size", self.vocab_size, MIN_VOCAB_SIZE, MAX_VOCAB_SIZE)
         _range(errors, "tokenizer.min_frequency", self.min_frequency, 1)
         return errors
 
