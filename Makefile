@@ -5,6 +5,13 @@ BIN    := $(VENV)/bin
 # CPU machines take the pinned CPU wheel of torch (any other spec pulls gigabytes of CUDA packages);
 # where nvidia-smi exists the default is the regular (CUDA) build. Override: make setup TORCH_SPEC=...
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+# Where pip looks for torch. Empty: the usual index (on a stock Linux PyPI's torch is the CUDA build);
+# a CPU-only build on such a machine: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+# `dvc exp run` records each experiment as a git commit; on a machine without a git identity
+# (a fresh container, CI) give it one for that command only. No git config is ever written.
+GIT_IDENTITY := $(if $(shell git config user.email 2>/dev/null),,GIT_AUTHOR_NAME="gothic demo" \
+	GIT_AUTHOR_EMAIL=demo@gothic.invalid GIT_COMMITTER_NAME="gothic demo" GIT_COMMITTER_EMAIL=demo@gothic.invalid)
 # stages run `python ...`: make that the virtual environment's python
 RUN    := PATH="$(abspath $(BIN)):$$PATH"
 
@@ -27,14 +34,16 @@ help:  ## list the targets
 setup: $(VENV)/.installed  ## create .venv and install gothic with its dev tools
 
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make setup: gothic needs Python 3.11 or newer, $(PYTHON) is " + sys.version.split()[0] + "; install one and run make setup PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
 demo: setup  ## run the whole pipeline on the built-in corpus with the CPU demo profile (~10 min)
-	$(RUN) dvc exp run $(DEMO_PARAMS)
+	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make demo: this folder is not a git repository (a ZIP download?), and DVC records experiments in git: run  git init -q && git add -A && git -c user.name=me -c user.email=me@example.com commit -qm gothic  first, or git clone the repository" >&2; exit 2; }
+	$(GIT_IDENTITY) $(RUN) dvc exp run $(DEMO_PARAMS)
 	@echo "Done. Talk to the model: make chat   Metrics: $(BIN)/dvc metrics show"
 
 repro: setup  ## dvc repro with params.yaml as it is
@@ -49,11 +58,11 @@ lint: setup  ## ruff
 chat: setup  ## talk to models/best.pt (train one first: make demo); more flags: make chat CHAT_ARGS="--temp 1.0"
 	@$(BIN)/gothic-chat --checkpoint models/best.pt $(CHAT_ARGS)
 
-tensorboard: setup  ## TensorBoard on the training logs
-	$(BIN)/tensorboard --logdir models/logs
+tensorboard: setup  ## TensorBoard on the training logs (live while training runs)
+	$(BIN)/tensorboard --logdir checkpoints/logs
 
 plots: setup  ## render the loss and learning-rate plots to dvc_plots/index.html
 	$(BIN)/dvc plots show
 
 clean:  ## remove pipeline outputs (keeps .venv and the DVC cache)
-	rm -rf data/processed data/tokenizer.json data/bin models samples logs dvc_plots
+	rm -rf data/processed data/tokenizer.json data/bin models checkpoints logs dvc_plots

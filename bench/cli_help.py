@@ -14,8 +14,8 @@ from pathlib import Path
 
 from common import RESULTS_DIR, report
 
-SCRIPTS = {"gothic-tokenize": "tokenize_main", "gothic-train": "train_main", "gothic-generate": "generate_main",
-           "gothic-chat": "chat_main"}
+SCRIPTS = {"gothic-prepare": "prepare_main", "gothic-tokenize": "tokenize_main", "gothic-train": "train_main",
+           "gothic-generate": "generate_main", "gothic-chat": "chat_main"}
 
 
 def best_wall(argv: list[str], repeats: int) -> float:

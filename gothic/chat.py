@@ -43,6 +43,7 @@ from gothic.chat_view import Typewriter, display_path, header, models_table, no_
 from gothic.checkpoint import CHECKPOINT_NAMES, find_checkpoints
 from gothic.errors import GothicError
 from gothic.generation import Engine, SamplingSettings, TextStream, repair_text
+from gothic.runtime import ctrl_c_interrupts
 
 TURN_SEPARATOR = "\n\n"
 STOP_STRINGS = ("\n\n",)
@@ -365,6 +366,7 @@ def start_chat(checkpoint: Path | None, tokenizer: Path, models_dir: Path, setti
         raise GothicError("; ".join(problems))
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise GothicError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    ctrl_c_interrupts()
     console = console or Console()
     read_line = read_line or terminal_reader(console)
     if checkpoint is None:

@@ -138,6 +138,17 @@ def _quiet_load(path: Path, **kwargs):
         return torch.load(path, weights_only=True, **kwargs)
 
 
+def load_checkpoint_info(path: str | Path) -> dict:
+    """A checkpoint's plain values (step, run identity, ...) without reading its tensors: the file is
+    memory-mapped, so even a large checkpoint is inspected at once. Same errors as load_checkpoint."""
+    path = Path(path)
+    try:
+        ckpt = _quiet_load(path, map_location="cpu", mmap=True)
+    except LOAD_ERRORS:
+        return load_checkpoint(path)  # the full load gives the precise error (or, for the legacy format, the data)
+    return _check_contents(path, ckpt)
+
+
 def imports_objects(path: Path) -> bool:
     """Whether the file holds well-formed pickles that import Python objects (GLOBAL and kin).
 

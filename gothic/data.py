@@ -9,6 +9,7 @@ so training can refuse bins made with another tokenizer.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -172,3 +173,34 @@ class BatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.batches_drawn = int(state["batches_drawn"])
+
+
+def bins_for(data_dir: Path, train_file: str, val_file: str, tokenizer_path: Path,
+             cache_dir: Path) -> tuple[Path, str, str]:
+    """The bins gothic-train trains on: (folder, train name, val name).
+
+    Bins (`*.bin` beside a meta.json) are used as they are. Text files, as the seed's CLI takes them
+    (`--data-dir data/processed --train-file train.txt`), are encoded once into cache_dir by the
+    same `binarize` as the stage, and again only when a text or the tokenizer changes.
+    """
+    if train_file.endswith(".bin") and val_file.endswith(".bin"):
+        return data_dir, train_file, val_file
+    texts = {"train": data_dir / train_file, "val": data_dir / val_file}
+    for path in texts.values():
+        if not path.is_file():
+            raise GothicError(f"{path}: not found; write the splits first (gothic-prepare, or `dvc repro prepare`), "
+                              "or point --data-dir, --train-file and --val-file at your text files")
+    if not Path(tokenizer_path).is_file():
+        raise GothicError(f"{tokenizer_path}: tokenizer not found; train one first (gothic-tokenize)")
+    stamp = {split: [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
+             for split, path in texts.items()}
+    stamp["tokenizer_sha256"] = tokenizer_sha256(tokenizer_path)
+    stamp_path = cache_dir / "sources.json"
+    if (cache_dir / "meta.json").is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        return cache_dir, "train.bin", "val.bin"
+    with tempfile.TemporaryDirectory() as staging:  # binarize reads {train,val}.txt: name the texts so
+        for split, path in texts.items():
+            (Path(staging) / f"{split}.txt").symlink_to(path.resolve())
+        binarize(Path(staging), Path(tokenizer_path), cache_dir)
+    write_json(stamp_path, stamp)
+    return cache_dir, "train.bin", "val.bin"

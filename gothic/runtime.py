@@ -106,3 +106,13 @@ def resolve_precision(name: str, device: torch.device, cpu_fallback: bool = True
 
 def should_compile(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def ctrl_c_interrupts() -> None:
+    """Make Ctrl+C raise KeyboardInterrupt, as interactive programs need, however the process started:
+    a background job, nohup or some CI runners start it with SIGINT ignored, and Python keeps that."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)

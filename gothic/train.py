@@ -15,9 +15,9 @@ and stops; a second Ctrl+C stops at once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gothic.checkpoint import (
     capture_rng_state,
     load_checkpoint,
+    load_checkpoint_info,
     load_weights,
     restore_rng_state,
     save_checkpoint,
@@ -43,9 +44,19 @@ from gothic.checkpoint import (
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, load_meta, load_split
 from gothic.errors import GothicError
-from gothic.files import WriteError, atomic_path, write_text
+from gothic.files import WriteError, write_text
 from gothic.model import GPT
 from gothic.optim import build_optimizers
+from gothic.rundir import (
+    RunDirLock,
+    adopt,
+    copy_file,
+    data_fingerprint,
+    plan_start,
+    publish,
+    repair_copies,
+    run_identity,
+)
 from gothic.runtime import (
     SINGLE_PROCESS,
     Dist,
@@ -63,12 +74,26 @@ Batch = tuple[Tensor, Tensor]
 
 # --- learning-rate schedule -------------------------------------------------------------------
 
-def get_lr(step: int, cfg: TrainConfig) -> float:
+LrSegment = tuple[int, float]
+
+
+def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
 
     Warmup reaches learning_rate at step warmup_iters - 1 (step 0 already moves, at lr/warmup);
     the cosine runs from warmup_iters to max_iters, where it lands on min_lr and stays.
+
+    segment = (start_step, start_lr) is how a run continued to another max_iters goes on: from
+    start_step the rate falls along a cosine from start_lr (the rate the old schedule had reached
+    there) to min_lr at the new max_iters. So it never jumps: a run stopped mid-decay finishes its
+    decay over the new length, and a finished run goes on at min_lr.
     """
+    if segment is not None and step >= segment[0]:
+        start, start_lr = segment
+        if step >= cfg.max_iters:
+            return cfg.min_lr
+        progress = (step - start) / (cfg.max_iters - start)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (start_lr - cfg.min_lr)
     if step < cfg.warmup_iters:
         return cfg.learning_rate * (step + 1) / cfg.warmup_iters
     if step >= cfg.max_iters:
@@ -77,9 +102,10 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig) -> float:
+def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig,
+           segment: LrSegment | None = None) -> float:
     """Apply the schedule for `step` to every group (relative to its base_lr); returns the AdamW lr."""
-    factor = get_lr(step, cfg) / cfg.learning_rate
+    factor = get_lr(step, cfg, segment) / cfg.learning_rate
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * factor
@@ -94,6 +120,8 @@ class TrainingData:
     val: np.ndarray
     vocab_size: int
     tokenizer_sha256: str
+    fingerprint: str = ""
+    """Identifies the bins (gothic.rundir.data_fingerprint), part of the run key."""
 
 
 def _load_tokens(bin_dir: Path, file_name: str, split: str, meta: dict, block_size: int) -> np.ndarray:
@@ -122,7 +150,8 @@ def load_training_data(bin_dir: Path, tokenizer_path: Path, block_size: int, tra
         raise GothicError(f"{bin_dir}/meta.json: bins were built with another tokenizer than {tokenizer_path}; "
                           "rebuild them with `dvc repro binarize`")
     return TrainingData(_load_tokens(bin_dir, train_file, "train", meta, block_size),
-                        _load_tokens(bin_dir, val_file, "val", meta, block_size), int(meta["vocab_size"]), sha)
+                        _load_tokens(bin_dir, val_file, "val", meta, block_size), int(meta["vocab_size"]), sha,
+                        data_fingerprint(bin_dir / "meta.json"))
 
 
 class GlobalBatchStream:
@@ -224,6 +253,15 @@ class RunState:
     val_loss: float = math.inf
     tokens_seen: int = 0
     wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    """Seconds spent in training steps, over every session of the run (for tokens/s)."""
+    horizon: int = 0
+    """The max_iters the learning-rate schedule is heading for (the run is complete there)."""
+    lr_segment: LrSegment | None = None
+    """Set when the run was continued to another max_iters (see get_lr)."""
+    log_window: tuple[float, int] = (0.0, 0)
+    """Train loss summed over the steps since the last log line, and their number: a run stopped
+    between two log lines logs the same mean after it continues as it would have without stopping."""
     # rows for the plots: {"step", "train_loss", "lr", "tokens_per_s"} and {"step", "val_loss"}
     history: dict[str, list[dict]] = field(default_factory=lambda: {"train": [], "val": []})
 
@@ -242,7 +280,11 @@ class Run:
     dist: Dist
     device: torch.device
     out_dir: Path
+    identity: dict
+    """What defines this run's trajectory (gothic.rundir.run_identity), saved in every checkpoint."""
     state: RunState = field(default_factory=RunState)
+    last_saved_step: int | None = None
+    """The step of the newest checkpoint on disk (None before the first save of a fresh run)."""
     started: float = field(default_factory=time.perf_counter)
     """When this session began; state.wall_time_s adds the session's time to earlier sessions'."""
     wall_offset: float = 0.0
@@ -259,6 +301,9 @@ RESUME_KEYS = ("train_config", "optimizer", "sampler", "rng", "best_step", "val_
 def checkpoint_dict(run: Run, rng_states: list[dict]) -> dict:
     s = run.state
     return {
+        "run_identity": run.identity, "horizon": s.horizon,
+        "lr_segment": list(s.lr_segment) if s.lr_segment else None,
+        "train_time_s": s.train_time_s, "log_window": list(s.log_window),
         "model": run.model.state_dict(),  # the plain module's: no DDP `module.` or compile `_orig_mod.` prefixes
         "model_config": to_dict(run.model_cfg),
         "train_config": to_dict(run.train_cfg),
@@ -282,19 +327,6 @@ def gather_rng_states(run: Run) -> list[dict]:
     states: list = [None] * run.dist.world_size
     torch_dist.all_gather_object(states, mine)
     return states
-
-
-def save_run(run: Run, names: tuple[str, ...]) -> None:
-    """Write latest.pt (all ranks join the RNG gather; rank 0 writes) and copy it to the other names."""
-    run.update_wall_time()
-    rng_states = gather_rng_states(run)
-    if not run.dist.is_main:
-        return
-    latest = run.out_dir / "latest.pt"
-    save_checkpoint(latest, checkpoint_dict(run, rng_states))
-    for name in names:
-        with atomic_path(run.out_dir / name) as tmp:
-            shutil.copyfile(latest, tmp)
 
 
 def _check_resumable(path: Path, ckpt: dict, run: Run) -> None:
@@ -327,8 +359,6 @@ def resume_run(run: Run, path: Path) -> None:
         raise GothicError(f"{path}: holds no training state ({', '.join(missing)}), so it cannot be resumed; "
                           "start fresh with train.resume: false")
     _check_resumable(path, ckpt, run)
-    if ckpt["step"] >= run.train_cfg.max_iters:
-        raise GothicError(f"{path}: already at step {ckpt['step']}; raise train.max_iters above it to train on")
     load_weights(run.model, ckpt["model"], path)
     try:
         for opt, state in zip(run.optimizers, ckpt["optimizer"], strict=True):
@@ -343,9 +373,19 @@ def resume_run(run: Run, path: Path) -> None:
     restore_rng_state(rng[run.dist.rank] if run.dist.rank < len(rng) else rng[0], run.device)
     step = ckpt["step"]
     history = {k: [row for row in rows if row["step"] <= step] for k, rows in ckpt["history"].items()}
+    horizon = int(ckpt.get("horizon") or ckpt["train_config"]["max_iters"])
+    segment = tuple(ckpt["lr_segment"]) if ckpt.get("lr_segment") else None
+    max_iters = run.train_cfg.max_iters
+    if horizon != max_iters and step >= run.train_cfg.warmup_iters:
+        # continued to another length: go on from the rate the old schedule had reached (get_lr)
+        old_schedule = dataclasses.replace(run.train_cfg, max_iters=horizon)
+        segment = (step, get_lr(step, old_schedule, segment))
     run.state = RunState(step=step, best_val_loss=ckpt["best_val_loss"], best_step=ckpt["best_step"],
                          val_loss=ckpt["val_loss"], tokens_seen=ckpt["tokens_seen"],
-                         wall_time_s=ckpt["wall_time_s"], history=history)
+                         wall_time_s=ckpt["wall_time_s"], train_time_s=float(ckpt.get("train_time_s") or 0.0),
+                         horizon=max_iters, lr_segment=segment,
+                         log_window=tuple(ckpt.get("log_window") or (0.0, 0)), history=history)
+    run.last_saved_step = step
 
 
 def check_writable(out_dir: Path) -> None:
@@ -471,6 +511,16 @@ class Window:
     def resume(self) -> None:
         self.started = time.perf_counter()
 
+    def snapshot(self, dist: Dist) -> tuple[float, int]:
+        """(loss summed over the open window and all ranks, its steps): what a checkpoint keeps of it."""
+        (loss_sum,) = all_reduce([self.loss_sum.item()], dist, self.loss_sum.device)
+        return loss_sum, self.steps
+
+    def restore(self, loss_sum: float, steps: int, dist: Dist) -> None:
+        """Reopen a snapshot's window: rank 0 holds the ranks' summed losses, so close() still adds up."""
+        self.loss_sum.fill_(loss_sum if dist.is_main else 0.0)
+        self.steps = int(steps)
+
     def close(self, dist: Dist) -> tuple[float, int, float]:
         """(mean loss over the window and ranks, steps, seconds), and start a new window."""
         self.pause()
@@ -494,14 +544,15 @@ class TrainResult:
 
 
 def build_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData, out_dir: Path, dist: Dist,
-              device: torch.device) -> Run:
+              device: torch.device, identity: dict | None = None) -> Run:
     torch.manual_seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
     model = GPT(model_cfg, data.vocab_size).to(device)  # same initial weights on every rank
     torch.manual_seed(train_cfg.seed + dist.rank)  # but different dropout masks
     sampler = BatchSampler(data.train, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed)
     return Run(model, build_optimizers(model, train_cfg, device), resolve_precision(train_cfg.dtype, device),
-               GlobalBatchStream(sampler, dist), model_cfg, train_cfg, data, dist, device, out_dir)
+               GlobalBatchStream(sampler, dist), model_cfg, train_cfg, data, dist, device, out_dir,
+               identity or run_identity(model_cfg, train_cfg, data.fingerprint), RunState(horizon=train_cfg.max_iters))
 
 
 def wrap_for_training(run: Run) -> tuple[nn.Module, Callable[[], AbstractContextManager]]:
@@ -539,15 +590,45 @@ def stop_agreed(stop: StopRequest, run: Run) -> bool:
     return all_reduce([float(stop.requested)], run.dist, run.device, torch_dist.ReduceOp.MAX)[0] > 0
 
 
-def evaluate_and_save(run: Run, run_log: RunLog, final: bool) -> None:
+def check_finite(run: Run, what: str, value: float) -> None:
+    """Stop a diverged run before it writes a checkpoint: the ones on disk stay the last good ones."""
+    if math.isfinite(value):
+        return
+    kept = (f"the checkpoints in {run.out_dir} keep step {run.last_saved_step}" if run.last_saved_step is not None
+            else "no checkpoint was written")
+    raise GothicError(f"training diverged at step {run.state.step}: the {what} loss is {value}; {kept}. Lower "
+                      "train.learning_rate (or raise train.warmup_iters, or set train.grad_clip) and train again")
+
+
+def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
+    """Write latest.pt (all ranks join the RNG gather; rank 0 writes), then copy it to the other names.
+
+    latest.pt always comes first: a stop between it and its copies is repaired from it on the next
+    start (gothic.rundir.repair_copies).
+    """
+    run.update_wall_time()
+    run.state.log_window = window.snapshot(run.dist)
+    check_finite(run, "train", run.state.log_window[0])
+    rng_states = gather_rng_states(run)
+    run.last_saved_step = run.state.step
+    if not run.dist.is_main:
+        return
+    latest = run.out_dir / "latest.pt"
+    save_checkpoint(latest, checkpoint_dict(run, rng_states))
+    for name in names:
+        copy_file(latest, run.out_dir / name)
+
+
+def evaluate_and_save(run: Run, run_log: RunLog, window: Window, final: bool) -> None:
     cfg, state = run.train_cfg, run.state
     state.val_loss = estimate_loss(run.model, run.data.val, cfg.batch_size, cfg.eval_iters, cfg.seed,
                                    run.precision, run.dist)
+    check_finite(run, "validation", state.val_loss)
     is_best = state.val_loss < state.best_val_loss
     if is_best:
         state.best_val_loss, state.best_step = state.val_loss, state.step
     run_log.val_row(state.val_loss, is_best)
-    save_run(run, (("best.pt",) if is_best else ()) + (("final.pt",) if final else ()))
+    save_run(run, window, (("best.pt",) if is_best else ()) + (("final.pt",) if final else ()))
 
 
 @contextmanager
@@ -567,45 +648,45 @@ def oom_as_error(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.d
 
 
 def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextManager], run_log: RunLog,
-             stop: StopRequest, on_step: Callable[[int], None] | None) -> tuple[float, int]:
-    """Train to max_iters; returns (seconds spent in training steps, tokens trained on this session).
+             stop: StopRequest, on_step: Callable[[int], None] | None) -> None:
+    """Train to max_iters (state.train_time_s adds the seconds spent in training steps).
 
     On a stop request, saves latest.pt at the step just finished and raises KeyboardInterrupt.
     """
     cfg, state = run.train_cfg, run.state
     step_tokens = tokens_per_step(run)
-    window, train_seconds, session_steps = Window(run.device), 0.0, 0
+    window = Window(run.device)
+    window.restore(*state.log_window, run.dist)
     while state.step < cfg.max_iters:
-        lr = set_lr(run.optimizers, state.step, cfg)
+        lr = set_lr(run.optimizers, state.step, cfg, state.lr_segment)
         batches = [tuple(t.to(run.device, non_blocking=True) for t in run.stream.next_batch())
                    for _ in range(cfg.grad_accum)]
         window.add(train_step(module, batches, run.optimizers, run.precision, cfg.grad_clip, no_sync))
         state.step += 1
         state.tokens_seen += step_tokens
-        session_steps += 1
         run_log.step()
         is_last = state.step == cfg.max_iters
         if state.step % cfg.log_interval == 0 or is_last:
             loss, steps, seconds = window.close(run.dist)
-            train_seconds += seconds
+            state.train_time_s += seconds
+            check_finite(run, "train", loss)
             run_log.train_row(loss, lr, steps * step_tokens / max(seconds, 1e-9))
         if on_step is not None:
             on_step(state.step)
         stopping = stop_agreed(stop, run)
         window.pause()
         if state.step % cfg.eval_interval == 0 or is_last:
-            evaluate_and_save(run, run_log, final=is_last)
+            evaluate_and_save(run, run_log, window, final=is_last)
         elif stopping:
-            save_run(run, ())
+            save_run(run, window, ())
         if stopping and not is_last:
-            run_log.log(f"stopped at step {state.step}: saved {run.out_dir / 'latest.pt'}; "
-                        "continue with train.resume: true (gothic-train --resume)")
+            run_log.log(f"stopped at step {state.step}: saved {run.out_dir / 'latest.pt'}; run the same command "
+                        "again to continue (train.resume: auto)")
             raise KeyboardInterrupt
         window.resume()
-    return train_seconds, session_steps * step_tokens
 
 
-def collect_metrics(run: Run, train_seconds: float, session_tokens: int) -> dict:
+def collect_metrics(run: Run) -> dict:
     state, model = run.state, run.model
     train_rows = state.history["train"]
     return {
@@ -615,23 +696,26 @@ def collect_metrics(run: Run, train_seconds: float, session_tokens: int) -> dict
         "best_val_loss": round(state.best_val_loss, 6) if math.isfinite(state.best_val_loss) else None,
         "best_step": state.best_step,
         "tokens_seen": state.tokens_seen,
-        "tokens_per_s": round(session_tokens / train_seconds, 1) if train_seconds > 0 else None,
+        "tokens_per_second": round(state.tokens_seen / state.train_time_s, 1) if state.train_time_s > 0 else None,
         "wall_time_s": round(state.wall_time_s, 2),
-        "params": model.num_params(non_embedding=False),
-        "params_non_embedding": model.num_params(),
+        "model_params": model.num_params(non_embedding=False),
+        "model_params_non_embedding": model.num_params(),
     }
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, tokenizer_path: str | Path,
-          out_dir: str | Path, *, train_file: str = "train.bin", val_file: str = "val.bin", log: Log | None = None,
-          show_progress: bool | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
-    """Train (or, with train_cfg.resume, continue) a GPT on the bins in bin_dir.
+          out_dir: str | Path, *, publish_dir: str | Path | None = None, train_file: str = "train.bin",
+          val_file: str = "val.bin", log: Log | None = None, show_progress: bool | None = None,
+          on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train a GPT on the bins in bin_dir, or continue the run in out_dir (train_cfg.resume, gothic.rundir).
 
     Args:
         model_cfg, train_cfg: the `model` and `train` sections of params.yaml.
         bin_dir: folder with meta.json and the split bins.
         tokenizer_path: the tokenizer the bins were built with (checked against meta.json).
-        out_dir: where checkpoints and logs/ go (`models/`).
+        out_dir: the run folder: checkpoints and logs/ (`checkpoints/`); locked while training.
+        publish_dir: where a complete run's best.pt, final.pt and latest.pt are copied (the stage's
+            `models/`); also where a run to continue is looked for when out_dir has none.
         train_file, val_file: names of the split bins inside bin_dir.
         log: receives one-line messages (rank 0 only); None is silent.
         show_progress: a rich progress bar instead of log lines per log_interval; None = when
@@ -641,37 +725,57 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
     Returns:
         TrainResult with the metrics for metrics/train.json and the history for the plots.
     Raises:
-        GothicError: bad input (bins, tokenizer, checkpoint, permissions, out of memory).
+        GothicError: bad input (bins, tokenizer, checkpoint, permissions, a busy out_dir, out of
+            memory, a diverged loss).
         KeyboardInterrupt: after a stop request (Ctrl+C, SIGTERM), once latest.pt holds the last step.
     """
     dist, device = init_distributed(train_cfg.device)
+    log = log if dist.is_main else None
+    publish_dir = Path(publish_dir) if publish_dir is not None else None
     try:
         data = load_training_data(Path(bin_dir), Path(tokenizer_path), model_cfg.block_size, train_file, val_file)
         out_dir = Path(out_dir)
         if dist.is_main:
             check_writable(out_dir)
-        with oom_as_error(model_cfg, train_cfg, device):
-            run = build_run(model_cfg, train_cfg, data, out_dir, dist, device)
-            if train_cfg.resume:
-                resume_run(run, out_dir / "latest.pt")
-            module, no_sync = wrap_for_training(run)
-            if log and dist.is_main:
-                log(startup_line(run))
-            if show_progress is None:
-                show_progress = os.isatty(1)
-            run_log = RunLog(out_dir, run.state, train_cfg.max_iters, log, show_progress) if dist.is_main \
-                else NullLog()
-            try:
-                with StopRequest() as stop:
-                    train_seconds, session_tokens = run_loop(run, module, no_sync, run_log, stop, on_step)
-            finally:
-                run_log.close()
-        run.update_wall_time()
-        return TrainResult(collect_metrics(run, train_seconds, session_tokens), run.state.history, out_dir,
-                           dist.rank)
+        identity = run_identity(model_cfg, train_cfg, data.fingerprint)
+        with RunDirLock(out_dir) if dist.is_main else nullcontext():
+            start = plan_start(out_dir, identity, train_cfg, publish_dir)
+            if log and start.note:
+                log(f"train: {start.note}")
+            with oom_as_error(model_cfg, train_cfg, device):
+                run = build_run(model_cfg, train_cfg, data, out_dir, dist, device, identity)
+                if start.checkpoint is not None:
+                    resume_run(run, start.checkpoint)
+                    if dist.is_main:
+                        adopt(start.checkpoint, out_dir)
+                        repaired = repair_copies(out_dir, load_checkpoint_info(out_dir / "latest.pt"))
+                        if log and repaired:
+                            log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
+                if start.action != "complete":
+                    train_session(run, log, show_progress, on_step)
+            if publish_dir is not None and dist.is_main:
+                publish(out_dir, publish_dir)
+        return TrainResult(collect_metrics(run), run.state.history, out_dir, dist.rank)
     finally:
         if dist.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def train_session(run: Run, log: Log | None, show_progress: bool | None,
+                  on_step: Callable[[int], None] | None) -> None:
+    """Train from run.state.step to max_iters with the progress display and TensorBoard logs."""
+    module, no_sync = wrap_for_training(run)
+    if log:
+        log(startup_line(run))
+    if show_progress is None:
+        show_progress = os.isatty(1)
+    run_log = RunLog(run.out_dir, run.state, run.train_cfg.max_iters, log, show_progress) if run.dist.is_main \
+        else NullLog()
+    try:
+        with StopRequest() as stop:
+            run_loop(run, module, no_sync, run_log, stop, on_step)
+    finally:
+        run_log.close()
 
 
 def write_curves(history: dict[str, list[dict]], plots_dir: str | Path) -> None:

@@ -1,8 +1,11 @@
-"""DVC stage `train`: data/bin/ + tokenizer -> models/ (checkpoints, logs/), metrics/train.json, plot TSVs.
+"""DVC stage `train`: data/bin/ + tokenizer -> models/ (best.pt, final.pt, latest.pt), metrics/train.json, plots.
 
-    python stages/train.py data/bin data/tokenizer.json models metrics/train.json metrics/train_plots
+    python stages/train.py data/bin data/tokenizer.json checkpoints models metrics/train.json metrics/train_plots
 
-`models/` is `persist: true` in dvc.yaml, so `train.resume: true` continues from models/latest.pt.
+Training works in `checkpoints/`, which no DVC output covers: `dvc exp run` resets outputs to the
+last commit before a stage runs, and would take a stopped run's checkpoint with it. A run stopped
+there continues when the stage runs again with the same params (train.resume: auto); a complete
+run is copied into `models/`, the output DVC versions per experiment (gothic.rundir).
 """
 
 import sys
@@ -14,16 +17,18 @@ from gothic.files import write_json
 from gothic.train import train, write_curves
 
 
-def main(bin_dir: str, tokenizer_path: str, out_dir: str, metrics_path: str, plots_dir: str | None = None) -> None:
+def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metrics_path: str,
+         plots_dir: str) -> None:
     params = load_params("params.yaml", require=("model", "train"))
-    result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(out_dir), log=print)
+    result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(work_dir),
+                   publish_dir=Path(models_dir), log=print)
     if result.rank != 0:  # the stage under torchrun: one writer
         return
     write_json(metrics_path, result.metrics)
-    write_curves(result.history, plots_dir or Path(metrics_path).parent / "train_plots")
+    write_curves(result.history, plots_dir)
     m = result.metrics
     print(f"train: step {m['step']}, best val loss {m['best_val_loss']} at step {m['best_step']}, "
-          f"{m['tokens_per_s']} tokens/s")
+          f"{m['tokens_per_second']} tokens/s")
 
 
 if __name__ == "__main__":

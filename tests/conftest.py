@@ -46,6 +46,13 @@ def raw_dir(tmp_path: Path) -> Path:
     return raw
 
 
+def committed_text(name: str) -> str:
+    """A project file as committed (git HEAD), not as the workspace has it: `make demo` (a `dvc exp run`)
+    rewrites params.yaml, and the tests must not depend on what the user did in their clone."""
+    proc = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else (ROOT / name).read_text(encoding="utf-8")
+
+
 def git_init(path: Path) -> None:
     """A git repo with a local identity (CI machines have none)."""
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.name", "gothic tests"],

@@ -56,5 +56,6 @@ def test_quality_trains_each_profile_and_names_the_held_out_documents(tmp_path):
 def test_cli_help_times_every_console_script(tmp_path):
     run_bench("cli_help.py", "--repeats", "1", results_dir=tmp_path)
     rows = json.loads((tmp_path / "cli_help.json").read_text())["rows"]
-    assert [r["script"] for r in rows] == ["gothic-tokenize", "gothic-train", "gothic-generate", "gothic-chat"]
+    assert [r["script"] for r in rows] == ["gothic-prepare", "gothic-tokenize", "gothic-train", "gothic-generate",
+                                           "gothic-chat"]
     assert all(r["--help s"] > 0 and r["torch imported first s"] > 0 for r in rows)

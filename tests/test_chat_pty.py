@@ -47,10 +47,16 @@ def endless_checkpoint(tiny_tokenizer, tiny_tokenizer_path, tmp_path_factory) ->
     return folder, words
 
 
-def spawn_chat(folder: Path, tokenizer_path: Path, *extra: str, env: dict | None = None):
-    """gothic-chat on models/best.pt in a 30x100 pseudo-terminal; returns (child, screen log)."""
+def spawn_chat(folder: Path, tokenizer_path: Path, *extra: str, sigint_ignored: bool = False,
+               env: dict | None = None):
+    """gothic-chat on models/best.pt in a 30x100 pseudo-terminal; returns (child, screen log).
+
+    sigint_ignored starts it the way a background job or nohup does: with SIGINT ignored, which a
+    process inherits (`trap '' INT` then exec)."""
     exe = Path(sys.executable).parent / "gothic-chat"
     args = ["--checkpoint", "models/best.pt", "--tokenizer", str(tokenizer_path), "--device", "cpu", *extra]
+    if sigint_ignored:
+        exe, args = Path("/bin/sh"), ["-c", "trap '' INT; exec \"$0\" \"$@\"", str(exe), *args]
     env = {**venv_env(), "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30", **(env or {})}
     child = pexpect.spawn(str(exe), args, cwd=str(folder), env=env, encoding="utf-8", timeout=20,
                           dimensions=(30, 100), codec_errors="replace")
@@ -59,10 +65,11 @@ def spawn_chat(folder: Path, tokenizer_path: Path, *extra: str, env: dict | None
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_reply_in_a_pseudo_terminal(endless_checkpoint, tiny_tokenizer_path):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["plain", "started-with-SIGINT-ignored"])
+def test_ctrl_c_stops_a_reply_in_a_pseudo_terminal(endless_checkpoint, tiny_tokenizer_path, sigint_ignored):
     folder, words = endless_checkpoint
     child, screen = spawn_chat(folder, tiny_tokenizer_path, "--topk", str(len(words)), "--max", "100000",
-                               "--seed", "3")
+                               "--seed", "3", sigint_ignored=sigint_ignored)
     try:
         child.expect_exact("you › ")
         child.sendline("Who goes there?")
@@ -93,12 +100,12 @@ def test_ctrl_c_stops_a_reply_in_a_pseudo_terminal(endless_checkpoint, tiny_toke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["ctrl-c", "ctrl-d"])
+@pytest.mark.parametrize("key", ["ctrl-c", "ctrl-d", "ctrl-c-with-SIGINT-ignored"])
 def test_ctrl_c_or_ctrl_d_at_the_prompt_leaves(endless_checkpoint, tiny_tokenizer_path, key):
-    child, screen = spawn_chat(endless_checkpoint[0], tiny_tokenizer_path)
+    child, screen = spawn_chat(endless_checkpoint[0], tiny_tokenizer_path, sigint_ignored=key.endswith("ignored"))
     try:
         child.expect_exact("you › ")
-        child.sendintr() if key == "ctrl-c" else child.sendeof()
+        child.sendintr() if key.startswith("ctrl-c") else child.sendeof()
         child.expect_exact("farewell.")
         child.expect(pexpect.EOF)
     finally:

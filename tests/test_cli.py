@@ -14,8 +14,8 @@ import gothic
 from conftest import venv_env
 
 BIN = Path(sys.executable).parent
-SCRIPTS = {"gothic-tokenize": "tokenize_main", "gothic-train": "train_main", "gothic-generate": "generate_main",
-           "gothic-chat": "chat_main"}
+SCRIPTS = {"gothic-prepare": "prepare_main", "gothic-tokenize": "tokenize_main", "gothic-train": "train_main",
+           "gothic-generate": "generate_main", "gothic-chat": "chat_main"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

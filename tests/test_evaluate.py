@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from gothic.errors import GothicError
 from gothic.evaluate import evaluate_checkpoint, evaluate_tokens, score_tokens, window_batches
 from gothic.tokenizer import EOT
 
-from conftest import GENERATION_TEXT, ROOT, save_tiny_checkpoint, tiny_gpt, uniform_gpt
+from conftest import GENERATION_TEXT, ROOT, committed_text, save_tiny_checkpoint, tiny_gpt, uniform_gpt
 
 CPU = EvaluateConfig(batch_size=3, device="cpu")
 
@@ -109,7 +108,7 @@ def test_stage_writes_metrics(bins, tiny_tokenizer_path, tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("evaluate_stage", ROOT / "stages" / "evaluate.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text(committed_text("params.yaml"), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     ckpt = save_tiny_checkpoint(tmp_path / "best.pt", tiny_gpt(300), tiny_tokenizer_path)
     stage.main(str(ckpt), str(bins), "metrics/eval.json")

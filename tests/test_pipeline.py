@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, git_init, has_dvc, venv_env
+from conftest import ROOT, committed_text, git_init, has_dvc, venv_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_dvc(), reason="dvc is not installed")]
 
@@ -45,7 +45,7 @@ def project(tmp_path, raw_dir) -> Path:
     for folder in ("stages", "gothic"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(raw_dir, repo / "data" / "raw")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed_text("params.yaml"))
     for section, values in TINY_PARAMS.items():
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -29,7 +29,7 @@ from gothic.samples import (
 )
 from gothic.tokenizer import EOT
 
-from conftest import GENERATION_TEXT, ROOT, save_tiny_checkpoint, tiny_gpt
+from conftest import GENERATION_TEXT, ROOT, committed_text, save_tiny_checkpoint, tiny_gpt
 
 
 def test_words_are_lowercased_and_keep_inner_apostrophes():
@@ -113,7 +113,7 @@ def test_stage_writes_samples_and_metrics(tiny_tokenizer, tiny_tokenizer_path, t
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     (tmp_path / "params.yaml").write_text(
-        (ROOT / "params.yaml").read_text(encoding="utf-8").replace("max_new_tokens: 200", "max_new_tokens: 12")
+        committed_text("params.yaml").replace("max_new_tokens: 200", "max_new_tokens: 12")
         .replace("device: auto", "device: cpu"), encoding="utf-8")
     shutil.copy(tiny_tokenizer_path, tmp_path / "tokenizer.json")
     (tmp_path / "train.txt").write_text(GENERATION_TEXT, encoding="utf-8")

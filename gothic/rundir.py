@@ -1,0 +1,197 @@
+"""The training run's folder: who owns it, which run its checkpoints belong to, what to publish.
+
+Training works in one folder (`checkpoints/` by default, the seed's name): latest.pt at every
+evaluation, best.pt, final.pt and logs/. The DVC stage keeps that folder outside every DVC output,
+because `dvc exp run` resets its outputs to the last commit before it runs: a checkpoint kept there
+would be deleted, or swapped for an older run's. When a run is complete, its checkpoints are
+published (copied) into the stage's output, `models/`, which DVC versions per experiment.
+
+Every checkpoint carries a run key: a hash of everything that shapes the training trajectory (the
+model, the optimizer and schedule settings, the seed, the exact bins), but not `max_iters` and not
+what only observes or places the run (evaluation and logging intervals, device, compile). So the
+decision of what to do with a folder's latest.pt is exact:
+
+- `train.resume: auto` (the default) continues only this very run (same key, same max_iters):
+  stopping and continuing gives the same weights as never stopping, so nothing is lost or changed.
+  A complete run is not trained again: its checkpoints are checked and published.
+- `train.resume: true` also continues this run to another max_iters (the learning rate then
+  continues smoothly from where it was, see gothic.train.get_lr). With no checkpoint at all it is
+  an error that says how to get one; a checkpoint of another run starts this one fresh, with a note.
+- `train.resume: false` starts fresh whatever is there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from gothic.config import ModelConfig, TrainConfig, to_dict
+from gothic.errors import GothicError
+from gothic.files import atomic_path
+
+# train.* fields that do not change the trajectory: a run may continue with other values of these
+NOT_IN_RUN_KEY = ("max_iters", "eval_interval", "eval_iters", "log_interval", "compile", "device", "resume")
+LOCK_NAME = ".lock"
+PUBLISHED = ("best.pt", "final.pt", "latest.pt")
+
+
+def run_identity(model_cfg: ModelConfig, train_cfg: TrainConfig, data_fingerprint: str) -> dict:
+    """The settings that define a run's trajectory, as plain values (dropout excepted: it may change)."""
+    model = {k: v for k, v in to_dict(model_cfg).items() if k != "dropout"}
+    train = {k: v for k, v in to_dict(train_cfg).items() if k not in NOT_IN_RUN_KEY}
+    return {"model": model, "train": train, "data": data_fingerprint}
+
+
+def run_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def describe_difference(saved: dict, wanted: dict) -> str:
+    """'train.seed 5 -> 6; data changed': how the checkpoint's run differs from the params' run."""
+    diffs = []
+    for section in ("model", "train"):
+        old, new = saved.get(section, {}), wanted[section]
+        diffs += [f"{section}.{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+    if saved.get("data") != wanted["data"]:
+        diffs.append("the token bins changed")
+    return "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "") or "an older checkpoint format"
+
+
+@dataclass(frozen=True)
+class Start:
+    """How a training session begins: fresh, continuing `checkpoint`, or finishing a complete run."""
+
+    action: str  # "fresh" | "continue" | "complete"
+    checkpoint: Path | None = None
+    note: str | None = None
+
+
+def read_run_info(path: Path) -> dict | None:
+    """The plain values of a checkpoint (run identity, step, schedule), read without its tensors;
+    None when the file is missing. An unreadable file is a GothicError naming it."""
+    if not path.is_file():
+        return None
+    from gothic.checkpoint import load_checkpoint_info
+
+    return load_checkpoint_info(path)
+
+
+def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_dir: Path | None = None) -> Start:
+    """Decide from the folder's latest.pt (else fallback_dir's, e.g. a published models/) how to start."""
+    mode = train_cfg.resume
+    if mode is False:
+        return Start("fresh")
+    candidates = [work_dir / "latest.pt"] + ([fallback_dir / "latest.pt"] if fallback_dir else [])
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        if mode is True:
+            looked = " or ".join(str(p) for p in candidates)
+            raise GothicError(
+                f"train.resume: true, but there is no checkpoint to continue ({looked} does not exist). A queued "
+                "experiment starts from a clean copy of the last commit: continue a run in the workspace "
+                "(`dvc exp run -S train.resume=true ...` after it), or commit it first (`dvc exp apply NAME`, then "
+                "git commit); or start fresh with train.resume: auto")
+        return Start("fresh")
+    info = read_run_info(path)
+    saved_identity = info.get("run_identity")
+    if saved_identity is None or run_key(saved_identity) != run_key(identity):
+        difference = describe_difference(saved_identity or {}, identity)
+        if mode is True and saved_identity is None:
+            return Start("continue", path, f"{path}: an older checkpoint without a run key; continuing it")
+        return Start("fresh", note=f"{path} is another run ({difference}); training this one from scratch")
+    step, horizon = int(info["step"]), int(info.get("horizon", info["step"]))
+    if horizon != train_cfg.max_iters and mode == "auto":
+        return Start("fresh", note=(f"{path} is this run trained to max_iters {horizon}, not "
+                                    f"{train_cfg.max_iters}; training from scratch (train.resume: true "
+                                    "continues it to the new max_iters instead)"))
+    if step > train_cfg.max_iters:
+        raise GothicError(f"{path}: already at step {step}, past train.max_iters={train_cfg.max_iters}; raise "
+                          "train.max_iters to continue it, or start fresh with train.resume: false")
+    if step == train_cfg.max_iters:
+        return Start("complete", path, f"{path}: this run is complete at step {step}; nothing to train")
+    return Start("continue", path)
+
+
+class RunDirLock:
+    """An exclusive lock on a run folder, so two trainings never write the same checkpoints.
+
+    flock is released by the kernel when the process dies, so a killed run never leaves it stale.
+    """
+
+    def __init__(self, work_dir: Path):
+        self.path = work_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunDirLock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise GothicError(f"{self.path.parent} is in use by another training run (pid {owner}); wait for it "
+                              "to finish, or give this one another folder (--out-dir)") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        # a run killed inside a write leaves its temporary file (gothic.files.atomic_path); holding the
+        # lock, no one else is writing here, so every one left is stale
+        for stale in self.path.parent.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def repair_copies(work_dir: Path, latest: dict) -> list[str]:
+    """Make best.pt and final.pt agree with latest.pt after a stop between writing it and copying it.
+
+    latest.pt is always written first; best.pt and final.pt are copies of it taken at the same step.
+    So when latest.pt says its own step is the best (or the last), a best.pt (final.pt) of another
+    step is a copy that the stop prevented. Returns the names repaired.
+    """
+    step, repaired = int(latest["step"]), []
+    wanted = {"best.pt": int(latest.get("best_step", -1)) == step,
+              "final.pt": step >= int(latest.get("horizon", step + 1))}
+    for name, should_be_latest in wanted.items():
+        if not should_be_latest:
+            continue
+        info = read_run_info(work_dir / name) if (work_dir / name).is_file() else None
+        if info is None or int(info["step"]) != step or info.get("run_identity") != latest.get("run_identity"):
+            copy_file(work_dir / "latest.pt", work_dir / name)
+            repaired.append(name)
+    return repaired
+
+
+def adopt(checkpoint: Path, work_dir: Path) -> None:
+    """Copy a published run (models/latest.pt and its best.pt) into the work folder to continue it there."""
+    if checkpoint.parent == work_dir:
+        return
+    for name in ("latest.pt", "best.pt"):
+        if (checkpoint.parent / name).is_file():
+            copy_file(checkpoint.parent / name, work_dir / name)
+
+
+def publish(work_dir: Path, publish_dir: Path) -> None:
+    """Copy a complete run's checkpoints into publish_dir (the stage's DVC output)."""
+    for name in PUBLISHED:
+        if (work_dir / name).is_file():
+            copy_file(work_dir / name, publish_dir / name)
+
+
+def data_fingerprint(meta_path: Path) -> str:
+    """Which bins a run trains on: the hash of their meta.json (token counts and tokenizer hash)."""
+    return hashlib.sha256(meta_path.read_bytes()).hexdigest()[:16]
+

@@ -1,0 +1,239 @@
+"""The paths users take, each in a fresh copy of this repository with HOME set to an empty folder
+(so no git identity and nothing cached) and tiny settings: `make demo` then the tests, experiments
+in the queue and `dvc exp apply`, stopping and continuing a DVC experiment, the seed's CLI workflow
+without DVC, and a diverging run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY_TEXT, has_dvc
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_dvc() or shutil.which("make") is None,
+                                                   reason="needs dvc and make")]
+
+VENV = Path(sys.executable).parent.parent
+# -S overrides that make the pipeline take seconds: three small books, a 300-token BPE, a 1-layer GPT
+TINY = {"prepare.sources": "[raw]", "prepare.val_fraction": "0.3", "tokenizer.vocab_size": "300",
+        "model.block_size": "16", "model.n_layer": "1", "model.n_head": "2", "model.n_embd": "16",
+        "train.max_iters": "6", "train.batch_size": "2", "train.grad_accum": "1", "train.warmup_iters": "1",
+        "train.eval_interval": "3", "train.eval_iters": "2", "train.log_interval": "1", "train.dtype": "float32",
+        "train.device": "cpu", "evaluate.device": "cpu", "sample.device": "cpu", "sample.num_samples": "1",
+        "sample.max_new_tokens": "8", "sample.prompts": "[Castle]"}
+
+
+def overrides(**changes: str) -> list[str]:
+    return [arg for key, value in {**TINY, **changes}.items() for arg in ("-S", f"{key}={value}")]
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    folder = tmp_path / "home"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def clone(tmp_path, home) -> Path:
+    """This working tree as a new user gets it: the tracked (and new, unignored) files in a git repo."""
+    repo = tmp_path / "gothic"
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    for i, text in enumerate((TINY_TEXT, TINY_TEXT.upper(), TINY_TEXT[::-1])):
+        (repo / "data" / "raw").mkdir(parents=True, exist_ok=True)
+        (repo / "data" / "raw" / f"book{i}.txt").write_text(text * 20, encoding="utf-8")
+    # make must see .venv as set up (it is this interpreter's): the copy's pyproject.toml is no newer
+    installed = (VENV / ".installed").stat().st_mtime if (VENV / ".installed").exists() else time.time()
+    os.utime(repo / "pyproject.toml", (installed - 10, installed - 10))
+    setup_identity = ["-c", "user.name=setup", "-c", "user.email=setup@gothic.invalid"]
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", *setup_identity, "commit", "-qm", "gothic as cloned"]):
+        subprocess.run(cmd, cwd=repo, check=True, env=user_env(home))
+    return repo
+
+
+def user_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "DVC_", "PYTEST_"))}
+    env.update(HOME=str(home), PATH=f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def sh(cmd: list[str], repo: Path, home: Path, ok: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=repo, env=user_env(home), capture_output=True, text=True, **kwargs)
+    if ok:
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n" \
+                                     f"{proc.stderr[-3000:]}"
+    return proc
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+
+
+def exp_ref(repo: Path, home: Path, name: str) -> str:
+    refs = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo, home).stdout.split()
+    return next(ref for ref in refs if ref.endswith(f"/{name}"))
+
+
+def test_make_demo_then_chat_then_tests_without_a_git_identity(clone, home):
+    assert sh(["git", "config", "user.email"], clone, home, ok=False).returncode != 0  # really no identity
+    demo_params = " ".join(f"-S {arg}" for arg in overrides()[1::2])
+    out = sh(["make", "demo", f"VENV={VENV}", f"DEMO_PARAMS={demo_params}"], clone, home).stdout
+    assert "Ran experiment(s)" in out or "Experiment results" in out, out[-2000:]
+    assert (clone / "models" / "best.pt").is_file() and (clone / "samples" / "samples.md").is_file()
+    assert "n_layer: 1" in (clone / "params.yaml").read_text()  # the workspace holds the demo's values now
+    assert not (home / ".gitconfig").exists() and "[user]" not in (clone / ".git" / "config").read_text()
+
+    chat = sh(["make", "chat", f"VENV={VENV}"], clone, home, input="The castle\n/quit\n", timeout=120)
+    assert "farewell." in chat.stdout and "Traceback" not in chat.stdout + chat.stderr
+
+    tests = sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_config.py"], clone, home)
+    assert " passed" in tests.stdout and "failed" not in tests.stdout
+
+
+def test_make_demo_outside_a_git_repository_says_what_to_do_in_one_line(clone, home):
+    shutil.rmtree(clone / ".git")
+    proc = sh(["make", "demo", f"VENV={VENV}"], clone, home, ok=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("make demo:")]
+    assert len(lines) == 1 and "not a git repository" in lines[0] and "git init" in lines[0]
+
+
+def test_queued_experiments_then_exp_apply_restores_each_ones_outputs(clone, home):
+    """a and b train; c asks to continue a run, which a queued experiment's clean copy does not have."""
+    for name, changes in (("a", {"train.seed": "5"}), ("b", {"train.seed": "6"}),
+                          ("c", {"train.seed": "5", "train.resume": "true", "train.max_iters": "9"})):
+        dvc_identity_run(["dvc", "exp", "run", "--queue", "-n", name, *overrides(**changes)], clone, home)
+    run_all = dvc_identity_run(["dvc", "exp", "run", "--run-all"], clone, home, ok=False)
+    assert "train.resume: true, but there is no checkpoint to continue" in run_all, run_all[-3000:]
+    assert "Failed to reproduce experiment(s) 'c'" in run_all
+    seen = {}
+    for name in ("a", "b", "a"):
+        dvc_identity_run(["dvc", "exp", "apply", name], clone, home)
+        ref = exp_ref(clone, home, name)
+        assert (clone / "samples" / "samples.md").read_text() == \
+            sh(["git", "show", f"{ref}:samples/samples.md"], clone, home).stdout
+        assert json.loads((clone / "metrics" / "train.json").read_text()) == \
+            json.loads(sh(["git", "show", f"{ref}:metrics/train.json"], clone, home).stdout)
+        best = (clone / "models" / "best.pt").read_bytes()
+        assert seen.setdefault(name, best) == best
+        assert sh(["dvc", "status", "--json"], clone, home).stdout.strip() == "{}"
+    assert seen["a"] != seen["b"]
+
+
+IDENTITY = {"GIT_AUTHOR_NAME": "gothic tests", "GIT_AUTHOR_EMAIL": "t@gothic.invalid",
+            "GIT_COMMITTER_NAME": "gothic tests", "GIT_COMMITTER_EMAIL": "t@gothic.invalid"}
+
+
+def dvc_identity_run(cmd: list[str], repo: Path, home: Path, ok: bool = True) -> str:
+    """A dvc command that commits experiments, with an identity given as `make demo` gives it."""
+    proc = subprocess.run(cmd, cwd=repo, env={**user_env(home), **IDENTITY}, capture_output=True, text=True)
+    if ok:
+        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+
+
+def checkpoint_seed(path: Path) -> int | None:
+    try:
+        return torch.load(path, weights_only=True, mmap=True)["run_identity"]["train"]["seed"]
+    except Exception:  # not there yet, or being replaced this instant
+        return None
+
+
+def test_a_stopped_dvc_experiment_continues_where_it_stopped_not_an_older_run(clone, home):
+    """Ctrl+C in `dvc exp run`, in a repo that already holds a finished run; the same command again
+    continues the stopped run (train.resume: auto) and ends with the weights of a run never stopped."""
+    long = {"train.max_iters": "150", "train.eval_interval": "10", "train.log_interval": "10"}
+    dvc_identity_run(["dvc", "exp", "run", *overrides(**long, **{"train.seed": "4"})], clone, home)
+    sh(["git", "-c", "user.name=setup", "-c", "user.email=s@gothic.invalid", "commit", "-qam", "a finished run"],
+       clone, home)
+    command = ["dvc", "exp", "run", *overrides(**long, **{"train.seed": "5"})]
+    proc = subprocess.Popen(command, cwd=clone, env={**user_env(home), **IDENTITY}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while checkpoint_seed(clone / "checkpoints" / "latest.pt") != 5 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C sends to the terminal's foreground process group
+    stopped_output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "stopped at step" in stopped_output, stopped_output[-2000:]
+    stopped_at = torch.load(clone / "checkpoints" / "latest.pt", weights_only=True)["step"]
+    assert 0 < stopped_at < 150
+
+    again = dvc_identity_run(command, clone, home)
+    assert f"resuming at step {stopped_at}" in again, again[-2000:]
+    shutil.copy(clone / "models" / "final.pt", clone.parent / "continued.pt")
+    dvc_identity_run(command + ["-S", "train.resume=false"], clone, home)
+    assert same_weights(clone.parent / "continued.pt", clone / "models" / "final.pt")
+
+
+def test_a_failed_train_stage_does_not_force_a_retrain(clone, home):
+    dvc_identity_run(["dvc", "exp", "run", *overrides()], clone, home)
+    params = (clone / "params.yaml").read_text()
+    (clone / "params.yaml").write_text(params.replace("n_embd: 16", "n_embd: 65"))
+    failed = sh(["dvc", "repro", "train"], clone, home, ok=False)
+    assert failed.returncode != 0 and "model.n_embd=65 must be divisible by model.n_head=2" in failed.stderr
+    (clone / "params.yaml").write_text(params)
+    assert sh(["dvc", "status", "--json"], clone, home).stdout.strip() == "{}"
+    assert "Data and pipelines are up to date" in sh(["dvc", "repro"], clone, home).stdout
+
+
+TINY_CLI = ["--batch-size", "2", "--grad-accum", "1", "--set", "model.block_size=16", "--set", "model.n_layer=1",
+            "--set", "model.n_head=2", "--set", "model.n_embd=16", "--set", "train.warmup_iters=1", "--set",
+            "train.eval_interval=3", "--set", "train.eval_iters=2", "--set", "train.log_interval=1", "--set",
+            "train.dtype=float32", "--set", "train.device=cpu"]
+
+
+def test_the_seed_cli_workflow_without_dvc(clone, home):
+    """The seed README's steps: splits, gothic-tokenize, gothic-train (which encodes the texts), then
+    gothic-generate and gothic-chat on checkpoints/best.pt; then `--resume --max-iters N`."""
+    sh(["gothic-prepare", "--sources", "raw", "--val-fraction", "0.3"], clone, home)
+    sh(["gothic-tokenize", "--vocab-size", "300"], clone, home)
+    trained = sh(["gothic-train", "--max-iters", "6", *TINY_CLI], clone, home)
+    assert "checkpoints in checkpoints" in trained.stdout
+    assert {"best.pt", "latest.pt", "final.pt"} <= {p.name for p in (clone / "checkpoints").iterdir()}
+    text = sh(["gothic-generate", "--checkpoint", "checkpoints/best.pt", "--prompt", "The castle", "--max-tokens",
+               "8", "--seed", "1"], clone, home).stdout
+    assert text.startswith("The castle") and len(text) > len("The castle")
+    chat = sh(["gothic-chat", "--checkpoint", "checkpoints/best.pt", "--device", "cpu"], clone, home,
+              input="The night\n/quit\n", timeout=120)
+    assert "farewell." in chat.stdout
+
+    sh(["gothic-train", "--resume", "--max-iters", "12", *TINY_CLI], clone, home)
+    lrs = [row["lr"] for row in torch.load(clone / "checkpoints" / "final.pt", weights_only=True)["history"]["train"]]
+    assert len(lrs) == 12 and all(b <= a + 1e-12 for a, b in zip(lrs[1:], lrs[2:], strict=False)), lrs
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_loadable_checkpoints(clone, home):
+    sh(["gothic-prepare", "--sources", "raw", "--val-fraction", "0.3"], clone, home)
+    sh(["gothic-tokenize", "--vocab-size", "300"], clone, home)
+    sh(["gothic-train", "--max-iters", "6", *TINY_CLI], clone, home)
+    before = {p.name: p.read_bytes() for p in (clone / "checkpoints").glob("*.pt")}
+    proc = sh(["gothic-train", "--max-iters", "6", "--lr", "1e10", "--set", "train.min_lr=0.0", *TINY_CLI],
+              clone, home, ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "training diverged at step" in errors[0] and "loss is nan" in errors[0]
+    assert {p.name: p.read_bytes() for p in (clone / "checkpoints").glob("*.pt")} == before
+    sh(["gothic-generate", "--checkpoint", "checkpoints/best.pt", "--max-tokens", "4"], clone, home)

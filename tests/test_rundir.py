@@ -1,0 +1,141 @@
+"""The run folder: which run a checkpoint belongs to, continuing, finishing, repairing, locking, divergence."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gothic.checkpoint import load_checkpoint, load_model
+from gothic.errors import GothicError
+from gothic.files import sha256_file
+from gothic.model import GPT
+from gothic.rundir import RunDirLock
+from gothic.train import train
+
+from conftest import tiny_model_config, tiny_train_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def run(bins: Path, tokenizer: Path, out_dir: Path, publish_dir: Path | None = None, on_step=None,
+        log: list | None = None, model: dict | None = None, **train_overrides):
+    return train(tiny_model_config(**(model or {})), tiny_train_config(**train_overrides), bins, tokenizer, out_dir,
+                 publish_dir=publish_dir, show_progress=False, on_step=on_step,
+                 log=log.append if log is not None else None)
+
+
+def never(step: int) -> None:
+    raise AssertionError(f"trained step {step}; nothing was left to train")
+
+
+def test_a_complete_run_is_not_trained_again_and_its_metrics_stay(train_bins, tiny_tokenizer_path, tmp_path):
+    first = run(train_bins, tiny_tokenizer_path, tmp_path / "ckpt")
+    before = {p.name: sha256_file(p) for p in (tmp_path / "ckpt").glob("*.pt")}
+    log: list[str] = []
+    again = run(train_bins, tiny_tokenizer_path, tmp_path / "ckpt", on_step=never, log=log)
+    assert again.metrics == first.metrics and again.history == first.history
+    assert {p.name: sha256_file(p) for p in (tmp_path / "ckpt").glob("*.pt")} == before
+    assert any("complete at step 12; nothing to train" in line for line in log)
+
+
+def test_publish_copies_a_complete_run_and_nothing_of_a_stopped_one(train_bins, tiny_tokenizer_path, tmp_path):
+    def stop_at_6(step: int) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run(train_bins, tiny_tokenizer_path, tmp_path / "ckpt", tmp_path / "models", on_step=stop_at_6)
+    assert not (tmp_path / "models").exists()
+    run(train_bins, tiny_tokenizer_path, tmp_path / "ckpt", tmp_path / "models")
+    for name in ("best.pt", "final.pt", "latest.pt"):
+        assert sha256_file(tmp_path / "models" / name) == sha256_file(tmp_path / "ckpt" / name)
+    assert load_checkpoint(tmp_path / "models" / "final.pt")["step"] == 12
+
+
+def test_a_stop_between_latest_and_its_copies_is_repaired(train_bins, tiny_tokenizer_path, tmp_path):
+    """kill -9 after the final latest.pt was written but before best.pt/final.pt were copied from it."""
+    out = tmp_path / "ckpt"
+    kept = tmp_path / "best_at_8.pt"
+
+    def keep_best(step: int) -> None:
+        if step == 9:
+            shutil.copyfile(out / "best.pt", kept)
+    run(train_bins, tiny_tokenizer_path, out, on_step=keep_best)
+    latest = load_checkpoint(out / "latest.pt")
+    assert latest["best_step"] == 12, "the last evaluation must be the best for this test"
+    assert load_checkpoint(kept)["step"] == 8
+    shutil.copyfile(kept, out / "best.pt")  # the copy that the kill prevented
+    (out / "final.pt").unlink()
+    log: list[str] = []
+    run(train_bins, tiny_tokenizer_path, out, on_step=never, log=log)
+    assert load_checkpoint(out / "best.pt")["step"] == 12 and load_checkpoint(out / "final.pt")["step"] == 12
+    assert sha256_file(out / "final.pt") == sha256_file(out / "latest.pt")
+    assert any("restored best.pt, final.pt from latest.pt" in line for line in log)
+
+
+@pytest.mark.parametrize("change", [{"seed": 8}, {"learning_rate": 2.0e-2}, {"batch_size": 2}])
+def test_another_run_starts_fresh_with_a_note_even_with_resume_true(train_bins, tiny_tokenizer_path, tmp_path,
+                                                                   change):
+    """resume: true left in params.yaml by an earlier experiment must not break the next one."""
+    run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)
+    log: list[str] = []
+    result = run(train_bins, tiny_tokenizer_path, tmp_path, log=log, resume=True, max_iters=4, **change)
+    fresh = run(train_bins, tiny_tokenizer_path, tmp_path / "fresh", max_iters=4, **change)
+    assert result.metrics["best_val_loss"] == fresh.metrics["best_val_loss"]
+    key, value = next(iter(change.items()))
+    assert any(f"is another run (train.{key}" in line and "training this one from scratch" in line for line in log)
+
+
+def test_another_model_shape_starts_fresh_too(train_bins, tiny_tokenizer_path, tmp_path):
+    run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)
+    log: list[str] = []
+    run(train_bins, tiny_tokenizer_path, tmp_path, log=log, model={"n_layer": 3}, resume=True, max_iters=4)
+    assert any("model.n_layer 2 -> 3" in line for line in log)
+    model, _ = load_model(tmp_path / "final.pt")
+    assert model.cfg.n_layer == 3
+
+
+def test_auto_does_not_stretch_a_run_to_another_max_iters(train_bins, tiny_tokenizer_path, tmp_path):
+    run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)
+    log: list[str] = []
+    result = run(train_bins, tiny_tokenizer_path, tmp_path, log=log, max_iters=8)
+    fresh = run(train_bins, tiny_tokenizer_path, tmp_path / "fresh", max_iters=8)
+    assert result.metrics["best_val_loss"] == fresh.metrics["best_val_loss"]
+    assert any("train.resume: true continues it" in line for line in log)
+
+
+def test_resume_false_starts_over(train_bins, tiny_tokenizer_path, tmp_path):
+    steps: list[int] = []
+    run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)
+    run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4, resume=False, on_step=steps.append)
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_busy_run_folder_is_refused_with_one_line(train_bins, tiny_tokenizer_path, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    with RunDirLock(tmp_path), pytest.raises(GothicError, match=r"in use by another training run \(pid \d+\)"):
+        run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)
+    run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)  # released: trains
+
+
+def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoints(train_bins, tiny_tokenizer_path,
+                                                                            tmp_path, monkeypatch):
+    poisoned = {"on": False}
+    forward = GPT.forward
+
+    def nan_after_step_4(self, *args, **kwargs):
+        logits, loss = forward(self, *args, **kwargs)
+        return logits, (loss * float("nan") if poisoned["on"] and loss is not None else loss)
+
+    def poison(step: int) -> None:
+        poisoned["on"] = step >= 5
+    monkeypatch.setattr(GPT, "forward", nan_after_step_4)
+    with pytest.raises(GothicError, match=r"training diverged at step 6: the train loss is nan; the checkpoints in "
+                                          r".* keep step 4\. Lower train.learning_rate"):
+        run(train_bins, tiny_tokenizer_path, tmp_path, on_step=poison)
+    for name in ("latest.pt", "best.pt"):
+        model, info = load_model(tmp_path / name)
+        assert info["step"] == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert not (tmp_path / "final.pt").exists()
