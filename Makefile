@@ -26,7 +26,7 @@ DEMO_PARAMS ?= -S model.n_layer=4 -S model.n_head=4 -S model.n_embd=256 -S model
 	-S train.batch_size=8 -S train.grad_accum=1 -S train.max_iters=900 -S train.warmup_iters=45 \
 	-S train.eval_interval=150 -S train.eval_iters=10 -S train.dtype=float32
 
-.PHONY: help setup demo repro test lint tensorboard plots chat clean
+.PHONY: help setup demo repro test lint tensorboard plots compare chat clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,13 @@ test: setup  ## run the test suite
 
 lint: setup  ## ruff
 	$(BIN)/ruff check gothic stages tests
+
+# `make compare`: experiments side by side in one terminal width, the params that differ and the
+# headline metrics; corpus statistics, step counts, speeds and code hashes stay in `dvc exp show`.
+COMPARE_DROP := (train|val)\.(documents|bytes|words)$$|vocab_size$$|val_(bytes|tokens)$$|bytes_per_token$$|.*step$$|train_loss$$|last_val_loss$$|tokens_seen$$|.*tokens_per_second$$|wall_time_s$$|model_params.*|eval_(tokens|bytes)$$|samples$$|new_tokens$$|distinct_[13]$$|longest_shared_ngram_mean$$|Created$$|Executor$$|.*\.py$$|data/|models/|train\.resume$$
+
+compare: setup  ## experiments side by side: the params that differ, bits per byte, loss, sample quality
+	$(RUN) dvc exp show --no-pager --only-changed --hide-queued --precision 4 --drop '$(COMPARE_DROP)'
 
 chat: setup  ## talk to models/best.pt (train one first: make demo); more flags: make chat CHAT_ARGS="--temp 1.0"
 	@$(BIN)/gothic-chat --checkpoint models/best.pt $(CHAT_ARGS)

@@ -11,7 +11,7 @@ generated continuations, the prompt left out:
   same sample, pooled over samples (Welleck et al. 2019's seq-rep-4); high means loops.
 * `longest_shared_ngram_max` / `_mean`: the longest run of words that also occurs, in order, in
   the training text; long runs mean memorised text.
-* `tokens_per_second`: generated tokens per second of generation (batched per prompt).
+* `sample_tokens_per_second`: generated tokens per second of generation (batched per prompt).
 
     run = draw_samples(engine, cfg)
     shared = shared_ngrams(run, load_text_index(Path("data/processed/train.txt")))
@@ -174,5 +174,5 @@ def sample_metrics(run: SampleRun, shared: list[list[str]]) -> dict:
     metrics["longest_shared_ngram_mean"] = round(sum(lengths) / len(lengths), 2) if lengths else 0.0
     metrics["samples"] = len(texts)
     metrics["new_tokens"] = run.new_tokens
-    metrics["tokens_per_second"] = round(run.new_tokens / run.seconds, 1) if run.seconds > 0 else 0.0
+    metrics["sample_tokens_per_second"] = round(run.new_tokens / run.seconds, 1) if run.seconds > 0 else 0.0
     return metrics

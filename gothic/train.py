@@ -692,11 +692,11 @@ def collect_metrics(run: Run) -> dict:
     return {
         "step": state.step,
         "train_loss": round(train_rows[-1]["train_loss"], 6) if train_rows else None,
-        "val_loss": round(state.val_loss, 6) if math.isfinite(state.val_loss) else None,
+        "last_val_loss": round(state.val_loss, 6) if math.isfinite(state.val_loss) else None,
         "best_val_loss": round(state.best_val_loss, 6) if math.isfinite(state.best_val_loss) else None,
         "best_step": state.best_step,
         "tokens_seen": state.tokens_seen,
-        "tokens_per_second": round(state.tokens_seen / state.train_time_s, 1) if state.train_time_s > 0 else None,
+        "train_tokens_per_second": round(state.tokens_seen / state.train_time_s, 1) if state.train_time_s > 0 else None,
         "wall_time_s": round(state.wall_time_s, 2),
         "model_params": model.num_params(non_embedding=False),
         "model_params_non_embedding": model.num_params(),

@@ -25,7 +25,7 @@ def main(checkpoint_path: str, tokenizer_path: str, train_text_path: str, sample
     metrics = sample_metrics(run, shared)
     write_json(metrics_path, metrics)
     print(f"sample: {metrics['samples']} samples, distinct-2 {metrics['distinct_2']}, longest shared "
-          f"n-gram {metrics['longest_shared_ngram_max']} words, {metrics['tokens_per_second']:,.0f} tokens/s")
+          f"n-gram {metrics['longest_shared_ngram_max']} words, {metrics['sample_tokens_per_second']:,.0f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metr
     write_curves(result.history, plots_dir)
     m = result.metrics
     print(f"train: step {m['step']}, best val loss {m['best_val_loss']} at step {m['best_step']}, "
-          f"{m['tokens_per_second']} tokens/s")
+          f"{m['train_tokens_per_second']} tokens/s")
 
 
 if __name__ == "__main__":

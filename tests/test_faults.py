@@ -50,7 +50,7 @@ TRAIN = "from gothic.cli import train_main; import sys; train_main(sys.argv[1:])
 ENV = {"OMP_NUM_THREADS": "1"}  # bitwise resume holds at the same thread count
 
 
-def prepare(bins: Path, tokenizer: Path, folder: Path, **train_overrides) -> Path:
+def prepare(bins: Path, tokenizer: Path, folder: Path, straight: bool = True, **train_overrides) -> Path:
     """A params file (dropout on: the RNG state matters too) and, in folder/straight, the run never killed."""
     import yaml
 
@@ -60,6 +60,8 @@ def prepare(bins: Path, tokenizer: Path, folder: Path, **train_overrides) -> Pat
     model, cfg = tiny_model_config(dropout=0.1), tiny_train_config(**train_overrides)
     params = folder / "params.yaml"
     params.write_text(yaml.safe_dump({"model": to_dict(model), "train": to_dict(cfg)}), encoding="utf-8")
+    if not straight:
+        return params
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -144,3 +146,21 @@ def test_kill_at_random_moments_then_the_same_command_finishes_the_same_run(trai
     finish(args)
     assert_same_as_uninterrupted(tmp_path / "killed", tmp_path / "straight")
     print(f"latest.pt after each kill: steps {steps_at_kill}")
+
+
+def test_a_second_training_in_the_same_folder_stops_at_once_with_one_line(tmp_path, train_bins, tiny_tokenizer_path):
+    params = prepare(train_bins, tiny_tokenizer_path, tmp_path, straight=False, max_iters=100000, eval_interval=50)
+    args = train_args(params, train_bins, tiny_tokenizer_path, tmp_path / "shared")
+    first = start(TRAIN, args)
+    try:
+        for line in first.stdout:
+            if line.startswith("train:") and "from scratch" in line:
+                break
+        second = subprocess.run([sys.executable, "-c", TRAIN, *args], env={**venv_env(), **ENV},
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        first.kill()
+        first.communicate()
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert second.stderr.count("\n") == 1
+    assert f"shared is in use by another training run (pid {first.pid})" in second.stderr

@@ -73,8 +73,10 @@ def user_env(home: Path) -> dict:
     return env
 
 
-def sh(cmd: list[str], repo: Path, home: Path, ok: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=repo, env=user_env(home), capture_output=True, text=True, **kwargs)
+def sh(cmd: list[str], repo: Path, home: Path, ok: bool = True, env_extra: dict | None = None,
+       **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=repo, env={**user_env(home), **(env_extra or {})}, capture_output=True, text=True,
+                          **kwargs)
     if ok:
         assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n" \
                                      f"{proc.stderr[-3000:]}"
@@ -139,6 +141,18 @@ def test_queued_experiments_then_exp_apply_restores_each_ones_outputs(clone, hom
         assert seen.setdefault(name, best) == best
         assert sh(["dvc", "status", "--json"], clone, home).stdout.strip() == "{}"
     assert seen["a"] != seen["b"]
+
+    # once a's run is committed, a queued experiment continues its model to a larger max_iters
+    sh(["git", "-c", "user.name=me", "-c", "user.email=me@gothic.invalid", "commit", "-qam", "keep a"], clone, home)
+    dvc_identity_run(["dvc", "exp", "run", "--queue", "-n", "d",
+                      *overrides(**{"train.seed": "5", "train.resume": "true", "train.max_iters": "9"})], clone, home)
+    run_d = dvc_identity_run(["dvc", "exp", "run", "--run-all"], clone, home)
+    assert "resuming at step 6, to step 9" in run_d, run_d[-3000:]
+
+    table = sh(["make", "-s", "compare", f"VENV={VENV}"], clone, home, env_extra={"COLUMNS": "250"}).stdout
+    header = next(line for line in table.splitlines() if "Experiment" in line)
+    assert {"bits_per_byte", "best_val_loss", "train.seed", "train.max_iters"} <= set(header.split()), table
+    assert "train.documents" not in header and "gothic/" not in header
 
 
 IDENTITY = {"GIT_AUTHOR_NAME": "gothic tests", "GIT_AUTHOR_EMAIL": "t@gothic.invalid",

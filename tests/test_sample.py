@@ -88,7 +88,7 @@ def test_markdown_shows_samples_verbatim_even_with_backticks():
 def test_metrics_are_computed_from_the_continuations():
     metrics = sample_metrics(fake_run(" was dark, dark, dark."), [["dark"]])
     assert metrics["distinct_1"] == pytest.approx(2 / 4) and metrics["longest_shared_ngram_max"] == 1
-    assert metrics["new_tokens"] == 3 and metrics["tokens_per_second"] == pytest.approx(6.0)
+    assert metrics["new_tokens"] == 3 and metrics["sample_tokens_per_second"] == pytest.approx(6.0)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_samples_md_is_deterministic(engine):
     assert md == render_markdown(again, shared_ngrams(again, index), "best.pt")
     assert md.count("### Sample") == 4 and "starts from <|endoftext|>" in md
     metrics = sample_metrics(first, shared_ngrams(first, index))
-    assert metrics["samples"] == 4 and 0 <= metrics["distinct_2"] <= 1 and metrics["tokens_per_second"] > 0
+    assert metrics["samples"] == 4 and 0 <= metrics["distinct_2"] <= 1 and metrics["sample_tokens_per_second"] > 0
 
 
 def test_stage_writes_samples_and_metrics(tiny_tokenizer, tiny_tokenizer_path, tmp_path, monkeypatch):
@@ -122,6 +122,6 @@ def test_stage_writes_samples_and_metrics(tiny_tokenizer, tiny_tokenizer_path, t
     stage.main(str(ckpt), "tokenizer.json", "train.txt", "samples/samples.md", "metrics/sample.json")
     metrics = json.loads((tmp_path / "metrics" / "sample.json").read_text())
     assert {"distinct_1", "distinct_2", "distinct_3", "repeated_4gram_rate", "longest_shared_ngram_max",
-            "tokens_per_second"} <= metrics.keys()
+            "sample_tokens_per_second"} <= metrics.keys()
     md = (tmp_path / "samples" / "samples.md").read_text(encoding="utf-8")
     assert "The night was" in md and "In the shadow of the castle" in md

@@ -97,7 +97,7 @@ def test_loss_falls_on_a_tiny_corpus(train_bins, tiny_tokenizer_path, tmp_path):
     assert result.metrics["best_val_loss"] < math.log(300) - 1.5
     m = result.metrics
     assert m["step"] == 30 and m["tokens_seen"] == 30 * 4 * 2 * 32
-    assert m["model_params"] > m["model_params_non_embedding"] > 0 and m["tokens_per_second"] > 0
+    assert m["model_params"] > m["model_params_non_embedding"] > 0 and m["train_tokens_per_second"] > 0
     assert {p.name for p in tmp_path.iterdir()} >= {"best.pt", "latest.pt", "final.pt", "logs"}
 
 
@@ -364,7 +364,7 @@ def test_stage_writes_metrics_and_plot_files(train_bins, tiny_tokenizer_path, tm
     stage["main"](str(train_bins), str(tiny_tokenizer_path), "checkpoints", "models", "metrics/train.json",
                   "metrics/train_plots")
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    assert {"train_loss", "best_val_loss", "best_step", "tokens_seen", "tokens_per_second", "wall_time_s",
+    assert {"train_loss", "best_val_loss", "best_step", "tokens_seen", "train_tokens_per_second", "wall_time_s",
             "model_params", "model_params_non_embedding"} <= metrics.keys()
     plots = tmp_path / "metrics" / "train_plots"
     assert (plots / "train_loss.tsv").read_text().splitlines()[0] == "step\ttrain_loss"
