@@ -25,9 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-import yaml
 
-from gothic.config import ModelConfig, PrepareConfig, TrainConfig
+from gothic.config import ModelConfig, PrepareConfig, TrainConfig, parse_value
 from gothic.corpus import prepare
 from gothic.data import BatchSampler, binarize, load_meta, load_split
 from gothic.evaluate import evaluate_tokens
@@ -155,13 +154,13 @@ def _set_threads(threads: int) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """`model.x=1` strings -> {"model.x": 1}, values read as YAML (true, 3.0e-4, rope)."""
+    """`model.x=1` strings -> {"model.x": 1}, values read as YAML like --set does (true, 3e-4, rope)."""
     out = {}
     for item in items:
         key, _, value = item.partition("=")
         if not key.startswith(("model.", "train.")) or not value:
             raise SystemExit(f"--set {item!r}: expected model.KEY=VALUE or train.KEY=VALUE")
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_value(value)
     return out
 
 

@@ -42,7 +42,7 @@ from gothic.chat_commands import MAX_SEED, CommandError, EndSession, parse_comma
 from gothic.chat_view import Typewriter, display_path, header, models_table, no_checkpoint_message, note, render
 from gothic.checkpoint import CHECKPOINT_NAMES, find_checkpoints
 from gothic.errors import GothicError
-from gothic.generation import Engine, SamplingSettings, TextStream
+from gothic.generation import Engine, SamplingSettings, TextStream, repair_text
 from gothic.runtime import ctrl_c_interrupts
 
 TURN_SEPARATOR = "\n\n"
@@ -277,7 +277,9 @@ def stream_reply(session: ChatSession, console: Console, user_text: str) -> Repl
 
 def handle_line(session: ChatSession, console: Console, line: str) -> bool:
     """Act on one input line; False when the session should end."""
-    line = line.strip()
+    line, repaired = repair_text(line.strip())
+    if repaired:  # a Latin-1 terminal or file: tokenizer, screen and /save all need real characters
+        note(console, "(that line was not valid UTF-8: its stray bytes were read as Latin-1)", "warn")
     if not line:
         return True
     parsed = parse_command(line)

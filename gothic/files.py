@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,27 +19,110 @@ from gothic.errors import GothicError
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # reading the umask means setting it; put it straight back
 
+TEMP_PATTERN = ".*.tmp"
+"""Every temporary file is `.<target name>.<pid>.<random>.tmp` beside its target (a rename is atomic
+only within one filesystem); .dvcignore lists this pattern so DVC never tracks one."""
+LEGACY_TEMP_AGE_S = 3600
+"""A temp file without a pid in its name (older gothic) counts as stale after this long."""
+
+# errors a write can meet, with what to do about each: the machine refuses (exit 1) ...
+_WRITE_ERRORS = {
+    errno.ENOSPC: "free some disk space and run again",
+    errno.EDQUOT: "free some space within your disk quota and run again",
+    errno.EFBIG: "the file is larger than this filesystem or ulimit -f allows",
+    errno.EROFS: "the filesystem is read-only: choose another output folder",
+    errno.EACCES: "check the folder's permissions",
+    errno.EPERM: "check the folder's permissions",
+}
+# ... or the path given is wrong (exit 2, like any other usage mistake)
+_PATH_ERRORS = {
+    errno.ENOTDIR: "a file stands where a folder is needed on that path",
+    errno.EEXIST: "a file stands where a folder is needed on that path",
+    errno.EISDIR: "a folder stands where the file should go",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
+class WriteError(GothicError):
+    """An output could not be written (full disk, read-only or forbidden folder); earlier files are intact."""
+
+    exit_code = 1  # not a usage mistake: the command was right, the machine said no
+
+
+def write_error(path: str | Path, e: OSError) -> GothicError | None:
+    """The one-line error for an OSError met while writing path, or None when it is no write problem."""
+    if e.errno in _PATH_ERRORS:
+        return GothicError(f"cannot write {path}: {e.strerror or e} ({_PATH_ERRORS[e.errno]})")
+    if e.errno in _WRITE_ERRORS:
+        return WriteError(f"cannot write {path}: {e.strerror or e} ({_WRITE_ERRORS[e.errno]}; "
+                          "files written before are intact)")
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temp files an interrupted (killed) writer of `path` left beside it.
+
+    A temp whose writer is still running (another process writing the same target) is kept; one
+    whose pid is gone is stale. Returns what was removed.
+    """
+    ours = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[a-z0-9_]+\.tmp")
+    removed = []
+    for found in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = ours.fullmatch(found.name)
+        if match is None:  # another target's temp (a name that merely starts like ours)
+            continue
+        try:
+            pid = match.group(1)
+            if pid is not None:
+                stale = int(pid) != os.getpid() and not _pid_alive(int(pid))
+            else:
+                stale = time.time() - found.stat().st_mtime > LEGACY_TEMP_AGE_S
+            if stale:
+                found.unlink()
+                removed.append(found)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
 
-    On any exception the temporary file is removed and `path` is left as it was.
+    On any exception the temporary file is removed and `path` is left as it was. A full disk, a
+    read-only or forbidden folder becomes a one-line WriteError. Stale temp files of the same
+    target (from a killed writer) are removed first.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except PermissionError:
-        raise GothicError(f"cannot write {path}: permission denied (check the folder's permissions)") from None
-    os.close(fd)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should be readable like any other file
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise (write_error(path, e) or e) from None
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should be readable like any other file
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise (write_error(path, e) or e) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

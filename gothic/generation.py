@@ -43,6 +43,7 @@ Rules every caller gets:
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ LEGACY_TOKENIZER = Path("data/tokenizer.json")
 """Where a format-1 checkpoint (which carries no tokenizer) finds its tokenizer by default."""
 
 FINISH_REASONS = ("eot", "stop", "length", "closed")
+MAX_NEW_TOKENS = 1_000_000
+"""A reply or sample longer than this is a typo (days of CPU time), not a wish."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,6 +91,8 @@ class SamplingSettings:
         errors = []
         if self.max_new_tokens < 1:
             errors.append(f"max tokens must be >= 1, got {self.max_new_tokens}")
+        elif self.max_new_tokens > MAX_NEW_TOKENS:
+            errors.append(f"max tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             errors.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -130,6 +135,25 @@ def check_tokenizer_matches(info: dict, checkpoint_path: str | Path, vocab_size:
     if want and want != sha256:
         raise GothicError(f"{tokenizer_name} (sha256 {sha256[:12]}) is not the tokenizer {checkpoint_path} was "
                           f"trained with (sha256 {want[:12]}): use that tokenizer, or retrain")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def repair_text(text: str) -> tuple[str, bool]:
+    """Text from argv or stdin that holds bytes which are not UTF-8 -> (clean text, whether it did).
+
+    Python hands such bytes over as lone surrogates (U+DC80..U+DCFF, "surrogateescape"), which the
+    tokenizer, the terminal and UTF-8 files all refuse. Each becomes the Latin-1 character of its
+    byte (b'caf\\xe9' -> 'café': a Latin-1 terminal or file is the usual source); any other lone
+    surrogate becomes U+FFFD. Valid text is returned as it is.
+    """
+    def fix(match: re.Match) -> str:
+        code = ord(match.group())
+        return chr(code - 0xDC00) if 0xDC80 <= code <= 0xDCFF else "\ufffd"
+
+    fixed = _SURROGATE.sub(fix, text)
+    return fixed, fixed != text
 
 
 def window_keep(block_size: int) -> int:
@@ -452,7 +476,7 @@ class Engine:
         Empty -> [<|endoftext|>]; longer than the context -> its last block_size tokens.
         """
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+            ids = self.tokenizer.encode(repair_text(prompt)[0], add_special_tokens=False).ids
         else:
             ids = [int(i) for i in prompt]
             vocab = self.model.vocab_size

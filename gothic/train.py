@@ -45,7 +45,7 @@ from gothic.checkpoint import (
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, load_meta, load_split
 from gothic.errors import GothicError
-from gothic.files import write_text
+from gothic.files import WriteError, write_text
 from gothic.model import GPT
 from gothic.optim import build_optimizers
 from gothic.rundir import (
@@ -398,8 +398,8 @@ def check_writable(out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
-    except (PermissionError, FileExistsError, NotADirectoryError) as e:
-        raise GothicError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
+    except OSError as e:  # permissions, a file in the way, a read-only or full filesystem
+        raise WriteError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
 
 
 # --- interruption, logging ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ from gothic.progress import progress_bar
 
 
 def main(checkpoint_path: str, bin_dir: str, metrics_path: str) -> None:
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", require=("evaluate",))
     with progress_bar() as bar:
         def start(total_tokens: int):
             task = bar.add_task("evaluating", total=total_tokens, status="tokens")

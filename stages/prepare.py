@@ -10,7 +10,7 @@ from gothic.files import write_json
 
 
 def main(raw_dir: str, out_dir: str, metrics_path: str) -> None:
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", require=("prepare",))
     metrics = prepare(params.prepare, Path(raw_dir), Path(out_dir))
     write_json(metrics_path, metrics)
     print(f"prepare: {metrics['train']['documents']} train / {metrics['val']['documents']} val documents, "

@@ -10,7 +10,7 @@ from gothic.tokenizer import save_tokenizer, tokenizer_stats, train_tokenizer
 
 
 def main(processed_dir: str, tokenizer_path: str, metrics_path: str) -> None:
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", require=("tokenizer",))
     train_txt, val_txt = Path(processed_dir) / "train.txt", Path(processed_dir) / "val.txt"
     tok = train_tokenizer([train_txt], params.tokenizer.vocab_size, params.tokenizer.min_frequency)
     save_tokenizer(tok, Path(tokenizer_path))

@@ -21,7 +21,7 @@ from gothic.train import train, write_curves
 
 def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metrics_path: str,
          plots_dir: str) -> None:
-    params = load_params("params.yaml")
+    params = load_params("params.yaml", require=("model", "train"))
     # the metrics and plots are rewritten as training goes (dvc exp show / dvc plots show follow it),
     # then once more from the final result
     result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(work_dir),

@@ -57,3 +57,11 @@ def test_checkpoint_size_compares_latest_best_and_export(tmp_path):
     run_bench("checkpoint_size.py", "--size", "tiny", results_dir=tmp_path)
     rows = {r["file"]: r["MB"] for r in json.loads((tmp_path / "checkpoint_size.json").read_text())["rows"]}
     assert len(rows) == 3 and all(size > 0 for size in rows.values())
+
+
+def test_cli_help_times_every_console_script(tmp_path):
+    run_bench("cli_help.py", "--repeats", "1", results_dir=tmp_path)
+    rows = json.loads((tmp_path / "cli_help.json").read_text())["rows"]
+    assert [r["script"] for r in rows] == ["gothic-prepare", "gothic-tokenize", "gothic-train", "gothic-generate",
+                                           "gothic-chat"]
+    assert all(r["--help s"] > 0 and r["torch imported first s"] > 0 for r in rows)

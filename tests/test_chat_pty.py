@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import sys
 import time
@@ -46,7 +47,8 @@ def endless_checkpoint(tiny_tokenizer, tiny_tokenizer_path, tmp_path_factory) ->
     return folder, words
 
 
-def spawn_chat(folder: Path, tokenizer_path: Path, *extra: str, sigint_ignored: bool = False):
+def spawn_chat(folder: Path, tokenizer_path: Path, *extra: str, sigint_ignored: bool = False,
+               env: dict | None = None):
     """gothic-chat on models/best.pt in a 30x100 pseudo-terminal; returns (child, screen log).
 
     sigint_ignored starts it the way a background job or nohup does: with SIGINT ignored, which a
@@ -55,9 +57,9 @@ def spawn_chat(folder: Path, tokenizer_path: Path, *extra: str, sigint_ignored: 
     args = ["--checkpoint", "models/best.pt", "--tokenizer", str(tokenizer_path), "--device", "cpu", *extra]
     if sigint_ignored:
         exe, args = Path("/bin/sh"), ["-c", "trap '' INT; exec \"$0\" \"$@\"", str(exe), *args]
-    env = {**venv_env(), "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
+    env = {**venv_env(), "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30", **(env or {})}
     child = pexpect.spawn(str(exe), args, cwd=str(folder), env=env, encoding="utf-8", timeout=20,
-                          dimensions=(30, 100))
+                          dimensions=(30, 100), codec_errors="replace")
     child.logfile_read = screen = io.StringIO()
     return child, screen
 
@@ -111,3 +113,23 @@ def test_ctrl_c_or_ctrl_d_at_the_prompt_leaves(endless_checkpoint, tiny_tokenize
     text = ANSI.sub("", screen.getvalue())
     assert child.exitstatus == 0, text
     assert "Traceback" not in text and "interrupted" not in text
+
+
+@pytest.mark.slow
+def test_latin1_bytes_typed_at_the_prompt_do_not_end_the_chat(endless_checkpoint, tiny_tokenizer_path):
+    """A Latin-1 terminal sends é as the single byte 0xE9, under a strict UTF-8 stdin here (the default
+    in a UTF-8 locale, forced). GNU readline may drop the byte itself; whatever reaches the chat, it
+    answers and goes on (piped input, where the byte does arrive, is in tests/test_bad_input.py)."""
+    child, screen = spawn_chat(endless_checkpoint[0], tiny_tokenizer_path, "--max", "3",
+                               env={"PYTHONIOENCODING": "utf-8:strict"})
+    try:
+        child.expect_exact("you › ")
+        os.write(child.child_fd, b"caf\xe9\r")  # raw bytes: the child is in text mode
+        child.expect_exact("caf")
+        child.expect_exact("you › ")
+        child.sendeof()  # Ctrl+D leaves
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    text = ANSI.sub("", screen.getvalue())
+    assert child.exitstatus == 0 and "Traceback" not in text and text.rstrip().endswith("farewell."), text

@@ -39,7 +39,14 @@ def test_empty_params_gives_seed_defaults():
 @pytest.mark.parametrize("raw, expected", [
     ({"model": {"n_layers": 4}}, "model.n_layers: unknown key (did you mean model.n_layer?)"),
     ({"tokeniser": {}}, "tokeniser: unknown section (did you mean tokenizer?)"),
-    ({"train": {"learning_rate": "3e-4"}}, "train.learning_rate: expected float, got '3e-4'"),
+    ({"train": {"learning_rate": "fast"}}, "train.learning_rate: expected float, got 'fast'"),
+    ({"train": {"learning_rate": float("inf")}}, "train.learning_rate: expected a finite number, got inf"),
+    ({"prepare": {"val_fraction": float("nan")}}, "prepare.val_fraction: expected a finite number, got nan"),
+    ({"model": {"dropout": float("nan")}}, "model.dropout: expected a finite number, got nan"),
+    ({"train": {"seed": -1}}, "train.seed=-1 must be >= 0"),
+    ({"train": {"seed": 2**40}}, "train.seed=1099511627776 must be <= 4294967295"),
+    ({"sample": {"seed": -1}}, "sample.seed=-1 must be >= 0"),
+    ({"model": {"block_size": 10**9}}, "model.block_size=1000000000 must be <= 65536"),
     ({"train": {"batch_size": "16"}}, "train.batch_size: expected int, got '16'"),
     ({"train": {"batch_size": True}}, "train.batch_size: expected int, got True"),
     ({"tokenizer": {"vocab_size": -5}}, "tokenizer.vocab_size=-5 must be >= 257"),
@@ -58,7 +65,7 @@ def test_each_error_class_is_reported_with_its_key(raw, expected):
 
 def test_all_problems_reported_in_one_error():
     problems = problems_of({"model": {"n_layers": 3, "n_embd": 384, "n_head": 5},
-                            "train": {"learning_rate": "3e-4", "batch_size": -1}})
+                            "train": {"learning_rate": "fast", "batch_size": -1}})
     assert len(problems) == 4
     message = str(ConfigError(problems))
     assert "4 problem(s)" in message and "model.n_layers" in message and "train.batch_size" in message
@@ -104,3 +111,78 @@ def test_configs_are_frozen():
     params = params_from_dict({})
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.train.max_iters = 5
+
+
+def test_a_bad_value_is_not_also_compared_with_its_default():
+    """An infinite learning_rate is one problem, not also "min_lr exceeds learning_rate (the default)"."""
+    assert problems_of({"train": {"learning_rate": float("inf"), "min_lr": 1.0e-3}}) == [
+        "train.learning_rate: expected a finite number, got inf"]
+
+
+YAML_1_2 = "train:\n  learning_rate: 3e-4\n  min_lr: 1e-5\n  compile: no\nprepare:\n  seed: 0x10\n"
+
+
+def test_params_are_read_exactly_as_dvc_reads_them(tmp_path):
+    """DVC reads params.yaml with ruamel.yaml (YAML 1.2): 3e-4 is a float, `no` a string. So does gothic."""
+    from dvc.utils.serialize import load_yaml
+
+    from gothic.config import read_params_dict
+
+    path = tmp_path / "params.yaml"
+    path.write_text(YAML_1_2, encoding="utf-8")
+    ours = read_params_dict(path)
+    assert ours == load_yaml(str(path))
+    assert ours["train"]["learning_rate"] == pytest.approx(3e-4) and ours["train"]["compile"] == "no"
+    # the string "no" is refused as train.compile (true, false or auto), not read as false
+    with pytest.raises(ConfigError, match="train.compile='no' must be true, false or auto"):
+        params_from_dict(ours)
+
+
+def test_set_reads_values_as_dvc_exp_run_does():
+    from dvc.utils.serialize import loads_yaml
+
+    for text in ("3e-4", "1e-05", "no", "yes", "true", ".inf", "0x10", "[1, 2]", "cuda:0", "~"):
+        assert apply_overrides({}, [f"train.x={text}"])["train"]["x"] == loads_yaml(text), text
+    params = params_from_dict(apply_overrides({}, ["train.learning_rate=3e-4", "train.min_lr=3e-5"]))
+    assert params.train.learning_rate == pytest.approx(3e-4) and params.train.min_lr == pytest.approx(3e-5)
+
+
+def test_set_learning_rate_3e_minus_4_trains_the_cli_way(tmp_path):
+    """`gothic-train --set train.learning_rate=3e-4` is accepted (it used to be "expected float")."""
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    params = load_params(path, ["train.learning_rate=3e-4", "train.seed=0"])
+    assert params.train.learning_rate == pytest.approx(3e-4) and params.train.seed == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the file is empty"),
+    ("# only a comment\n", "the file is empty"),
+    ("train:\n  max_iters: 5\n", "missing or empty sections prepare, tokenizer, model, evaluate, sample"),
+    ("prepare:\ntokenizer:\nmodel:\ntrain:\nevaluate:\nsample:\n", "missing or empty sections"),
+])
+def test_empty_file_or_missing_section_is_an_error_not_the_default(tmp_path, text, message):
+    """Built-in defaults would silently train the 26M-parameter, 10,000-step seed model."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)
+
+
+def test_a_command_may_require_only_the_sections_it_reads(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("model:\n  n_layer: 2\ntrain:\n  max_iters: 5\n", encoding="utf-8")
+    params = load_params(path, require=("model", "train"), values={"train.batch_size": 3})
+    assert (params.model.n_layer, params.train.max_iters, params.train.batch_size) == (2, 5, 3)
+    with pytest.raises(ConfigError, match="missing or empty section train "):
+        load_params(_write(tmp_path / "m.yaml", "model:\n  n_layer: 2\n"), require=("model", "train"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_duplicate_keys_are_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate key"):
+        load_params(_write(tmp_path / "params.yaml", "model:\n  n_layer: 2\n  n_layer: 3\n"))

@@ -88,7 +88,9 @@ def test_new_book_in_data_raw_reruns_prepare(project):
 
 
 def test_bad_params_fail_with_one_line(project):
-    (project / "params.yaml").write_text("model:\n  n_layers: 2\n")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"]["n_layers"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(["python", "stages/prepare.py", "data/raw", "data/processed", "metrics/corpus.json"],
                           cwd=project, env=venv_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -1,0 +1,374 @@
+"""Every mistake a user makes gets one clean line: a table of bad inputs, each run as the real program.
+
+Each case runs a console script (or a DVC stage script) as a subprocess on tiny inputs and asserts:
+the exit code (2 for usage and config mistakes, 1 when the machine refuses a write), exactly one
+line on stderr, no "Traceback" anywhere, every file that was in the workspace before unchanged
+(hashed before and after), and no temporary file left behind. A full disk and a read-only
+filesystem are simulated by tests/faults/sitecustomize.py (we run as root, where chmod stops
+nothing). The chat, which must survive bad input rather than exit, gets its own table below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gothic.config import to_dict
+
+from conftest import (
+    GENERATION_TEXT,
+    ROOT,
+    save_tiny_checkpoint,
+    tiny_gpt,
+    tiny_model_config,
+    tiny_train_config,
+    venv_env,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
+import gothic_faults  # noqa: E402  (tests/faults is no package: the subprocesses find it on PYTHONPATH)
+
+BIN = Path(sys.executable).parent
+FAULTS = Path(__file__).resolve().parent / "faults"
+pytestmark = pytest.mark.slow
+
+
+class Evil:
+    """Unpickling this would run a shell command: a checkpoint must be refused, never executed."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def tampered(source: Path, target: Path, **changes) -> Path:
+    """A copy of a checkpoint with some top-level or model_config values changed."""
+    ckpt = torch.load(source, weights_only=True)
+    for key, value in changes.items():
+        if key.startswith("cfg_"):
+            ckpt["model_config"][key[4:]] = value
+        else:
+            ckpt[key] = value
+    torch.save(ckpt, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
+    """A project folder with params.yaml, bins, a tokenizer, a trained models/ and damaged files."""
+    from gothic.tokenizer import save_tokenizer, train_tokenizer
+    from gothic.train import train
+
+    root = tmp_path_factory.mktemp("bad_input")
+    shutil.copy(tiny_tokenizer_path, root / "tok.json")
+    shutil.copytree(train_bins, root / "bin")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["model"], params["train"] = to_dict(tiny_model_config()), to_dict(tiny_train_config(max_iters=4))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    train(tiny_model_config(), tiny_train_config(max_iters=4), root / "bin", root / "tok.json", root / "models")
+    (root / "corpus.txt").write_text(GENERATION_TEXT * 20, encoding="utf-8")
+    (root / "empty.yaml").write_text("# nothing here\n", encoding="utf-8")
+    (root / "no_train.yaml").write_text(yaml.safe_dump({"model": params["model"]}), encoding="utf-8")
+    (root / "dup.yaml").write_text("model:\n  n_layer: 2\n  n_layer: 3\n", encoding="utf-8")
+    (root / "broken.yaml").write_text("train:\n  max_iters: [1, 2\n", encoding="utf-8")
+
+    bad = root / "bad"
+    bad.mkdir()
+    best = root / "models" / "best.pt"
+    (bad / "truncated.pt").write_bytes(best.read_bytes()[:300])
+    (bad / "empty.pt").write_bytes(b"")
+    (bad / "text.pt").write_text("not a checkpoint\n", encoding="utf-8")
+    for protocol in (2, 4):
+        (bad / f"evil{protocol}.pt").write_bytes(pickle.dumps(Evil(), protocol=protocol))
+    torch.save({"model": Evil()}, bad / "evil_zip.pt")
+    torch.save({"step": 3}, bad / "foreign.pt")
+    tampered(best, bad / "config_str.pt", model_config="n_layer=2")
+    tampered(best, bad / "vocab_huge.pt", vocab_size=10**9)
+    tampered(best, bad / "vocab_str.pt", vocab_size="300")
+    tampered(best, bad / "block_huge.pt", cfg_block_size=10**9)
+    tampered(best, bad / "nhead_3.pt", cfg_n_head=3)
+    tampered(best, bad / "layers_huge.pt", cfg_n_layer=10**9)
+    tampered(best, bad / "newer.pt", format_version=99)
+    qk = save_tiny_checkpoint(bad / "qk.pt", tiny_gpt(300, qk_norm=True), root / "tok.json")
+    tampered(qk, bad / "qk_nhead.pt", cfg_n_head=1)  # n_embd 16 / 1 divides, but q_norm weights are size 8
+    # a tokenizer with another vocabulary than the models' 300
+    save_tokenizer(train_tokenizer([root / "corpus.txt"], 280, 2), root / "other_tok.json")
+    # a models/ the resume cases may damage without touching the good one
+    shutil.copytree(root / "models", root / "resume_str")
+    tampered(root / "resume_str" / "latest.pt", root / "resume_str" / "latest.pt", model_config="oops")
+    (root / "a_file").write_text("in the way\n", encoding="utf-8")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Hash of every file; a run folder's .lock holds the pid of its last user, no output."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".lock"}
+
+
+def run(argv: list[str], cwd: Path, fault: str | None = None, stdin: bytes | None = None,
+        ) -> subprocess.CompletedProcess:
+    env = venv_env()
+    env["COLUMNS"] = "300"  # rich and argparse must not wrap one line into two
+    env["OMP_NUM_THREADS"] = "1"  # tiny models; spare the shared cores
+    if fault:
+        env["PYTHONPATH"] = str(FAULTS)
+        env["GOTHIC_FAULT"] = fault.format(ws=cwd)
+    return subprocess.run(argv, cwd=cwd, env=env, input=stdin, capture_output=True, timeout=180)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+    """First item: a console script name or stages/NAME.py; `{ws}` is the workspace."""
+    message: str
+    """A fragment the one line on stderr must contain."""
+    code: int = 2
+    fault: str | None = None
+    subprocess: bool = False
+    """Run as a real process (stages always are); else the script's main(argv) runs in-process with
+    the same output captured, which spares a ~1 s torch import per case."""
+    may_change: tuple[str, ...] = ()
+    """Files this command legitimately rewrites before it fails (latest.pt before the copy to best.pt)."""
+
+
+def case(id: str, command: str, message: str, code: int = 2, fault: str | None = None, subprocess: bool = False,
+         may_change: tuple[str, ...] = ()) -> Case:
+    return Case(id, tuple(command.split()), message, code, fault, subprocess, may_change)
+
+
+GEN = "gothic-generate --tokenizer tok.json --device cpu --max-tokens 4"
+TRAIN = ("gothic-train --data-dir bin --train-file train.bin --val-file val.bin --tokenizer tok.json "
+         "--params params.yaml")
+TOK = "gothic-tokenize --files corpus.txt --vocab-size 280"
+
+CASES = [
+    # --- params files and --set: config mistakes are caught before torch is even imported ---
+    case("params-empty", "gothic-train --params empty.yaml", "the file is empty", subprocess=True),
+    case("params-missing-section", "gothic-train --params no_train.yaml", "missing or empty section train"),
+    case("params-missing-file", "gothic-train --params nope.yaml", "file not found"),
+    case("params-is-folder", "gothic-train --params bin", "is a folder"),
+    case("params-bad-yaml", "gothic-train --params broken.yaml", "not valid YAML at line"),
+    case("params-duplicate-key", "gothic-train --params dup.yaml", "duplicate key"),
+    case("stage-empty-params", "stages/prepare.py data/raw data/processed m.json", "the file is empty",
+         fault=None),
+    case("set-lr-inf", f"{TRAIN} --set train.learning_rate=.inf", "expected a finite number", subprocess=True),
+    case("set-lr-nan", f"{TRAIN} --set train.learning_rate=.nan", "expected a finite number"),
+    case("set-val-fraction-nan", f"{TRAIN} --set prepare.val_fraction=.nan", "prepare.val_fraction"),
+    case("set-dropout-nan", f"{TRAIN} --set model.dropout=.nan", "model.dropout"),
+    case("set-seed-negative", f"{TRAIN} --set train.seed=-1", "train.seed=-1 must be >= 0"),
+    case("set-seed-2**40", f"{TRAIN} --set train.seed=1099511627776", "must be <= 4294967295"),
+    case("set-block-size-huge", f"{TRAIN} --set model.block_size=1000000000", "model.block_size"),
+    case("set-no-equals", f"{TRAIN} --set train.max_iters", "expected section.key=value"),
+    case("set-typo", f"{TRAIN} --set train.max_iter=5", "did you mean train.max_iters"),
+    case("set-no-for-bool", f"{TRAIN} --set train.resume=no", "train.resume='no' must be auto, true or false"),
+    case("flag-lr-inf", f"{TRAIN} --lr inf", "--lr"),
+    case("flag-max-iters-0", f"{TRAIN} --max-iters 0", "train.max_iters=0 must be >= 1"),
+    case("flag-batch-size-word", f"{TRAIN} --batch-size many", "--batch-size"),
+    case("flag-unknown", f"{TRAIN} --epochs 3", "unrecognized arguments"),
+    # --- training inputs and outputs ---
+    case("train-no-bins", "gothic-train --params params.yaml --data-dir nowhere --tokenizer tok.json", "nowhere"),
+    case("train-no-tokenizer", f"{TRAIN} --tokenizer none.json", "none.json"),
+    case("train-out-dir-is-file", f"{TRAIN} --out-dir a_file", "cannot write checkpoints to a_file", code=1),
+    case("train-out-dir-read-only", f"{TRAIN} --out-dir models", "Read-only file system", code=1,
+         fault="readonly:{ws}/models"),
+    case("train-disk-full-latest", f"{TRAIN} --out-dir models --max-iters 8",
+         "latest.pt: the write stopped part-way", code=1, fault="full:latest.pt", subprocess=True),
+    case("train-disk-full-best", f"{TRAIN} --out-dir models --max-iters 8", "best.pt: the write stopped part-way", code=1,
+         fault="full:best.pt", may_change=("models/latest.pt",)),
+    case("train-resume-config-str", f"{TRAIN} --out-dir resume_str --resume --max-iters 8",
+         "model_config is a str"),
+    # --- checkpoints ---
+    case("ckpt-missing", f"{GEN} --checkpoint models/nope.pt", "checkpoint not found"),
+    case("ckpt-is-folder", f"{GEN} --checkpoint models", "is a folder"),
+    case("ckpt-is-tokenizer", f"{GEN} --checkpoint tok.json", "not a checkpoint"),
+    case("ckpt-is-text", f"{GEN} --checkpoint bad/text.pt", "not a checkpoint"),
+    case("ckpt-empty", f"{GEN} --checkpoint bad/empty.pt", "cannot be read"),
+    case("ckpt-truncated", f"{GEN} --checkpoint bad/truncated.pt", "cannot be read"),
+    case("ckpt-pickle-2", f"{GEN} --checkpoint bad/evil2.pt", "refused to load"),
+    case("ckpt-pickle-4", f"{GEN} --checkpoint bad/evil4.pt", "refused to load", subprocess=True),
+    case("ckpt-pickle-zip", f"{GEN} --checkpoint bad/evil_zip.pt", "refused to load"),
+    case("ckpt-foreign", f"{GEN} --checkpoint bad/foreign.pt", "not a gothic checkpoint"),
+    case("ckpt-newer", f"{GEN} --checkpoint bad/newer.pt", "newer than this gothic"),
+    case("ckpt-config-str", f"{GEN} --checkpoint bad/config_str.pt", "model_config is a str"),
+    case("ckpt-vocab-1e9", f"{GEN} --checkpoint bad/vocab_huge.pt", "vocab_size 1000000000", subprocess=True),
+    case("ckpt-vocab-str", f"{GEN} --checkpoint bad/vocab_str.pt", "vocab_size is a str"),
+    case("ckpt-block-1e9", f"{GEN} --checkpoint bad/block_huge.pt", "model.block_size=1000000000"),
+    case("ckpt-layers-1e9", f"{GEN} --checkpoint bad/layers_huge.pt", "n_layer 1000000000"),
+    case("ckpt-n-head-indivisible", f"{GEN} --checkpoint bad/nhead_3.pt", "divisible by model.n_head=3"),
+    case("ckpt-n-head-qk-norm", f"{GEN} --checkpoint bad/qk_nhead.pt",
+         "_norm.weight: (8,) in the file, (16,) expected"),
+    case("ckpt-other-tokenizer", "gothic-generate --checkpoint models/best.pt --tokenizer other_tok.json",
+         "300-token vocabulary"),
+    case("tokenizer-missing", "gothic-generate --checkpoint models/best.pt --tokenizer none.json",
+         "tokenizer not found"),
+    case("tokenizer-is-checkpoint", "gothic-generate --checkpoint models/best.pt --tokenizer models/best.pt",
+         "not a valid tokenizer.json"),
+    # --- generate flags ---
+    case("gen-no-checkpoint", "gothic-generate --tokenizer tok.json", "required: --checkpoint"),
+    case("gen-device-bogus", f"{GEN} --checkpoint models/best.pt --device bogus", "--device 'bogus'", subprocess=True),
+    case("gen-seed-overflow", f"{GEN} --checkpoint models/best.pt --seed 1180591620717411303424",
+         "--seed must be between 0 and 4294967295", subprocess=True),
+    case("gen-seed-negative", f"{GEN} --checkpoint models/best.pt --seed -1", "--seed must be between"),
+    case("gen-max-tokens-0", f"{GEN} --checkpoint models/best.pt --max-tokens 0", "max tokens must be >= 1"),
+    case("gen-max-tokens-negative", f"{GEN} --checkpoint models/best.pt --max-tokens -5", "max tokens"),
+    case("gen-max-tokens-huge", f"{GEN} --checkpoint models/best.pt --max-tokens 1000000000000",
+         "max tokens must be at most"),
+    case("gen-max-tokens-word", f"{GEN} --checkpoint models/best.pt --max-tokens lots", "--max-tokens"),
+    case("gen-num-samples-0", f"{GEN} --checkpoint models/best.pt --num-samples 0", "--num-samples must be >= 1"),
+    case("gen-temperature-nan", f"{GEN} --checkpoint models/best.pt --temperature nan", "--temperature"),
+    case("gen-temperature-negative", f"{GEN} --checkpoint models/best.pt --temperature -1", "temperature"),
+    case("gen-top-p-0", f"{GEN} --checkpoint models/best.pt --top-p 0", "top-p"),
+    case("gen-top-k-negative", f"{GEN} --checkpoint models/best.pt --top-k -1", "top-k"),
+    case("gen-chat-flag", f"{GEN} --checkpoint models/best.pt --topk 5", "unrecognized arguments: --topk"),
+    # --- tokenizer training ---
+    case("tok-output-under-file", f"{TOK} --output params.yaml/t.json", "cannot write params.yaml/t.json",
+         subprocess=True),
+    case("tok-files-missing", "gothic-tokenize --files nope.txt --output t.json", "nope.txt"),
+    case("tok-vocab-tiny", "gothic-tokenize --files corpus.txt --vocab-size 10 --output t.json",
+         "--vocab-size=10 must be >= 257"),
+    case("tok-vocab-huge", "gothic-tokenize --files corpus.txt --vocab-size 99999999999 --output t.json",
+         "--vocab-size=99999999999 must be <= 1048576"),
+    case("tok-min-frequency-0", f"{TOK} --min-frequency 0 --output t.json", "--min-frequency=0 must be >= 1"),
+    case("tok-output-is-folder", f"{TOK} --output bin", "cannot write bin: Is a directory"),
+    case("tok-files-folder", "gothic-tokenize --files bin --output t.json", "bin"),
+    case("tok-files-not-utf8", "gothic-tokenize --files models/best.pt --vocab-size 280 --output t.json",
+         "valid UTF-8"),
+    case("gen-tokenizer-folder", "gothic-generate --checkpoint models/best.pt --tokenizer bin", "bin"),
+    case("train-tokenizer-folder", f"{TRAIN} --tokenizer bin", "bin"),
+    case("chat-models-dir-file", "gothic-chat --models-dir a_file --tokenizer tok.json", "no checkpoints"),
+    case("chat-tokenizer-missing", "gothic-chat --checkpoint models/best.pt --tokenizer none.json",
+         "tokenizer not found"),
+    case("tok-output-read-only", f"{TOK} --output ro/t.json", "Read-only file system", code=1,
+         fault="readonly:{ws}/ro", subprocess=True),
+    case("tok-disk-full", f"{TOK} --output tok.json", "tok.json: No space left on device", code=1,
+         fault="full:tok.json"),
+    # --- chat start-up ---
+    case("chat-checkpoint-missing", "gothic-chat --checkpoint models/nope.pt --tokenizer tok.json", "nope.pt"),
+    case("chat-no-models", "gothic-chat --models-dir bin --tokenizer tok.json", "bin"),
+    case("chat-device-bogus", "gothic-chat --checkpoint models/best.pt --tokenizer tok.json --device bogus",
+         "--device 'bogus'"),
+    case("chat-seed-negative", "gothic-chat --checkpoint models/best.pt --tokenizer tok.json --seed -1", "--seed"),
+    case("chat-temp-inf", "gothic-chat --checkpoint models/best.pt --tokenizer tok.json --temp inf", "--temp"),
+    case("chat-max-huge", "gothic-chat --checkpoint models/best.pt --tokenizer tok.json --max 10000000000",
+         "max tokens must be at most"),
+    case("chat-checkpoint-evil", "gothic-chat --checkpoint bad/evil4.pt --tokenizer tok.json", "refused to load",
+         subprocess=True),
+]
+
+
+def run_in_process(argv: list[str], ws: Path, fault: str | None, capsys, monkeypatch) -> tuple[int, str, str]:
+    from gothic import cli
+
+    mains = {"gothic-tokenize": cli.tokenize_main, "gothic-train": cli.train_main,
+             "gothic-generate": cli.generate_main, "gothic-chat": cli.chat_main}
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("COLUMNS", "300")
+    if fault:
+        for owner, name, replacement in gothic_faults.patches(fault.format(ws=ws)):
+            monkeypatch.setattr(owner, name, replacement)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        mains[argv[0]](argv[1:])
+    monkeypatch.undo()
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+@pytest.mark.parametrize("bad", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_clean_line(ws, bad: Case, capsys, monkeypatch):
+    argv = [a.format(ws=ws) for a in bad.argv]
+    cwd = ws
+    if bad.id == "stage-empty-params":  # a stage reads ./params.yaml: give it an empty one of its own
+        cwd = ws / "stage"
+        cwd.mkdir(exist_ok=True)
+        (cwd / "params.yaml").write_text("", encoding="utf-8")
+    before = snapshot(ws)
+    if bad.subprocess or argv[0].startswith("stages/"):
+        command = [sys.executable, str(ROOT / argv[0])] if argv[0].startswith("stages/") else [str(BIN / argv[0])]
+        proc = run(command + argv[1:], cwd, bad.fault)
+        code, out, err = proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    else:
+        code, out, err = run_in_process(argv, cwd, bad.fault, capsys, monkeypatch)
+    assert "Traceback" not in out + err, err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert bad.message in err, err
+    assert code == bad.code, err
+    after = snapshot(ws)
+    assert {n: after.get(n) for n in before if n not in bad.may_change} == \
+        {n: h for n, h in before.items() if n not in bad.may_change}, "a file that was there changed"
+    assert not [name for name in after if name.endswith(".tmp")], "a temporary file was left behind"
+
+
+# --- the chat survives every bad line and says what was wrong in one line ----------------------
+
+CHAT_LINES = [
+    (b"caf\xe9 au lait", "not valid UTF-8"),
+    (b"/temp warm", "temperature must be a number"),
+    (b"/temp nan", "temperature must be >= 0"),
+    (b"/temp -1", "temperature must be >= 0"),
+    (b"/topk x", "top-k must be a whole number"),
+    (b"/topp 2", "top-p must be in (0, 1]"),
+    (b"/max 0", "max tokens must be >= 1"),
+    (b"/max 99999999999", "max tokens must be at most"),
+    (b"/seed -5", "seed must be between 0 and 4294967295"),
+    (b"/seed 99999999999", "seed must be between 0 and 4294967295"),
+    (b"/seed \xff", "seed must be a whole number"),
+    (b"/model nope", "no checkpoint 'nope'"),
+    (b"/model tok.json", "not a checkpoint"),
+    (b"/model bad/evil4.pt", "refused to load"),
+    (b"/model bad/vocab_huge.pt", "vocab_size 1000000000"),
+    (b"/models extra", "takes no argument"),
+    (b"/reset now", "takes no argument"),
+    (b"/frobnicate", "unknown command /frobnicate"),
+    (b"/tmep 1", "did you mean /temp?"),
+    (b"/save ../escape.md", "give a file name inside"),
+    (b"/help nosuch", "unknown command /nosuch"),
+]
+
+
+def test_chat_survives_bad_lines(ws):
+    """Non-UTF-8 text, bad values and unknown commands: one line each, and the chat goes on."""
+    before = snapshot(ws)
+    lines = b"\n".join(line for line, _ in CHAT_LINES) + b"\n/quit\n"
+    proc = run([str(BIN / "gothic-chat"), "--checkpoint", "models/best.pt", "--tokenizer", "tok.json",
+                "--device", "cpu", "--max", "3", "--seed", "1"], ws, stdin=lines)
+    out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0 and "Traceback" not in out + err and err == "", err
+    missing = [expected for _, expected in CHAT_LINES if expected not in out]
+    assert not missing, out
+    assert out.rstrip().endswith("farewell.")
+    after = snapshot(ws)
+    assert {name: after.get(name) for name in before} == before
+
+
+def test_generate_reads_a_latin1_prompt(ws):
+    """`gothic-generate --prompt $'caf\\xe9'` used to die in the tokenizer; now é is read as Latin-1."""
+    proc = run([str(BIN / "gothic-generate"), "--checkpoint", "models/best.pt", "--tokenizer", "tok.json",
+                "--device", "cpu", "--max-tokens", "3", "--seed", "1", "--prompt", os.fsdecode(b"caf\xe9")], ws)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert proc.stdout.decode().startswith("café") and err.count("\n") == 1 and "not valid UTF-8" in err
+
+
+def test_generate_into_a_closed_pipe_stops_quietly(ws):
+    """`gothic-generate ... | head -c 10`: the reader leaves early; no BrokenPipeError traceback."""
+    env = venv_env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen([str(BIN / "gothic-generate"), "--checkpoint", "models/best.pt", "--tokenizer",
+                             "tok.json", "--device", "cpu", "--max-tokens", "20000", "--num-samples", "5"],
+                            cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
