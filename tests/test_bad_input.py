@@ -184,8 +184,8 @@ CASES = [
          fault="readonly:{ws}/models"),
     case("train-disk-full-latest", f"{TRAIN} --out-dir models --max-iters 8",
          "latest.pt: the write stopped part-way", code=1, fault="full:latest.pt", subprocess=True),
-    case("train-disk-full-best", f"{TRAIN} --out-dir models --max-iters 8", "best.pt: the write stopped part-way", code=1,
-         fault="full:best.pt", may_change=("models/latest.pt",)),
+    case("train-disk-full-best", f"{TRAIN} --out-dir models --max-iters 8", "best.pt: the write stopped part-way",
+         code=1, fault="full:best.pt", may_change=("models/latest.pt",)),
     case("train-resume-config-str", f"{TRAIN} --out-dir resume_str --resume --max-iters 8",
          "model_config is a str"),
     # --- checkpoints ---
