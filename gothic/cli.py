@@ -349,6 +349,15 @@ def accept_any_bytes(stream) -> None:
         pass
 
 
+def _default_models_dir() -> Path:
+    """models/ (what the pipeline publishes) unless it holds no checkpoint and checkpoints/ (where
+    gothic-train writes, as the seed did) does."""
+    from gothic.checkpoint import find_checkpoints
+
+    pipeline, trainer = Path("models"), Path("checkpoints")
+    return trainer if not find_checkpoints(pipeline) and find_checkpoints(trainer) else pipeline
+
+
 def chat_main(argv: list[str] | None = None) -> None:
     """gothic-chat: the interactive REPL (gothic.chat); without --checkpoint it asks which to load."""
     from gothic.config import SampleConfig
@@ -362,8 +371,9 @@ def chat_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", type=Path, default=None, metavar="PATH",
                         help="check models against this tokenizer.json (default: the one inside each checkpoint; "
                              "data/tokenizer.json for older checkpoints that carry none)")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
-                        help="where /models and /model NAME look for checkpoints")
+    parser.add_argument("--models-dir", type=Path, default=None, metavar="DIR",
+                        help="where /models and /model NAME look for checkpoints (default: models, the pipeline's; "
+                             "checkpoints, gothic-train's, when models has none)")
     parser.add_argument("--temp", type=_finite, default=defaults.temperature, metavar="F",
                         help="temperature (0 = greedy)")
     parser.add_argument("--topk", type=int, default=defaults.top_k, metavar="N", help="top-k (0 = off)")
@@ -383,7 +393,8 @@ def chat_main(argv: list[str] | None = None) -> None:
         settings = SamplingSettings(max_new_tokens=args.max, temperature=args.temp, top_k=args.topk,
                                     top_p=args.topp)
         accept_any_bytes(sys.stdin)
-        start_chat(getattr(args, "checkpoint", None), args.tokenizer, args.models_dir, settings,
+        models_dir = args.models_dir or _default_models_dir()
+        start_chat(getattr(args, "checkpoint", None), args.tokenizer, models_dir, settings,
                    seed=getattr(args, "seed", None), device=args.device)
 
     run_main(run, "gothic-chat")

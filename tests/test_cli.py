@@ -49,3 +49,16 @@ def test_a_usage_error_is_one_line_exit_2(script):
     proc = subprocess.run([str(BIN / script), "--no-such-flag"], capture_output=True, text=True, env=venv_env())
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"{script}: error: ") and proc.stderr.endswith(f"(see {script} --help)\n")
+
+
+@pytest.mark.parametrize("present, expected", [((), "models"), (("checkpoints",), "checkpoints"),
+                                               (("models", "checkpoints"), "models")])
+def test_chat_lists_gothic_trains_checkpoints_when_the_pipeline_published_none(tmp_path, monkeypatch, present,
+                                                                               expected):
+    from gothic.cli import _default_models_dir
+
+    for folder in present:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "best.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert _default_models_dir() == Path(expected)
