@@ -31,10 +31,10 @@ from gothic.corpus import prepare
 from gothic.data import BatchSampler, binarize, load_meta, load_split
 from gothic.evaluate import evaluate_tokens
 from gothic.model import GPT
-from gothic.optim import build_optimizers
+from gothic.optim import build_optimizers, set_lr
 from gothic.runtime import resolve_precision
 from gothic.tokenizer import save_tokenizer, train_tokenizer
-from gothic.train import set_lr, train_step
+from gothic.train import train_step
 
 from common import RESULTS_DIR, print_table, report
 

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gothic.files import write_json
-from gothic.train import RunState, write_curves
+from gothic.runlog import write_curves
+from gothic.train import RunState
 
 MIN_INTERVAL_S = 5.0
 """Train rows come every few steps; rewriting the files at most this often keeps the cost negligible."""

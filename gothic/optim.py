@@ -2,12 +2,14 @@
 
 `build_optimizers` splits the model's parameters into groups (hidden matrices, other matrices,
 vectors) and returns the optimizers the loop steps together; every group carries `base_lr`, the
-peak learning rate that the schedule in gothic.train scales.
+peak learning rate that the schedule (`get_lr`, applied by `set_lr`) scales.
 
     optimizers = build_optimizers(model, params.train, torch.device("cpu"))
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -105,3 +107,43 @@ def build_optimizers(model: GPT, cfg: TrainConfig, device: torch.device) -> list
     muon_wd = cfg.weight_decay * cfg.learning_rate / cfg.muon_lr
     muon = Muon([{"params": hidden, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr, weight_decay=muon_wd)
     return [adamw, muon]
+
+
+# --- learning-rate schedule -------------------------------------------------------------------
+
+LrSegment = tuple[int, float]
+
+
+def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
+
+    Warmup reaches learning_rate at step warmup_iters - 1 (step 0 already moves, at lr/warmup);
+    the cosine runs from warmup_iters to max_iters, where it lands on min_lr and stays.
+
+    segment = (start_step, start_lr) is how a run continued to another max_iters goes on: from
+    start_step the rate falls along a cosine from start_lr (the rate the old schedule had reached
+    there) to min_lr at the new max_iters. So it never jumps: a run stopped mid-decay finishes its
+    decay over the new length, and a finished run goes on at min_lr.
+    """
+    if segment is not None and step >= segment[0]:
+        start, start_lr = segment
+        if step >= cfg.max_iters:
+            return cfg.min_lr
+        progress = (step - start) / (cfg.max_iters - start)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (start_lr - cfg.min_lr)
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
+    if step >= cfg.max_iters:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_iters) / (cfg.max_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig,
+           segment: LrSegment | None = None) -> float:
+    """Apply the schedule for `step` to every group (relative to its base_lr); returns the AdamW lr."""
+    factor = get_lr(step, cfg, segment) / cfg.learning_rate
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * factor
+    return cfg.learning_rate * factor

@@ -27,12 +27,13 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.errors import GothicError
-from gothic.files import atomic_path
+from gothic.files import WriteError, atomic_path
 
 # train.* fields that do not change the trajectory: a run may continue with other values of these
 NOT_IN_RUN_KEY = ("max_iters", "eval_interval", "eval_iters", "log_interval", "compile", "device", "resume")
@@ -115,6 +116,16 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
     if step == train_cfg.max_iters:
         return Start("complete", path, f"{path}: this run is complete at step {step}; nothing to train")
     return Start("continue", path)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before training, not after an hour, when out_dir cannot take checkpoints."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:  # permissions, a file in the way, a read-only or full filesystem
+        raise WriteError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
 
 
 class RunDirLock:

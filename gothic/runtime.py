@@ -8,13 +8,18 @@ on a GPU, and fp32 on CPUs without bf16 units, where emulated bf16 trains severa
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
 
 from gothic.checkpoint import resolve_device
+from gothic.config import ModelConfig, TrainConfig
+from gothic.errors import GothicError
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,52 @@ def should_compile(setting: bool | str, device: torch.device) -> bool:
 def ctrl_c_interrupts() -> None:
     """Make Ctrl+C raise KeyboardInterrupt, as interactive programs need, however the process started:
     a background job, nohup or some CI runners start it with SIGINT ignored, and Python keeps that."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step (so a
+    checkpoint can be written between steps); a second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def agreed(self, dist: Dist, device: torch.device) -> bool:
+        """Whether any rank was asked to stop (all ranks must stop at the same step)."""
+        if not dist.enabled:
+            return self.requested
+        return all_reduce([float(self.requested)], dist, device, torch_dist.ReduceOp.MAX)[0] > 0
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@contextmanager
+def oom_as_error(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Out-of-memory becomes a GothicError naming the knobs that shrink memory."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; CPU/MPS allocators raise plain ones
+        text = str(e)
+        if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in text \
+                and "can't allocate memory" not in text:
+            raise
+        raise GothicError(
+            f"out of memory on {device} at train.batch_size={train_cfg.batch_size}, "
+            f"model.block_size={model_cfg.block_size}: lower train.batch_size (raise train.grad_accum to "
+            "keep the global batch), or lower model.block_size / the model size") from None

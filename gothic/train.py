@@ -18,12 +18,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,24 +42,27 @@ from gothic.checkpoint import (
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, load_meta, load_split
 from gothic.errors import GothicError
-from gothic.files import WriteError, write_text
 from gothic.model import GPT
-from gothic.optim import build_optimizers
+from gothic.optim import LrSegment, build_optimizers, get_lr, set_lr
 from gothic.rundir import (
     RunDirLock,
     adopt,
+    check_writable,
     data_fingerprint,
     plan_start,
     publish,
     repair_copies,
     run_identity,
 )
+from gothic.runlog import NullLog, RunLog, Window
 from gothic.runtime import (
     SINGLE_PROCESS,
     Dist,
     Precision,
+    StopRequest,
     all_reduce,
     init_distributed,
+    oom_as_error,
     resolve_precision,
     should_compile,
 )
@@ -70,46 +70,6 @@ from gothic.tokenizer import tokenizer_sha256
 
 Log = Callable[[str], None]
 Batch = tuple[Tensor, Tensor]
-
-
-# --- learning-rate schedule -------------------------------------------------------------------
-
-LrSegment = tuple[int, float]
-
-
-def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
-
-    Warmup reaches learning_rate at step warmup_iters - 1 (step 0 already moves, at lr/warmup);
-    the cosine runs from warmup_iters to max_iters, where it lands on min_lr and stays.
-
-    segment = (start_step, start_lr) is how a run continued to another max_iters goes on: from
-    start_step the rate falls along a cosine from start_lr (the rate the old schedule had reached
-    there) to min_lr at the new max_iters. So it never jumps: a run stopped mid-decay finishes its
-    decay over the new length, and a finished run goes on at min_lr.
-    """
-    if segment is not None and step >= segment[0]:
-        start, start_lr = segment
-        if step >= cfg.max_iters:
-            return cfg.min_lr
-        progress = (step - start) / (cfg.max_iters - start)
-        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (start_lr - cfg.min_lr)
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
-    if step >= cfg.max_iters:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_iters) / (cfg.max_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig,
-           segment: LrSegment | None = None) -> float:
-    """Apply the schedule for `step` to every group (relative to its base_lr); returns the AdamW lr."""
-    factor = get_lr(step, cfg, segment) / cfg.learning_rate
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * factor
-    return cfg.learning_rate * factor
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -392,155 +352,6 @@ def resume_run(run: Run, path: Path) -> None:
     run.last_saved_step = step
 
 
-def check_writable(out_dir: Path) -> None:
-    """Fail before training, not after an hour, when out_dir cannot take checkpoints."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as e:  # permissions, a file in the way, a read-only or full filesystem
-        raise WriteError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
-
-
-# --- interruption, logging ---------------------------------------------------------------------
-
-class StopRequest:
-    """Turns the first SIGINT/SIGTERM into a request to stop after the current step (so a
-    checkpoint can be written between steps); a second signal interrupts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-
-class RunLog:
-    """Rank 0's outputs while training: log lines or a rich progress bar, and TensorBoard scalars."""
-
-    def __init__(self, out_dir: Path, state: RunState, max_iters: int, log: Log | None, show_progress: bool,
-                 on_log: Callable[[RunState], None] | None = None):
-        from torch.utils.tensorboard import SummaryWriter  # slow import, only where logs are written
-
-        # purge_step drops events a stopped run logged past the step we resume from; flushing every
-        # 10 s (not the default 120) lets TensorBoard follow a run as it trains
-        self.writer = SummaryWriter(str(out_dir / "logs"), purge_step=state.step, flush_secs=10)
-        self.state, self.log = state, log or (lambda _msg: None)
-        self.on_log = on_log or (lambda _state: None)  # gothic.live: the DVC metrics and plots, as they happen
-        self.bar, self.task = None, None
-        if show_progress:
-            from gothic.progress import progress_bar
-
-            self.bar = progress_bar()
-            self.task = self.bar.add_task("train", total=max_iters, completed=state.step, status="")
-            self.bar.start()
-            # log lines go above the bar; plain text, so a path with [brackets] is no markup
-            console = self.bar.console
-            self.log = lambda msg: console.print(msg, markup=False, highlight=False)
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.state.step)
-
-    def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
-        step = self.state.step
-        self.state.history["train"].append({"step": step, "train_loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
-        for tag, value in (("loss/train", loss), ("perplexity/train", math.exp(min(loss, 50.0))),
-                           ("learning_rate", lr), ("tokens_per_s", tokens_per_s)):
-            self.writer.add_scalar(tag, value, step)
-        status = f"loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
-        if self.bar is not None:
-            self.bar.update(self.task, status=status)
-        else:
-            self.log(f"step {step}: {status}")
-        self.on_log(self.state)
-
-    def val_row(self, val_loss: float, is_best: bool) -> None:
-        step = self.state.step
-        self.state.history["val"].append({"step": step, "val_loss": val_loss})
-        self.writer.add_scalar("loss/val", val_loss, step)
-        self.writer.add_scalar("perplexity/val", math.exp(min(val_loss, 50.0)), step)
-        self.log(f"step {step}: val loss {val_loss:.4f}" + (" (best, saved best.pt)" if is_best else ""))
-        self.on_log(self.state)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-        self.writer.close()
-
-
-class NullLog(RunLog):
-    """What ranks other than 0 write: nothing."""
-
-    def __init__(self):
-        self.log = lambda _msg: None
-
-    def step(self) -> None:
-        pass
-
-    def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
-        pass
-
-    def val_row(self, val_loss: float, is_best: bool) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class Window:
-    """Train loss and throughput between two log lines (mean loss synced across ranks)."""
-
-    def __init__(self, device: torch.device):
-        self.loss_sum = torch.zeros((), device=device)  # stays on the device: no sync per step
-        self.steps, self.seconds, self.started = 0, 0.0, time.perf_counter()
-
-    def add(self, loss: Tensor) -> None:
-        self.loss_sum += loss
-        self.steps += 1
-
-    def pause(self) -> None:
-        """Stop the clock (evaluation and checkpoints are not training time)."""
-        self.seconds += time.perf_counter() - self.started
-
-    def resume(self) -> None:
-        self.started = time.perf_counter()
-
-    def snapshot(self, dist: Dist) -> tuple[float, int]:
-        """(loss summed over the open window and all ranks, its steps): what a checkpoint keeps of it."""
-        (loss_sum,) = all_reduce([self.loss_sum.item()], dist, self.loss_sum.device)
-        return loss_sum, self.steps
-
-    def restore(self, loss_sum: float, steps: int, dist: Dist) -> None:
-        """Reopen a snapshot's window: rank 0 holds the ranks' summed losses, so close() still adds up."""
-        self.loss_sum.fill_(loss_sum if dist.is_main else 0.0)
-        self.steps = int(steps)
-
-    def close(self, dist: Dist) -> tuple[float, int, float]:
-        """(mean loss over the window and ranks, steps, seconds), and start a new window."""
-        self.pause()
-        (loss_sum,) = all_reduce([self.loss_sum.item()], dist, self.loss_sum.device)
-        result = (loss_sum / (self.steps * dist.world_size), self.steps, self.seconds)
-        self.loss_sum.zero_()
-        self.steps, self.seconds = 0, 0.0
-        self.resume()
-        return result
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 @dataclass
@@ -592,13 +403,6 @@ def startup_line(run: Run) -> str:
             f"{run.model_cfg.block_size}{ranks}) | {start}, to step {cfg.max_iters}")
 
 
-def stop_agreed(stop: StopRequest, run: Run) -> bool:
-    """Whether any rank was asked to stop (all ranks must stop at the same step)."""
-    if not run.dist.enabled:
-        return stop.requested
-    return all_reduce([float(stop.requested)], run.dist, run.device, torch_dist.ReduceOp.MAX)[0] > 0
-
-
 def check_finite(run: Run, what: str, value: float) -> None:
     """Stop a diverged run before it writes a checkpoint: the ones on disk stay the last good ones."""
     if math.isfinite(value):
@@ -641,22 +445,6 @@ def evaluate_and_save(run: Run, run_log: RunLog, window: Window, final: bool) ->
     save_run(run, window, (("best.pt",) if is_best else ()) + (("final.pt",) if final else ()))
 
 
-@contextmanager
-def oom_as_error(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device) -> Iterator[None]:
-    """Out-of-memory becomes a GothicError naming the knobs that shrink memory."""
-    try:
-        yield
-    except RuntimeError as e:  # torch.OutOfMemoryError is one; CPU/MPS allocators raise plain ones
-        text = str(e)
-        if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in text \
-                and "can't allocate memory" not in text:
-            raise
-        raise GothicError(
-            f"out of memory on {device} at train.batch_size={train_cfg.batch_size}, "
-            f"model.block_size={model_cfg.block_size}: lower train.batch_size (raise train.grad_accum to "
-            "keep the global batch), or lower model.block_size / the model size") from None
-
-
 def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextManager], run_log: RunLog,
              stop: StopRequest, on_step: Callable[[int], None] | None) -> None:
     """Train to max_iters (state.train_time_s adds the seconds spent in training steps).
@@ -683,7 +471,7 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
             run_log.train_row(loss, lr, steps * step_tokens / max(seconds, 1e-9))
         if on_step is not None:
             on_step(state.step)
-        stopping = stop_agreed(stop, run)
+        stopping = stop.agreed(run.dist, run.device)
         window.pause()
         if state.step % cfg.eval_interval == 0 or is_last:
             evaluate_and_save(run, run_log, window, final=is_last)
@@ -790,16 +578,6 @@ def train_session(run: Run, log: Log | None, show_progress: bool | None,
             run_loop(run, module, no_sync, run_log, stop, on_step)
     finally:
         run_log.close()
-
-
-def write_curves(history: dict[str, list[dict]], plots_dir: str | Path) -> None:
-    """The DVC plot files: train_loss.tsv, val_loss.tsv and learning_rate.tsv, one row per logged step."""
-    plots_dir = Path(plots_dir)
-    tables = {"train_loss.tsv": ("train", "train_loss"), "val_loss.tsv": ("val", "val_loss"),
-              "learning_rate.tsv": ("train", "lr")}
-    for file_name, (kind, column) in tables.items():
-        lines = [f"step\t{column}"] + [f"{row['step']}\t{row[column]:.6g}" for row in history[kind]]
-        write_text(plots_dir / file_name, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":  # `python -m gothic.train` / `torchrun -m gothic.train`: the gothic-train CLI

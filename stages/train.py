@@ -16,7 +16,8 @@ from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.files import write_json
 from gothic.live import LiveMetrics
-from gothic.train import train, write_curves
+from gothic.runlog import write_curves
+from gothic.train import train
 
 
 def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metrics_path: str,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from gothic.live import LiveMetrics
-from gothic.train import RunState, train, write_curves
+from gothic.runlog import write_curves
+from gothic.train import RunState, train
 
 from conftest import tiny_model_config, tiny_train_config
 

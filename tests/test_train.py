@@ -21,8 +21,9 @@ from gothic.config import TrainConfig, to_dict
 from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
+from gothic.optim import get_lr
 from gothic.runtime import Precision
-from gothic.train import estimate_loss, get_lr, load_training_data, train, train_step
+from gothic.train import estimate_loss, load_training_data, train, train_step
 
 from conftest import ROOT, tiny_model_config, tiny_train_config, venv_env
 

@@ -1,0 +1,147 @@
+"""What a training run reports while it runs: log lines or a progress bar, TensorBoard scalars, the
+train-loss window between two log lines, and the DVC plot files (`write_curves`).
+
+Only rank 0 reports (`RunLog`); the other ranks get a `NullLog`. Every logged row also goes into
+the run's history (checkpointed, so a continued run's logs and plots carry on where they stopped).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from gothic.files import write_text
+from gothic.runtime import Dist, all_reduce
+
+if TYPE_CHECKING:
+    from gothic.train import RunState
+
+Log = Callable[[str], None]
+
+
+class RunLog:
+    """Rank 0's outputs while training: log lines or a rich progress bar, and TensorBoard scalars."""
+
+    def __init__(self, out_dir: Path, state: RunState, max_iters: int, log: Log | None, show_progress: bool,
+                 on_log: Callable[[RunState], None] | None = None):
+        from torch.utils.tensorboard import SummaryWriter  # slow import, only where logs are written
+
+        # purge_step drops events a stopped run logged past the step we resume from; flushing every
+        # 10 s (not the default 120) lets TensorBoard follow a run as it trains
+        self.writer = SummaryWriter(str(out_dir / "logs"), purge_step=state.step, flush_secs=10)
+        self.state, self.log = state, log or (lambda _msg: None)
+        self.on_log = on_log or (lambda _state: None)  # gothic.live: the DVC metrics and plots, as they happen
+        self.bar, self.task = None, None
+        if show_progress:
+            from gothic.progress import progress_bar
+
+            self.bar = progress_bar()
+            self.task = self.bar.add_task("train", total=max_iters, completed=state.step, status="")
+            self.bar.start()
+            # log lines go above the bar; plain text, so a path with [brackets] is no markup
+            console = self.bar.console
+            self.log = lambda msg: console.print(msg, markup=False, highlight=False)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.state.step)
+
+    def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
+        step = self.state.step
+        self.state.history["train"].append({"step": step, "train_loss": loss, "lr": lr, "tokens_per_s": tokens_per_s})
+        for tag, value in (("loss/train", loss), ("perplexity/train", math.exp(min(loss, 50.0))),
+                           ("learning_rate", lr), ("tokens_per_s", tokens_per_s)):
+            self.writer.add_scalar(tag, value, step)
+        status = f"loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
+        if self.bar is not None:
+            self.bar.update(self.task, status=status)
+        else:
+            self.log(f"step {step}: {status}")
+        self.on_log(self.state)
+
+    def val_row(self, val_loss: float, is_best: bool) -> None:
+        step = self.state.step
+        self.state.history["val"].append({"step": step, "val_loss": val_loss})
+        self.writer.add_scalar("loss/val", val_loss, step)
+        self.writer.add_scalar("perplexity/val", math.exp(min(val_loss, 50.0)), step)
+        self.log(f"step {step}: val loss {val_loss:.4f}" + (" (best, saved best.pt)" if is_best else ""))
+        self.on_log(self.state)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        self.writer.close()
+
+
+class NullLog(RunLog):
+    """What ranks other than 0 write: nothing."""
+
+    def __init__(self):
+        self.log = lambda _msg: None
+
+    def step(self) -> None:
+        pass
+
+    def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
+        pass
+
+    def val_row(self, val_loss: float, is_best: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Window:
+    """Train loss and throughput between two log lines (mean loss synced across ranks)."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)  # stays on the device: no sync per step
+        self.steps, self.seconds, self.started = 0, 0.0, time.perf_counter()
+
+    def add(self, loss: Tensor) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+
+    def pause(self) -> None:
+        """Stop the clock (evaluation and checkpoints are not training time)."""
+        self.seconds += time.perf_counter() - self.started
+
+    def resume(self) -> None:
+        self.started = time.perf_counter()
+
+    def snapshot(self, dist: Dist) -> tuple[float, int]:
+        """(loss summed over the open window and all ranks, its steps): what a checkpoint keeps of it."""
+        (loss_sum,) = all_reduce([self.loss_sum.item()], dist, self.loss_sum.device)
+        return loss_sum, self.steps
+
+    def restore(self, loss_sum: float, steps: int, dist: Dist) -> None:
+        """Reopen a snapshot's window: rank 0 holds the ranks' summed losses, so close() still adds up."""
+        self.loss_sum.fill_(loss_sum if dist.is_main else 0.0)
+        self.steps = int(steps)
+
+    def close(self, dist: Dist) -> tuple[float, int, float]:
+        """(mean loss over the window and ranks, steps, seconds), and start a new window."""
+        self.pause()
+        (loss_sum,) = all_reduce([self.loss_sum.item()], dist, self.loss_sum.device)
+        result = (loss_sum / (self.steps * dist.world_size), self.steps, self.seconds)
+        self.loss_sum.zero_()
+        self.steps, self.seconds = 0, 0.0
+        self.resume()
+        return result
+
+
+def write_curves(history: dict[str, list[dict]], plots_dir: str | Path) -> None:
+    """The DVC plot files: train_loss.tsv, val_loss.tsv and learning_rate.tsv, one row per logged step."""
+    plots_dir = Path(plots_dir)
+    tables = {"train_loss.tsv": ("train", "train_loss"), "val_loss.tsv": ("val", "val_loss"),
+              "learning_rate.tsv": ("train", "lr")}
+    for file_name, (kind, column) in tables.items():
+        lines = [f"step\t{column}"] + [f"{row['step']}\t{row[column]:.6g}" for row in history[kind]]
+        write_text(plots_dir / file_name, "\n".join(lines) + "\n")
