@@ -22,23 +22,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     On any exception the temporary file is removed and `path` is left as it was.
     """
-    path = Path(path)
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextmanager
+def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
+    """`atomic_path` for outputs that belong together: every one is written to its temporary
+    path first, then all are renamed in place at the end; on any exception none is."""
+    paths = [Path(p) for p in paths]
+    tmps: list[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except PermissionError:
-        raise GothicError(f"cannot write {path}: permission denied (check the folder's permissions)") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should be readable like any other file
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        for path in paths:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except PermissionError:
+                raise GothicError(f"cannot write {path}: permission denied (check the folder's permissions)") from None
+            os.close(fd)
+            tmps.append(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should be readable like any other file
+        yield tmps
+        for tmp in tmps:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        for tmp, path in zip(tmps, paths, strict=True):
+            os.replace(tmp, path)
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def json_text(obj) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -47,7 +64,7 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_text(path, json_text(obj))
 
 
 def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:

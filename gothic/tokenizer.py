@@ -5,10 +5,18 @@ special token, separating documents in the bins and ending generations.
 
     tok = train_tokenizer([Path("data/processed/train.txt")], vocab_size=4096, min_frequency=2)
     save_tokenizer(tok, Path("data/tokenizer.json"))
+
+Streaming: a text of any size is read in blocks and cut into *pieces* at points where the
+byte-level pre-tokenizer always starts a new word (`safe_cut`), so encoding the pieces one by one
+gives exactly the tokens of encoding the whole text, in bounded memory (`iter_pieces`). Training
+reads the files line by line, as the library's own file reader does, so it learns the same merges
+(`training_lines`); above `sample_bytes` it learns from evenly spaced windows of the text instead.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -18,6 +26,92 @@ from gothic.errors import GothicError
 from gothic.files import sha256_file, write_text
 
 EOT = "<|endoftext|>"
+# Pieces are cut about every PIECE_CHARS characters: enough work per piece for the batch encoder,
+# small enough for its per-token bookkeeping to stay a few MB.
+PIECE_CHARS = 1 << 16
+# Past this many characters without a newline or space to cut at (no real prose), a piece is cut
+# anyway: its tokens at that one point may differ from encoding the whole, the text round-trips.
+HARD_CUT_CHARS = 1 << 20
+READ_CHARS = 1 << 22
+# Windows of this size make up a training sample (see `training_lines`).
+SAMPLE_WINDOW_BYTES = 1 << 20
+
+
+# --- pieces that encode exactly like the whole -----------------------------------------------------
+def safe_cut(text: str, lo: int, hi: int) -> int:
+    """The first index in [lo, hi) where text can be cut without changing its tokens, or -1.
+
+    Safe are: just after a newline between two non-space characters (the newline is always a
+    word of its own), and just before a space between two non-space characters (a word always
+    starts at such a space). The pre-tokenizer's pattern has no look-behind, so the words after
+    the cut are found the same way. When neither occurs within HARD_CUT_CHARS of lo, lo +
+    HARD_CUT_CHARS is returned (if below hi).
+    """
+    end = min(hi, lo + HARD_CUT_CHARS)
+    for char, after in (("\n", 1), (" ", 0)):
+        at = text.find(char, max(lo - after, 1), end)
+        while at != -1:
+            if at + 1 < len(text) and not text[at - 1].isspace() and not text[at + 1].isspace():
+                if lo <= at + after < hi:
+                    return at + after
+            at = text.find(char, at + 1, end)
+    return lo + HARD_CUT_CHARS if lo + HARD_CUT_CHARS < hi else -1
+
+
+def cut_pieces(text: str, start: int, end: int, size: int, final: bool) -> Iterator[tuple[str, bool]]:
+    """Yield (piece, is_last) covering text[start:end] in pieces of about `size` characters.
+
+    With final=False the text may go on after `end`: the rest from the last cut on is not
+    yielded, and the generator returns where it begins.
+    """
+    # a cut needs the character after it, and must not fall inside a separator still being read
+    limit = end if final else end - len(EOT)
+    pos = start
+    while end - pos > size:
+        cut = safe_cut(text, pos + size, limit)
+        if cut == -1:
+            break
+        yield text[pos:cut], False
+        pos = cut
+    if final:
+        yield text[pos:end], True
+        return end
+    return pos
+
+
+def split_into_pieces(text: str, size: int | None = None) -> list[str]:
+    """A document cut into pieces that encode, one by one, exactly like the whole."""
+    return [piece for piece, _ in cut_pieces(text, 0, len(text), size or PIECE_CHARS, final=True)]
+
+
+def iter_pieces(path: Path, size: int | None = None, read_chars: int | None = None) -> Iterator[tuple[str, bool]]:
+    """Stream a split text (documents joined by EOT) as (piece, ends_document) pairs.
+
+    Every document yields at least one piece (an empty one for an empty document), the way
+    `text.split(EOT)` gives one string per document; memory stays a few blocks.
+    """
+    path, size, read_chars = Path(path), size or PIECE_CHARS, read_chars or READ_CHARS
+    if not path.is_file():
+        raise GothicError(f"{path}: not found; run the prepare stage first (`dvc repro prepare`)")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            buf, eof = "", False
+            while not eof:
+                block = f.read(read_chars)
+                eof = not block
+                buf += block
+                pos = 0
+                while (sep := buf.find(EOT, pos)) != -1:
+                    yield from cut_pieces(buf, pos, sep, size, final=True)
+                    pos = sep + len(EOT)
+                pos = yield from cut_pieces(buf, pos, len(buf), size, final=eof)
+                buf = buf[pos:]
+    except UnicodeDecodeError as e:
+        raise GothicError(f"{path}: not UTF-8 (byte {e.start} of a block); rebuild it with `dvc repro -f prepare`") \
+            from None
+
+
+# --- training ----------------------------------------------------------------------------------------
 
 
 def build_trainer(vocab_size: int, min_frequency: int) -> trainers.BpeTrainer:
@@ -38,9 +132,61 @@ def empty_tokenizer() -> Tokenizer:
     return tok
 
 
-def train_tokenizer(files: list[Path], vocab_size: int, min_frequency: int) -> Tokenizer:
+def _file_lines(path: Path, start: int = 0, limit: int | None = None) -> Iterator[str]:
+    """Lines of a file with their line ends, from byte `start` (realigned to the next line start)
+    until `limit` bytes are read; a line longer than a piece is cut at safe points."""
+    with open(path, "rb") as f:
+        if start:
+            f.seek(start - 1)
+            f.readline()  # the rest of the line `start` falls in: begin at a line start
+        read = 0
+        for line in f:
+            text = line.decode("utf-8")
+            if len(text) > PIECE_CHARS:
+                yield from split_into_pieces(text)
+            else:
+                yield text
+            read += len(line)
+            if limit is not None and read >= limit:
+                return
+
+
+def training_lines(files: list[Path], sample_bytes: int = 0) -> Iterator[str]:
+    """What the trainer learns from: the files' lines, as `Tokenizer.train(files)` reads them.
+
+    When the files hold more than sample_bytes (> 0), a deterministic sample instead: windows of
+    SAMPLE_WINDOW_BYTES at evenly spaced offsets, sample_bytes in all, so every part of the
+    corpus is represented (never just its first documents).
+    """
+    sizes = [Path(p).stat().st_size for p in files]
+    total = sum(sizes)
+    if not sample_bytes or total <= sample_bytes:
+        for path in files:
+            yield from _file_lines(path)
+        return
+    n_windows = max(1, sample_bytes // SAMPLE_WINDOW_BYTES)
+    window = sample_bytes // n_windows
+    for j in range(n_windows):
+        offset = j * total // n_windows  # in the files laid end to end
+        for path, size in zip(files, sizes, strict=True):
+            if offset < size:
+                yield from _file_lines(path, offset, window)
+                break
+            offset -= size
+
+
+def training_bytes(files: list[Path], sample_bytes: int = 0) -> dict:
+    """For the metrics: how much text the tokenizer learned from, and whether it was a sample."""
+    total = sum(Path(p).stat().st_size for p in files)
+    sampled = bool(sample_bytes) and total > sample_bytes
+    return {"train_bytes": total, "trained_on_bytes": sample_bytes if sampled else total, "sampled": sampled}
+
+
+def train_tokenizer(files: list[Path], vocab_size: int, min_frequency: int, sample_bytes: int = 0) -> Tokenizer:
     """Train a byte-level BPE on text files; deterministic for the same input and settings.
 
+    Reads the files line by line (memory does not grow with their size); with sample_bytes > 0
+    and more text than that, learns from an evenly spaced sample of that size (`training_lines`).
     Raises GothicError when a file is missing or empty, or the corpus cannot support vocab_size.
     """
     if vocab_size < MIN_VOCAB_SIZE:
@@ -57,8 +203,12 @@ def train_tokenizer(files: list[Path], vocab_size: int, min_frequency: int) -> T
             raise GothicError(f"{path}: file is empty; a tokenizer needs text to learn from")
     tok = empty_tokenizer()
     try:
-        tok.train([str(p) for p in files], build_trainer(vocab_size, min_frequency))
-    except Exception as e:  # tokenizers raises plain Exceptions, e.g. for non-UTF-8 input
+        tok.train_from_iterator(training_lines([Path(p) for p in files], sample_bytes),
+                                build_trainer(vocab_size, min_frequency))
+    except UnicodeDecodeError as e:
+        raise GothicError(f"tokenizer training failed on {', '.join(map(str, files))}: not UTF-8 text ({e.reason} "
+                          f"at byte {e.start} of a line); convert the file to UTF-8") from None
+    except Exception as e:  # tokenizers raises plain Exceptions
         raise GothicError(f"tokenizer training failed on {', '.join(map(str, files))}: {e}") from None
     got = tok.get_vocab_size()
     if got < vocab_size:
@@ -94,14 +244,56 @@ def tokenizer_sha256(path: str | Path) -> str:
     return sha256_file(path)
 
 
+def encode_batch(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, encoded in parallel on every core (offsets are not computed)."""
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast: tokenizers >= 0.20
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
+def batched(pieces: Iterable[tuple[str, bool]], batch_chars: int) -> Iterator[list[tuple[str, bool]]]:
+    """Group pieces into lists of about batch_chars characters."""
+    batch, chars = [], 0
+    for item in pieces:
+        batch.append(item)
+        chars += len(item[0])
+        if chars >= batch_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
 def tokenizer_stats(tok: Tokenizer, val_text: str) -> dict:
     """Figures for metrics/tokenizer.json: vocab size and compression on held-out text."""
     n_bytes = len(val_text.encode("utf-8"))
-    n_tokens = len(tok.encode(val_text).ids) if val_text else 0
+    docs = val_text.split(EOT)
+    pieces = [piece for doc in docs for piece in split_into_pieces(doc)]
+    n_tokens = sum(map(len, encode_batch(tok, pieces))) + len(docs) - 1 if val_text else 0
+    return _stats(tok, n_bytes, n_tokens)
+
+
+def tokenizer_stats_file(tok: Tokenizer, val_path: Path, batch_chars: int = 1 << 21) -> dict:
+    """`tokenizer_stats` of a split text file, streamed: every val byte, in bounded memory."""
+    n_bytes, n_tokens, docs = 0, 0, 0
+    for batch in batched(iter_pieces(val_path), batch_chars):
+        n_tokens += sum(map(len, encode_batch(tok, [piece for piece, _ in batch])))
+        n_bytes += sum(len(piece.encode("utf-8")) for piece, _ in batch)
+        docs += sum(ends for _, ends in batch)
+    n_bytes += len(EOT) * (docs - 1)  # the separators: one token each
+    n_tokens = n_tokens + docs - 1 if n_bytes else 0
+    return _stats(tok, n_bytes, n_tokens)
+
+
+def _stats(tok: Tokenizer, n_bytes: int, n_tokens: int) -> dict:
     return {
         "vocab_size": tok.get_vocab_size(),
         "val_bytes": n_bytes,
         "val_tokens": n_tokens,
         "bytes_per_token": round(n_bytes / n_tokens, 4) if n_tokens else 0.0,
     }
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's count, where known)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
