@@ -6,16 +6,15 @@ records the dtype, token and byte counts per split and per document, and the tok
 so training can refuse bins made with another tokenizer.
 
 `binarize` streams: the texts are read in blocks and cut into pieces that encode exactly like
-the whole (gothic.tokenizer.iter_pieces), batches of pieces are encoded on every core while the
-previous batch is written, and the tokens are appended to the bins, so memory stays flat
-whatever the corpus size.
+the whole (gothic.tokenizer.iter_pieces), batches of pieces are encoded word by word through a
+bounded cache (gothic.tokenizer.CachedEncoder; the words it has not seen are encoded on every
+core), and the tokens are appended to the bins, so memory stays flat whatever the corpus size.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from gothic.errors import GothicError
 from gothic.files import atomic_paths, json_text
 from gothic.tokenizer import (
     EOT,
+    CachedEncoder,
     batched,
     encode_batch,
     eot_id,
@@ -43,9 +43,8 @@ __all__ = ["split_into_pieces", "binarize", "encode_documents", "load_meta", "lo
 
 META_VERSION = 1
 SPLITS = ("train", "val")
-# Characters encoded per batch: enough for every core, while a batch's token bookkeeping in the
-# tokenizers library (~100 bytes per token) stays well under 100 MB.
-BATCH_CHARS = 1 << 21
+# Characters encoded per batch: enough new words for every core to encode, a few MB of memory.
+BATCH_CHARS = 1 << 22
 
 Progress = Callable[[int], None]
 
@@ -62,37 +61,28 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> list[np.ndarray]:
 
 def encode_split(tok: Tokenizer, text_path: Path, out, dtype: np.dtype, progress: Progress | None = None,
                  batch_chars: int = BATCH_CHARS) -> dict:
-    """Encode one split text into the open binary file `out`; returns its meta.json entry.
-
-    The next batch is encoded (by the library's threads, without the GIL) while this one is
-    converted and written.
-    """
+    """Encode one split text into the open binary file `out`; returns its meta.json entry."""
     eot = np.array([eot_id(tok)], dtype=dtype).tobytes()
+    encoder = CachedEncoder(tok, dtype)
     documents, offset, doc_tokens, doc_bytes, doc_started = [], 0, 0, 0, False
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for batch in [*batched(iter_pieces(text_path), batch_chars), None]:
-            future = pool.submit(encode_batch, tok, [piece for piece, _ in batch]) if batch else None
-            if pending:
-                done_batch, done_future = pending
-                for (piece, ends), ids in zip(done_batch, done_future.result(), strict=True):
-                    if not doc_started and documents:  # separator between documents, as in the text
-                        out.write(eot)
-                        offset += 1
-                        if progress:
-                            progress(len(EOT))
-                    doc_started = True
-                    out.write(np.asarray(ids, dtype=dtype).tobytes())
-                    n_bytes = len(piece.encode("utf-8"))
-                    doc_tokens += len(ids)
-                    doc_bytes += n_bytes
-                    if progress:
-                        progress(n_bytes)
-                    if ends:
-                        documents.append({"start": offset, "tokens": doc_tokens, "bytes": doc_bytes})
-                        offset += doc_tokens
-                        doc_tokens, doc_bytes, doc_started = 0, 0, False
-            pending = (batch, future) if batch else None
+    for batch in batched(iter_pieces(text_path), batch_chars):
+        for (piece, ends), ids in zip(batch, encoder.encode([piece for piece, _ in batch]), strict=True):
+            if not doc_started and documents:  # separator between documents, as in the text
+                out.write(eot)
+                offset += 1
+                if progress:
+                    progress(len(EOT))
+            doc_started = True
+            out.write(ids)
+            n_bytes = len(piece.encode("utf-8"))
+            doc_tokens += len(ids) // dtype.itemsize
+            doc_bytes += n_bytes
+            if progress:
+                progress(n_bytes)
+            if ends:
+                documents.append({"start": offset, "tokens": doc_tokens, "bytes": doc_bytes})
+                offset += doc_tokens
+                doc_tokens, doc_bytes, doc_started = 0, 0, False
     return {"tokens": offset, "bytes": sum(d["bytes"] for d in documents), "documents": documents}
 
 

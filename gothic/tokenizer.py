@@ -250,6 +250,58 @@ def encode_batch(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
+def words(text: str) -> list[str]:
+    """text cut at every space that stands between two non-space characters (each a safe cut, see
+    `safe_cut`): mostly single words with their leading space, " castle,"."""
+    chunks = text.split(" ")
+    out, current = [], chunks[0]
+    for chunk in chunks[1:]:
+        if chunk and current and not current[-1].isspace() and not chunk[0].isspace():
+            out.append(current)
+            current = " " + chunk
+        else:
+            current += " " + chunk
+    out.append(current)
+    return out
+
+
+class CachedEncoder:
+    """Encodes pieces word by word through a cache of each word's tokens: exactly the tokens of
+    encoding the pieces (every word boundary is a safe cut), several times faster on real text.
+
+    The library's BPE recomputes the merges of every word missing from its small cache; here each
+    distinct word is encoded once (in parallel, by the library) while it stays in the cache, and
+    a piece's tokens are the cached bytes of its words joined. The cache is emptied when it
+    reaches max_words, so memory stays bounded; very long words are not kept.
+    """
+
+    MAX_CACHED_CHARS = 64
+
+    def __init__(self, tok: Tokenizer, dtype, max_words: int = 1 << 21):
+        self.tok, self.dtype, self.max_words, self.cache = tok, dtype, max_words, {}
+
+    def encode(self, pieces: list[str]) -> list[bytes]:
+        """The tokens of each piece as the bytes of an array of self.dtype."""
+        split = [words(piece) for piece in pieces]
+        missing = list({w for ws in split for w in ws if w not in self.cache})
+        if len(self.cache) + len(missing) > self.max_words:
+            self.cache.clear()
+            missing = list({w for ws in split for w in ws})
+        for word, ids in zip(missing, encode_batch(self.tok, missing), strict=True):
+            self.cache[word] = array_bytes(ids, self.dtype)
+        encoded = [b"".join(map(self.cache.__getitem__, ws)) for ws in split]
+        for word in missing:
+            if len(word) > self.MAX_CACHED_CHARS:
+                del self.cache[word]
+        return encoded
+
+
+def array_bytes(ids: list[int], dtype) -> bytes:
+    import numpy as np  # here: the tokenizer module is imported by stages that need no numpy
+
+    return np.asarray(ids, dtype=dtype).tobytes()
+
+
 def batched(pieces: Iterable[tuple[str, bool]], batch_chars: int) -> Iterator[list[tuple[str, bool]]]:
     """Group pieces into lists of about batch_chars characters."""
     batch, chars = [], 0
@@ -275,8 +327,9 @@ def tokenizer_stats(tok: Tokenizer, val_text: str) -> dict:
 def tokenizer_stats_file(tok: Tokenizer, val_path: Path, batch_chars: int = 1 << 21) -> dict:
     """`tokenizer_stats` of a split text file, streamed: every val byte, in bounded memory."""
     n_bytes, n_tokens, docs = 0, 0, 0
+    encoder = CachedEncoder(tok, "uint32")
     for batch in batched(iter_pieces(val_path), batch_chars):
-        n_tokens += sum(map(len, encode_batch(tok, [piece for piece, _ in batch])))
+        n_tokens += sum(len(b) // 4 for b in encoder.encode([piece for piece, _ in batch]))
         n_bytes += sum(len(piece.encode("utf-8")) for piece, _ in batch)
         docs += sum(ends for _, ends in batch)
     n_bytes += len(EOT) * (docs - 1)  # the separators: one token each
