@@ -83,7 +83,7 @@ class TokenizerConfig:
         errors = []
         _range(errors, "tokenizer.vocab_size", self.vocab_size, MIN_VOCAB_SIZE, 2**32)
         _range(errors, "tokenizer.min_frequency", self.min_frequency, 1)
-        if self.sample_bytes and self.sample_bytes < 1_000_000:
+        if self.sample_bytes < 0 or 0 < self.sample_bytes < 1_000_000:
             errors.append(f"tokenizer.sample_bytes={self.sample_bytes} must be 0 (no sample) or >= 1000000: "
                           "a smaller sample cannot teach a useful vocabulary")
         return errors

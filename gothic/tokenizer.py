@@ -16,6 +16,7 @@ reads the files line by line, as the library's own file reader does, so it learn
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -132,47 +133,106 @@ def empty_tokenizer() -> Tokenizer:
     return tok
 
 
-def _file_lines(path: Path, start: int = 0, limit: int | None = None) -> Iterator[str]:
-    """Lines of a file with their line ends, from byte `start` (realigned to the next line start)
-    until `limit` bytes are read; a line longer than a piece is cut at safe points."""
+def _raw_lines(path: Path, start: int = 0, limit: int | None = None) -> Iterator[bytes]:
+    """The file's lines (bytes, with their line ends) from byte `start`, realigned to the next line
+    start, until `limit` bytes are read."""
     with open(path, "rb") as f:
         if start:
             f.seek(start - 1)
             f.readline()  # the rest of the line `start` falls in: begin at a line start
         read = 0
         for line in f:
-            text = line.decode("utf-8")
-            if len(text) > PIECE_CHARS:
-                yield from split_into_pieces(text)
-            else:
-                yield text
+            yield line
             read += len(line)
             if limit is not None and read >= limit:
                 return
 
 
-def training_lines(files: list[Path], sample_bytes: int = 0) -> Iterator[str]:
-    """What the trainer learns from: the files' lines, as `Tokenizer.train(files)` reads them.
+def _sequences(lines: Iterable[bytes]) -> Iterator[str]:
+    """Lines as the trainer must see them, decoded.
 
-    When the files hold more than sample_bytes (> 0), a deterministic sample instead: windows of
-    SAMPLE_WINDOW_BYTES at evenly spaced offsets, sample_bytes in all, so every part of the
-    corpus is represented (never just its first documents).
+    The library's file reader feeds the trainer one line at a time. Lines are joined here where
+    that changes no word (a newline between two non-space characters is a safe cut, see
+    `safe_cut`), so fewer strings cross from Python into the trainer; a line longer than a piece
+    is cut at safe points, so memory stays bounded.
     """
+    joined, size = [], 0
+    for raw in lines:
+        line = raw.decode("utf-8")
+        if len(line) > PIECE_CHARS:
+            if joined:
+                yield "".join(joined)
+                joined, size = [], 0
+            yield from split_into_pieces(line)
+            continue
+        last = joined[-1] if joined else ""
+        if joined and not (size < PIECE_CHARS and len(last) > 1 and last[-1] == "\n" and not last[-2].isspace()
+                           and not line[0].isspace()):
+            yield "".join(joined)
+            joined, size = [], 0
+        joined.append(line)
+        size += len(line)
+    if joined:
+        yield "".join(joined)
+
+
+def _windows(files: list[Path], sample_bytes: int) -> Iterator[tuple[Path, int, int | None]]:
+    """(file, start, limit) of what to learn from: everything, or when the files hold more than
+    sample_bytes (> 0), windows of SAMPLE_WINDOW_BYTES at evenly spaced offsets, sample_bytes in
+    all, so every part of the corpus is represented (never just its first documents)."""
     sizes = [Path(p).stat().st_size for p in files]
     total = sum(sizes)
     if not sample_bytes or total <= sample_bytes:
-        for path in files:
-            yield from _file_lines(path)
+        yield from ((Path(p), 0, None) for p in files)
         return
     n_windows = max(1, sample_bytes // SAMPLE_WINDOW_BYTES)
-    window = sample_bytes // n_windows
     for j in range(n_windows):
         offset = j * total // n_windows  # in the files laid end to end
         for path, size in zip(files, sizes, strict=True):
             if offset < size:
-                yield from _file_lines(path, offset, window)
+                yield Path(path), offset, sample_bytes // n_windows
                 break
             offset -= size
+
+
+def training_lines(files: list[Path], sample_bytes: int = 0) -> Iterator[str]:
+    """What the trainer learns from (see `_windows`), as strings to feed it one by one."""
+    for path, start, limit in _windows(files, sample_bytes):
+        yield from _sequences(_raw_lines(path, start, limit))
+
+
+def _has_long_line(files: list[Path], limit: int) -> bool:
+    for path in files:
+        run = 0
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                lines = block.split(b"\n")
+                if run + len(lines[0]) > limit or (len(lines) > 2 and max(map(len, lines[1:-1])) > limit):
+                    return True
+                run = len(lines[-1]) if len(lines) > 1 else run + len(lines[0])
+        if run > limit:
+            return True
+    return False
+
+
+def _train_on_files(tok: Tokenizer, files: list[Path], sample_bytes: int, trainer) -> bool:
+    """The fast way, when no line is long: the library reads the files itself (or a temporary
+    file holding the sample's lines), in parallel and without Python. False when it cannot."""
+    if not sample_bytes or sum(Path(p).stat().st_size for p in files) <= sample_bytes:
+        if _has_long_line(files, HARD_CUT_CHARS):
+            return False
+        tok.train([str(p) for p in files], trainer)
+        return True
+    with tempfile.TemporaryDirectory(prefix="gothic-sample-") as tmp:
+        sample = Path(tmp) / "sample.txt"
+        with open(sample, "wb") as out:
+            for path, start, limit in _windows(files, sample_bytes):
+                for line in _raw_lines(path, start, limit):
+                    if len(line) > HARD_CUT_CHARS:
+                        return False
+                    out.write(line if line.endswith(b"\n") else line + b"\n")  # never glue two windows' lines
+        tok.train([str(sample)], trainer)
+    return True
 
 
 def training_bytes(files: list[Path], sample_bytes: int = 0) -> dict:
@@ -185,8 +245,9 @@ def training_bytes(files: list[Path], sample_bytes: int = 0) -> dict:
 def train_tokenizer(files: list[Path], vocab_size: int, min_frequency: int, sample_bytes: int = 0) -> Tokenizer:
     """Train a byte-level BPE on text files; deterministic for the same input and settings.
 
-    Reads the files line by line (memory does not grow with their size); with sample_bytes > 0
-    and more text than that, learns from an evenly spaced sample of that size (`training_lines`).
+    Memory does not grow with the files' size: the library reads them line by line, and a line
+    of over a MB is cut at safe points on the Python side (`training_lines`) instead. With
+    sample_bytes > 0 and more text than that, learns from an evenly spaced sample of that size.
     Raises GothicError when a file is missing or empty, or the corpus cannot support vocab_size.
     """
     if vocab_size < MIN_VOCAB_SIZE:
@@ -203,8 +264,9 @@ def train_tokenizer(files: list[Path], vocab_size: int, min_frequency: int, samp
             raise GothicError(f"{path}: file is empty; a tokenizer needs text to learn from")
     tok = empty_tokenizer()
     try:
-        tok.train_from_iterator(training_lines([Path(p) for p in files], sample_bytes),
-                                build_trainer(vocab_size, min_frequency))
+        files = [Path(p) for p in files]
+        if not _train_on_files(tok, files, sample_bytes, build_trainer(vocab_size, min_frequency)):
+            tok.train_from_iterator(training_lines(files, sample_bytes), build_trainer(vocab_size, min_frequency))
     except UnicodeDecodeError as e:
         raise GothicError(f"tokenizer training failed on {', '.join(map(str, files))}: not UTF-8 text ({e.reason} "
                           f"at byte {e.start} of a line); convert the file to UTF-8") from None

@@ -84,7 +84,8 @@ def test_small_pieces_and_reads_change_nothing(tmp_path, monkeypatch, piece_char
     """Pieces and read blocks far smaller than documents: every cut and block edge is exercised."""
     monkeypatch.setattr("gothic.tokenizer.PIECE_CHARS", piece_chars)
     monkeypatch.setattr("gothic.tokenizer.READ_CHARS", 997)
-    monkeypatch.setattr("gothic.tokenizer.HARD_CUT_CHARS", 1 << 30)
+    # a "long" line from 5000 characters: the tokenizer learns through the Python-side path too
+    monkeypatch.setattr("gothic.tokenizer.HARD_CUT_CHARS", 5000)
     raw = write_golden_raw(tmp_path / "raw")
     cfg = PrepareConfig(sources=["raw"], val_fraction=0.25, seed=7, encoding_fallback="latin-1")
     digests, _ = run_data_stages(raw, tmp_path, cfg, 500)
