@@ -51,3 +51,24 @@ def test_quality_trains_each_profile_and_names_the_held_out_documents(tmp_path):
     assert [r["profile"] for r in result["rows"]] == profiles
     assert all(0 < r["held-out bpb"] < 20 and r["steps"] >= 1 for r in result["rows"])
     assert {p["profile"] for p in result["curve"]} == set(profiles)
+
+
+def test_pipeline_scale_mode_measures_each_data_stage(tmp_path):
+    run_bench("pipeline.py", "--scale", "1.5", "2.5", "--work-dir", str(tmp_path), results_dir=tmp_path / "results")
+    rows = json.loads((tmp_path / "results" / "pipeline-scale.json").read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["prepare", "tokenize", "binarize", "all three"] * 2
+    assert all(r["wall s"] > 0 and r["MB/s"] > 0 and 10 < r["peak RSS MB"] <= r["tree RSS MB"] + 1 for r in rows)
+    assert rows[0]["corpus MB"] == 1.5 and rows[4]["corpus MB"] == 2.5
+    assert not any(tmp_path.glob("tmp*/scale-*"))  # the synthetic corpora are deleted
+
+
+def test_synthetic_corpus_has_varied_documents(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from pipeline import write_synthetic_corpus
+
+    n_bytes = write_synthetic_corpus(tmp_path / "raw", 2.0)
+    docs = sorted((tmp_path / "raw").rglob("*.txt"))
+    assert 2_000_000 <= n_bytes == sum(d.stat().st_size for d in docs) and len(docs) >= 2
+    assert len({d.read_bytes()[:2000] for d in docs}) == len(docs)  # not one file repeated
