@@ -75,7 +75,7 @@ class TokenizerConfig:
     """Target BPE vocabulary size, special tokens included."""
     min_frequency: int = 2
     """A pair must occur this often to be merged."""
-    sample_bytes: int = 100_000_000
+    sample_bytes: int = 32_000_000
     """Learn the merges from an evenly spaced sample of this many bytes of train.txt when it is
     larger (0: always all of it). Encoding always covers the whole corpus."""
 

@@ -116,3 +116,27 @@ def test_a_large_corpus_is_sampled_evenly_and_deterministically(tmp_path, monkey
     assert training_bytes(books, 0)["sampled"] is False
     tok = train_tokenizer(books, 300, 2, sample_bytes=total // 3)
     assert tok.get_vocab_size() == 300 and tok.to_str() == train_tokenizer(books, 300, 2, total // 3).to_str()
+
+
+def test_stage_records_what_it_learned_from(text_file, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import shutil
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("tokenize_stage", ROOT / "stages" / "tokenize.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    shutil.copy(text_file, processed / "train.txt")
+    (processed / "val.txt").write_text("The castle stood." + EOT + "Émile paused.", encoding="utf-8")
+    (tmp_path / "params.yaml").write_text("tokenizer:\n  vocab_size: 300\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    stage.main("processed", "tokenizer.json", "metrics/tokenizer.json")
+    metrics = json.loads((tmp_path / "metrics" / "tokenizer.json").read_text())
+    size = text_file.stat().st_size
+    assert metrics["sampled"] is False and metrics["trained_on_bytes"] == metrics["train_bytes"] == size
+    assert metrics["val_bytes"] == len(("The castle stood." + EOT + "Émile paused.").encode())
+    assert metrics["val_tokens"] > 2
