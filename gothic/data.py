@@ -7,8 +7,9 @@ so training can refuse bins made with another tokenizer.
 
 `binarize` streams: the texts are read in blocks and cut into pieces that encode exactly like
 the whole (gothic.tokenizer.iter_pieces), batches of pieces are encoded word by word through a
-bounded cache (gothic.tokenizer.CachedEncoder; the words it has not seen are encoded on every
-core), and the tokens are appended to the bins, so memory stays flat whatever the corpus size.
+bounded cache (gothic.tokenizer.CachedEncoder), in worker processes on every core for a large
+text (gothic.tokenizer.encode_file), and the tokens are appended to the bins in order, so memory
+stays flat whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -24,17 +25,7 @@ from tokenizers import Tokenizer
 from gothic.config import UINT16_VOCAB_LIMIT
 from gothic.errors import GothicError
 from gothic.files import atomic_paths, json_text
-from gothic.tokenizer import (
-    EOT,
-    CachedEncoder,
-    batched,
-    encode_batch,
-    eot_id,
-    iter_pieces,
-    load_tokenizer,
-    split_into_pieces,
-    tokenizer_sha256,
-)
+from gothic.tokenizer import EOT, encode_batch, encode_file, eot_id, load_tokenizer, split_into_pieces, tokenizer_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -43,9 +34,6 @@ __all__ = ["split_into_pieces", "binarize", "encode_documents", "load_meta", "lo
 
 META_VERSION = 1
 SPLITS = ("train", "val")
-# Characters encoded per batch: enough new words for every core to encode, a few MB of memory.
-BATCH_CHARS = 1 << 22
-
 Progress = Callable[[int], None]
 
 
@@ -59,30 +47,27 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> list[np.ndarray]:
             for doc in docs]
 
 
-def encode_split(tok: Tokenizer, text_path: Path, out, dtype: np.dtype, progress: Progress | None = None,
-                 batch_chars: int = BATCH_CHARS) -> dict:
+def encode_split(tokenizer_path: Path, text_path: Path, out, dtype: np.dtype, eot: int,
+                 progress: Progress | None = None) -> dict:
     """Encode one split text into the open binary file `out`; returns its meta.json entry."""
-    eot = np.array([eot_id(tok)], dtype=dtype).tobytes()
-    encoder = CachedEncoder(tok, dtype)
+    separator = np.array([eot], dtype=dtype).tobytes()
     documents, offset, doc_tokens, doc_bytes, doc_started = [], 0, 0, 0, False
-    for batch in batched(iter_pieces(text_path), batch_chars):
-        for (piece, ends), ids in zip(batch, encoder.encode([piece for piece, _ in batch]), strict=True):
-            if not doc_started and documents:  # separator between documents, as in the text
-                out.write(eot)
-                offset += 1
-                if progress:
-                    progress(len(EOT))
-            doc_started = True
-            out.write(ids)
-            n_bytes = len(piece.encode("utf-8"))
-            doc_tokens += len(ids) // dtype.itemsize
-            doc_bytes += n_bytes
+    for ids, n_bytes, ends in encode_file(tokenizer_path, text_path, dtype.name):
+        if not doc_started and documents:  # separator between documents, as in the text
+            out.write(separator)
+            offset += 1
             if progress:
-                progress(n_bytes)
-            if ends:
-                documents.append({"start": offset, "tokens": doc_tokens, "bytes": doc_bytes})
-                offset += doc_tokens
-                doc_tokens, doc_bytes, doc_started = 0, 0, False
+                progress(len(EOT))
+        doc_started = True
+        out.write(ids)
+        doc_tokens += len(ids) // dtype.itemsize
+        doc_bytes += n_bytes
+        if progress:
+            progress(n_bytes)
+        if ends:
+            documents.append({"start": offset, "tokens": doc_tokens, "bytes": doc_bytes})
+            offset += doc_tokens
+            doc_tokens, doc_bytes, doc_started = 0, 0, False
     return {"tokens": offset, "bytes": sum(d["bytes"] for d in documents), "documents": documents}
 
 
@@ -114,7 +99,7 @@ def binarize(processed_dir: Path, tokenizer_path: Path, out_dir: Path,
     with atomic_paths(*(out_dir / f"{split}.bin" for split in SPLITS), out_dir / "meta.json") as tmps:
         for split, tmp in zip(SPLITS, tmps, strict=False):
             with open(tmp, "wb") as out:
-                meta["splits"][split] = encode_split(tok, texts[split], out, dtype, progress)
+                meta["splits"][split] = encode_split(tokenizer_path, texts[split], out, dtype, eot_id(tok), progress)
         tmps[-1].write_text(json_text(meta), encoding="utf-8")
     return meta
 

@@ -15,6 +15,7 @@ reads the files line by line, as the library's own file reader does, so it learn
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -386,14 +387,42 @@ def tokenizer_stats(tok: Tokenizer, val_text: str) -> dict:
     return _stats(tok, n_bytes, n_tokens)
 
 
-def tokenizer_stats_file(tok: Tokenizer, val_path: Path, batch_chars: int = 1 << 21) -> dict:
+_ENCODER: CachedEncoder | None = None  # the current process's, set by _start_encoder
+
+
+def _start_encoder(tokenizer_path: str, dtype: str) -> None:
+    global _ENCODER
+    in_worker = multiprocessing.parent_process() is not None
+    if in_worker:  # one single-threaded library per process: the processes already fill every core
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _ENCODER = CachedEncoder(load_tokenizer(tokenizer_path), dtype, max_words=1 << 20 if in_worker else 1 << 21)
+
+
+def _encode_batch(batch: list[tuple[str, bool]]) -> list[tuple[bytes, int, bool]]:
+    tokens = _ENCODER.encode([piece for piece, _ in batch])
+    return [(ids, len(piece.encode("utf-8")), ends) for ids, (piece, ends) in zip(tokens, batch, strict=True)]
+
+
+def encode_file(tokenizer_path: Path, text_path: Path, dtype: str,
+                batch_chars: int = 1 << 22) -> Iterator[tuple[bytes, int, bool]]:
+    """Stream a split text's pieces encoded: (token array bytes of `dtype`, UTF-8 bytes of the
+    piece, ends_document), in order; encoded in worker processes on every core when the text is
+    large (each with its own word cache), in this process otherwise."""
+    from gothic.parallel import ordered_map
+
+    batches = ordered_map(_encode_batch, batched(iter_pieces(text_path), batch_chars), Path(text_path).stat().st_size,
+                          _start_encoder, (str(tokenizer_path), dtype))
+    for batch in batches:
+        yield from batch
+
+
+def tokenizer_stats_file(tok: Tokenizer, val_path: Path, tokenizer_path: Path) -> dict:
     """`tokenizer_stats` of a split text file, streamed: every val byte, in bounded memory."""
     n_bytes, n_tokens, docs = 0, 0, 0
-    encoder = CachedEncoder(tok, "uint32")
-    for batch in batched(iter_pieces(val_path), batch_chars):
-        n_tokens += sum(len(b) // 4 for b in encoder.encode([piece for piece, _ in batch]))
-        n_bytes += sum(len(piece.encode("utf-8")) for piece, _ in batch)
-        docs += sum(ends for _, ends in batch)
+    for ids, piece_bytes, ends in encode_file(tokenizer_path, val_path, "uint32"):
+        n_tokens += len(ids) // 4
+        n_bytes += piece_bytes
+        docs += ends
     n_bytes += len(EOT) * (docs - 1)  # the separators: one token each
     n_tokens = n_tokens + docs - 1 if n_bytes else 0
     return _stats(tok, n_bytes, n_tokens)
@@ -406,9 +435,3 @@ def _stats(tok: Tokenizer, n_bytes: int, n_tokens: int) -> dict:
         "val_tokens": n_tokens,
         "bytes_per_token": round(n_bytes / n_tokens, 4) if n_tokens else 0.0,
     }
-
-
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, not the machine's count, where known)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-

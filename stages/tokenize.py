@@ -14,7 +14,8 @@ def main(processed_dir: str, tokenizer_path: str, metrics_path: str) -> None:
     train_txt, val_txt = Path(processed_dir) / "train.txt", Path(processed_dir) / "val.txt"
     tok = train_tokenizer([train_txt], cfg.vocab_size, cfg.min_frequency, cfg.sample_bytes)
     save_tokenizer(tok, Path(tokenizer_path))
-    metrics = {**tokenizer_stats_file(tok, val_txt), **training_bytes([train_txt], cfg.sample_bytes)}
+    metrics = {**tokenizer_stats_file(tok, val_txt, Path(tokenizer_path)),
+               **training_bytes([train_txt], cfg.sample_bytes)}
     write_json(metrics_path, metrics)
     sample = f", learned from a {metrics['trained_on_bytes']:,}-byte sample" if metrics["sampled"] else ""
     print(f"tokenize: {metrics['vocab_size']} tokens, {metrics['bytes_per_token']} bytes/token on val{sample}")

@@ -236,16 +236,16 @@ def test_a_failure_leaves_every_output_as_it_was(raw_dir, tmp_path):
 
 def test_worker_processes_give_the_same_outputs(raw_dir, tmp_path, monkeypatch):
     prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, tmp_path / "a", warn=lambda m: None)
-    monkeypatch.setattr("gothic.corpus.PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr("gothic.corpus.cpu_count", lambda: 2)
+    monkeypatch.setattr("gothic.parallel.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("gothic.parallel.cpu_count", lambda: 2)
     prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, tmp_path / "b", warn=lambda m: None)
     for name in ("train.txt", "val.txt", "documents.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_errors_in_worker_processes_name_the_file(raw_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("gothic.corpus.PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr("gothic.corpus.cpu_count", lambda: 2)
+    monkeypatch.setattr("gothic.parallel.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("gothic.parallel.cpu_count", lambda: 2)
     (raw_dir / "latin.txt").write_bytes("caf\u00e9".encode("latin-1"))
     with pytest.raises(GothicError, match="latin.txt: not UTF-8"):
         prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, tmp_path / "out")

@@ -52,7 +52,8 @@ def run_data_stages(raw, work, cfg: PrepareConfig, vocab_size: int) -> tuple[dic
     corpus = prepare(cfg, raw, processed)
     tok = train_tokenizer([processed / "train.txt"], vocab_size, 2, TokenizerConfig().sample_bytes)
     save_tokenizer(tok, work / "tokenizer.json")
-    stats = tokenizer_stats_file(load_tokenizer(work / "tokenizer.json"), processed / "val.txt")
+    tok_path = work / "tokenizer.json"
+    stats = tokenizer_stats_file(load_tokenizer(tok_path), processed / "val.txt", tok_path)
     assert stats == tokenizer_stats(tok, (processed / "val.txt").read_text(encoding="utf-8"))
     binarize(processed, work / "tokenizer.json", work / "bin")
     digests = {name: hashlib.sha256((work / name).read_bytes()).hexdigest() for name in SMALL}
@@ -72,8 +73,9 @@ def test_outputs_are_byte_identical_on_the_shared_novels(shared_corpus, tmp_path
     raw.mkdir()
     for book in shared_corpus.glob("*.txt"):
         shutil.copy(book, raw / book.name)
-    # the worker-process path as well (the corpus is below the size where prepare starts workers)
-    monkeypatch.setattr("gothic.corpus.PARALLEL_MIN_BYTES", 0)
+    # the worker-process paths as well (the corpus is below the size where they start)
+    monkeypatch.setattr("gothic.parallel.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("gothic.parallel.cpu_count", lambda: 2)
     digests, metrics = run_data_stages(raw, tmp_path, PrepareConfig(sources=["raw"], val_fraction=0.2, seed=3), 2048)
     assert digests == NOVELS
     assert metrics == NOVELS_METRICS
