@@ -25,10 +25,12 @@ def cpu_count() -> int:
 
 
 def ordered_map(fn: Callable, items: Iterable, total_bytes: int, initializer: Callable | None = None,
-                initargs: tuple = (), window: int = 2) -> Iterator:
+                initargs: tuple = (), window: int = 2, fork: bool = True) -> Iterator:
     """fn(item) for each item, in order, on every core when total_bytes makes that worth it.
 
     `initializer(*initargs)` runs once in each worker (or once here when running in-process).
+    fork=False starts fresh interpreters: needed once this process has used the tokenizers
+    library's thread pool, which a forked child must not inherit.
     """
     workers = cpu_count()
     if workers < 2 or total_bytes < PARALLEL_MIN_BYTES:
@@ -37,7 +39,7 @@ def ordered_map(fn: Callable, items: Iterable, total_bytes: int, initializer: Ca
         yield from map(fn, items)
         return
     # fork where available: the workers need only what is already imported, and start in milliseconds
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    method = "fork" if fork and "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with multiprocessing.get_context(method).Pool(workers, initializer, initargs) as pool:
         pending: deque = deque()
         for item in items:

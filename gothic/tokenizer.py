@@ -411,7 +411,7 @@ def encode_file(tokenizer_path: Path, text_path: Path, dtype: str,
     from gothic.parallel import ordered_map
 
     batches = ordered_map(_encode_batch, batched(iter_pieces(text_path), batch_chars), Path(text_path).stat().st_size,
-                          _start_encoder, (str(tokenizer_path), dtype))
+                          _start_encoder, (str(tokenizer_path), dtype), fork=False)
     for batch in batches:
         yield from batch
 
