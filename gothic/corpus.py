@@ -96,7 +96,8 @@ def normalize(text: str) -> str:
     removed (it is the document separator), one final newline."""
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     text = unicodedata.normalize("NFC", text).replace(EOT, "")
-    text = re.sub(r"[ \t]+\n", "\n", text)
+    lines = text.split("\n")  # trailing spaces and tabs off every line: several times faster than a regex
+    text = "\n".join([line.rstrip(" \t") for line in lines[:-1]] + lines[-1:])
     text = re.sub(r"\n{3,}", "\n\n", text).strip("\n")
     return text + "\n" if text.strip() else ""
 
