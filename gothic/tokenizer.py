@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -313,19 +315,16 @@ def encode_batch(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
+# A word: from the start or from a space, then everything up to the next space that stands between
+# two non-space characters (spaces next to other white space, or at the end, stay inside).
+_WORD = re.compile(r"(?:^| )(?:[^ ]+|(?<=\s) | (?!\S))*")
+
+
 def words(text: str) -> list[str]:
     """text cut at every space that stands between two non-space characters (each a safe cut, see
-    `safe_cut`): mostly single words with their leading space, " castle,"."""
-    chunks = text.split(" ")
-    out, current = [], chunks[0]
-    for chunk in chunks[1:]:
-        if chunk and current and not current[-1].isspace() and not chunk[0].isspace():
-            out.append(current)
-            current = " " + chunk
-        else:
-            current += " " + chunk
-    out.append(current)
-    return out
+    `safe_cut`): mostly single words with their leading space, " castle,". Joined, the words are
+    the text (the first may be empty)."""
+    return _WORD.findall(text)
 
 
 class CachedEncoder:
@@ -346,10 +345,11 @@ class CachedEncoder:
     def encode(self, pieces: list[str]) -> list[bytes]:
         """The tokens of each piece as the bytes of an array of self.dtype."""
         split = [words(piece) for piece in pieces]
-        missing = list({w for ws in split for w in ws if w not in self.cache})
+        every = set(chain.from_iterable(split))
+        missing = list(every.difference(self.cache))
         if len(self.cache) + len(missing) > self.max_words:
             self.cache.clear()
-            missing = list({w for ws in split for w in ws})
+            missing = list(every)
         for word, ids in zip(missing, encode_batch(self.tok, missing), strict=True):
             self.cache[word] = array_bytes(ids, self.dtype)
         encoded = [b"".join(map(self.cache.__getitem__, ws)) for ws in split]
