@@ -81,11 +81,17 @@ class TokenizerConfig:
     """Target BPE vocabulary size, special tokens included."""
     min_frequency: int = 2
     """A pair must occur this often to be merged."""
+    sample_bytes: int = 32_000_000
+    """Learn the merges from an evenly spaced sample of this many bytes of train.txt when it is
+    larger (0: always all of it). Encoding always covers the whole corpus."""
 
     def check(self) -> list[str]:
         errors = []
         _range(errors, "tokenizer.vocab_size", self.vocab_size, MIN_VOCAB_SIZE, MAX_VOCAB_SIZE)
         _range(errors, "tokenizer.min_frequency", self.min_frequency, 1)
+        if self.sample_bytes < 0 or 0 < self.sample_bytes < 1_000_000:
+            errors.append(f"tokenizer.sample_bytes={self.sample_bytes} must be 0 (no sample) or >= 1000000: "
+                          "a smaller sample cannot teach a useful vocabulary")
         return errors
 
 
@@ -195,11 +201,15 @@ class TrainConfig:
 class EvaluateConfig:
     batch_size: int = 8
     """Windows of block_size tokens scored per forward pass."""
+    max_tokens: int = 2_000_000
+    """Score at most this many val tokens, in evenly spaced windows (0: every token), so a large
+    held-out split costs minutes, not hours. Below the cap every token is scored."""
     device: str = "auto"
 
     def check(self) -> list[str]:
         errors = []
         _range(errors, "evaluate.batch_size", self.batch_size, 1)
+        _range(errors, "evaluate.max_tokens", self.max_tokens, 0)
         return errors + check_device(self.device, "evaluate.device")
 
 

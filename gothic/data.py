@@ -4,6 +4,12 @@ Layout of `data/bin/`: `train.bin` and `val.bin` hold one token stream per split
 separated by `<|endoftext|>`), `uint16` when the vocabulary fits, `uint32` above; `meta.json`
 records the dtype, token and byte counts per split and per document, and the tokenizer's sha256
 so training can refuse bins made with another tokenizer.
+
+`binarize` streams: the texts are read in blocks and cut into pieces that encode exactly like
+the whole (gothic.tokenizer.iter_pieces), batches of pieces are encoded word by word through a
+bounded cache (gothic.tokenizer.CachedEncoder), in worker processes on every core for a large
+text (gothic.tokenizer.encode_file), and the tokens are appended to the bins in order, so memory
+stays flat whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -18,20 +24,17 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from gothic.config import UINT16_VOCAB_LIMIT
-from gothic.corpus import read_documents
 from gothic.errors import GothicError
-from gothic.files import write_json, write_with
-from gothic.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
+from gothic.files import atomic_paths, json_text, write_json
+from gothic.tokenizer import EOT, encode_batch, encode_file, eot_id, load_tokenizer, split_into_pieces, tokenizer_sha256
 
 if TYPE_CHECKING:
     import torch
 
+__all__ = ["split_into_pieces", "binarize", "encode_documents", "load_meta", "load_split", "BatchSampler"]
+
 META_VERSION = 1
 SPLITS = ("train", "val")
-# Documents are cut into pieces of about this many characters so encode_batch has work for every
-# core and the progress bar moves, even for a corpus of a few huge books.
-PIECE_CHARS = 1 << 16
-
 Progress = Callable[[int], None]
 
 
@@ -39,80 +42,66 @@ def bin_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else np.uint32)
 
 
-def split_into_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
-    """Cut text at newlines that stand between two non-space characters, about every `size` chars.
-
-    The byte-level pre-tokenizer always makes such a newline a token of its own, so encoding the
-    pieces separately gives exactly the tokens of encoding the whole text.
-    """
-    pieces, start = [], 0
-    while len(text) - start > size:
-        cut = text.find("\n", start + size)
-        while cut != -1 and not (cut + 1 < len(text) and not text[cut - 1].isspace()
-                                 and not text[cut + 1].isspace()):
-            cut = text.find("\n", cut + 1)
-        if cut == -1:
-            break
-        pieces.append(text[start:cut + 1])
-        start = cut + 1
-    pieces.append(text[start:])
-    return pieces
+def encode_documents(tok: Tokenizer, docs: list[str]) -> list[np.ndarray]:
+    """Encode whole documents in memory (small inputs); one int64 array per document."""
+    return [np.asarray([i for ids in encode_batch(tok, split_into_pieces(doc)) for i in ids], dtype=np.int64)
+            for doc in docs]
 
 
-def encode_documents(tok: Tokenizer, docs: list[str], progress: Progress | None = None,
-                     batch_pieces: int = 64) -> list[np.ndarray]:
-    """Encode each document with the parallel `encode_batch`; returns one int array per document."""
-    pieces, owner = [], []
-    for i, doc in enumerate(docs):
-        for piece in split_into_pieces(doc):
-            pieces.append(piece)
-            owner.append(i)
-    ids: list[list[int]] = [[] for _ in docs]
-    for start in range(0, len(pieces), batch_pieces):
-        chunk = pieces[start:start + batch_pieces]
-        for j, enc in enumerate(tok.encode_batch(chunk, add_special_tokens=False)):
-            ids[owner[start + j]].extend(enc.ids)
+def encode_split(tokenizer_path: Path, text_path: Path, out, dtype: np.dtype, eot: int,
+                 progress: Progress | None = None) -> dict:
+    """Encode one split text into the open binary file `out`; returns its meta.json entry."""
+    separator = np.array([eot], dtype=dtype).tobytes()
+    documents, offset, doc_tokens, doc_bytes, doc_started = [], 0, 0, 0, False
+    for ids, n_bytes, ends in encode_file(tokenizer_path, text_path, dtype.name):
+        if not doc_started and documents:  # separator between documents, as in the text
+            out.write(separator)
+            offset += 1
+            if progress:
+                progress(len(EOT))
+        doc_started = True
+        out.write(ids)
+        doc_tokens += len(ids) // dtype.itemsize
+        doc_bytes += n_bytes
         if progress:
-            progress(sum(len(p) for p in chunk))
-    return [np.asarray(x, dtype=np.int64) for x in ids]
+            progress(n_bytes)
+        if ends:
+            documents.append({"start": offset, "tokens": doc_tokens, "bytes": doc_bytes})
+            offset += doc_tokens
+            doc_tokens, doc_bytes, doc_started = 0, 0, False
+    return {"tokens": offset, "bytes": sum(d["bytes"] for d in documents), "documents": documents}
 
 
 def binarize(processed_dir: Path, tokenizer_path: Path, out_dir: Path,
              progress_factory: Callable[[int], Progress] | None = None) -> dict:
     """Encode `processed_dir/{train,val}.txt` into `out_dir/{train,val}.bin` and `meta.json`.
 
+    The three outputs are replaced together, and only when both splits encoded without error.
+
     Args:
         processed_dir: folder with the texts written by the prepare stage.
         tokenizer_path: tokenizer.json from the tokenize stage.
         out_dir: where the bins and meta.json go.
-        progress_factory: called with the total characters to encode; returns a callback that
-            receives characters done (the stage passes a rich progress bar).
+        progress_factory: called with the total bytes to read; returns a callback that receives
+            bytes done (the stage passes a rich progress bar).
     Returns:
         the meta dict that was written to meta.json.
     """
     tok = load_tokenizer(tokenizer_path)
-    eot = eot_id(tok)
     dtype = bin_dtype(tok.get_vocab_size())
-    split_docs = {split: read_documents(processed_dir / f"{split}.txt") for split in SPLITS}
-    total_chars = sum(len(d) for docs in split_docs.values() for d in docs)
-    progress = progress_factory(total_chars) if progress_factory else None
-    meta = {"version": META_VERSION, "dtype": dtype.name, "vocab_size": tok.get_vocab_size(), "eot_id": eot,
+    texts = {split: Path(processed_dir) / f"{split}.txt" for split in SPLITS}
+    for path in texts.values():
+        if not path.is_file():
+            raise GothicError(f"{path}: not found; run the prepare stage first (`dvc repro prepare`)")
+    progress = progress_factory(sum(p.stat().st_size for p in texts.values())) if progress_factory else None
+    meta = {"version": META_VERSION, "dtype": dtype.name, "vocab_size": tok.get_vocab_size(), "eot_id": eot_id(tok),
             "tokenizer_sha256": tokenizer_sha256(tokenizer_path), "splits": {}}
-    for split, docs in split_docs.items():
-        encoded = encode_documents(tok, docs, progress)
-        stream, documents, offset = [], [], 0
-        for doc, ids in zip(docs, encoded, strict=True):
-            if stream:  # separator between documents, as in the text files
-                stream.append(np.array([eot], dtype=np.int64))
-                offset += 1
-            stream.append(ids)
-            documents.append({"start": offset, "tokens": int(len(ids)), "bytes": len(doc.encode("utf-8"))})
-            offset += len(ids)
-        tokens = np.concatenate(stream).astype(dtype)
-        write_with(out_dir / f"{split}.bin", lambda tmp, arr=tokens: arr.tofile(tmp))
-        meta["splits"][split] = {"tokens": int(tokens.size), "bytes": sum(d["bytes"] for d in documents),
-                                 "documents": documents}
-    write_json(out_dir / "meta.json", meta)
+    out_dir = Path(out_dir)
+    with atomic_paths(*(out_dir / f"{split}.bin" for split in SPLITS), out_dir / "meta.json") as tmps:
+        for split, tmp in zip(SPLITS, tmps, strict=False):
+            with open(tmp, "wb") as out:
+                meta["splits"][split] = encode_split(tokenizer_path, texts[split], out, dtype, eot_id(tok), progress)
+        tmps[-1].write_text(json_text(meta), encoding="utf-8")
     return meta
 
 

@@ -2,8 +2,12 @@
 
 Unlike the periodic estimate during training (random batches), every val token is scored exactly
 once: the stream is cut into non-overlapping windows of `block_size` tokens and the model sees
-each window from its start. An `<|endoftext|>` is put in front of the stream so the first
-document's first token is predicted from a document start, like every other document's.
+each window from its start. A split of more than `evaluate.max_tokens` tokens is scored on that
+many tokens only: whole windows at evenly spaced positions (deterministic, spread over every
+document), so the cost stays bounded however large the corpus; each document's bytes are then
+counted in proportion to its scored tokens for bits per byte. An `<|endoftext|>` is put in front
+of the stream so the first document's first token is predicted from a document start, like every
+other document's.
 
 Figures (see `evaluate_tokens`): mean nats per token (`val_loss`), `perplexity` = exp(val_loss),
 and `bits_per_byte` = total nats / (ln 2 x UTF-8 bytes of the text), which, unlike loss per
@@ -40,12 +44,24 @@ Progress = Callable[[int], None]
 LN2 = math.log(2)
 
 
-def window_batches(n_tokens: int, block_size: int, batch_size: int) -> list[list[tuple[int, int]]]:
-    """Group the windows [start, end) that tile 0..n_tokens into batches of equal-length windows.
+def select_windows(n_tokens: int, block_size: int, max_tokens: int = 0) -> list[tuple[int, int]]:
+    """The windows [start, end) to score: all that tile 0..n_tokens, or with more than max_tokens
+    (> 0) tokens, max_tokens // block_size full windows at evenly spaced positions."""
+    windows = [(s, min(s + block_size, n_tokens)) for s in range(0, n_tokens, block_size)]
+    if not max_tokens or n_tokens <= max_tokens:
+        return windows
+    full = [w for w in windows if w[1] - w[0] == block_size] or windows
+    keep = min(len(full), max(1, max_tokens // block_size))
+    return [full[j * len(full) // keep] for j in range(keep)]
+
+
+def window_batches(n_tokens: int, block_size: int, batch_size: int, max_tokens: int = 0) -> list[list[tuple[int, int]]]:
+    """Group the windows [start, end) to score (see `select_windows`) into batches of
+    equal-length windows.
 
     Every window is block_size long but the last, which goes in a batch of its own.
     """
-    windows = [(s, min(s + block_size, n_tokens)) for s in range(0, n_tokens, block_size)]
+    windows = select_windows(n_tokens, block_size, max_tokens)
     full = [w for w in windows if w[1] - w[0] == block_size]
     batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
     if windows and windows[-1][1] - windows[-1][0] < block_size:
@@ -71,8 +87,8 @@ def document_ids(n_tokens: int, starts: list[int]) -> np.ndarray:
 
 
 def score_tokens(model: GPT, tokens: np.ndarray, doc_starts: list[int], bos: int, batch_size: int,
-                 device: torch.device, progress: Progress | None = None) -> np.ndarray:
-    """Total nats per document for a full pass over a token stream.
+                 device: torch.device, progress: Progress | None = None, max_tokens: int = 0) -> np.ndarray:
+    """Total nats per document for a full pass over a token stream (or max_tokens of it).
 
     Args:
         model: a GPT in eval mode, in fp32.
@@ -82,13 +98,14 @@ def score_tokens(model: GPT, tokens: np.ndarray, doc_starts: list[int], bos: int
         batch_size: windows per forward pass.
         device: where the model lives.
         progress: called with the number of tokens scored after each batch.
+        max_tokens: the cap (0: every token); see `select_windows`.
     Returns:
         float64 array of summed nats, one per document.
     """
     n_tokens, block_size = len(tokens), model.cfg.block_size
     doc_of = document_ids(n_tokens, doc_starts)
     nats = np.zeros(len(doc_starts), dtype=np.float64)
-    for windows in window_batches(n_tokens, block_size, batch_size):
+    for windows in window_batches(n_tokens, block_size, batch_size, max_tokens):
         inputs, targets = _batch_tensors(tokens, windows, bos)
         with torch.inference_mode():
             logits, _ = model(inputs.to(device))
@@ -101,31 +118,46 @@ def score_tokens(model: GPT, tokens: np.ndarray, doc_starts: list[int], bos: int
     return nats
 
 
-def summarize(nats: np.ndarray, documents: list[dict], n_tokens: int, seconds: float) -> dict:
-    """The metrics dict for metrics/eval.json from per-document nats and meta.json's documents."""
+def summarize(nats: np.ndarray, documents: list[dict], n_tokens: int, seconds: float,
+              scored: np.ndarray | None = None) -> dict:
+    """The metrics dict for metrics/eval.json from per-document nats and meta.json's documents.
+
+    `scored` (tokens scored per document) is given when a cap left tokens out: each document's
+    bytes are then taken in proportion, and documents with nothing scored are left out of the list.
+    """
     n_docs = len(documents)
     # each document is scored with the separator that ends it; the last one has none
     doc_tokens = [d["tokens"] + (1 if i < n_docs - 1 else 0) for i, d in enumerate(documents)]
-    total_bytes = sum(d["bytes"] for d in documents)
+    doc_bytes = [d["bytes"] for d in documents]
+    if scored is not None:
+        doc_bytes = [b * int(s) / t if t else 0.0 for b, s, t in zip(doc_bytes, scored, doc_tokens, strict=True)]
+        doc_tokens = [int(s) for s in scored]
+    total_bytes = sum(doc_bytes)
     mean = float(nats.sum() / n_tokens)
     # a list, not a dict: `dvc metrics show/diff` skip lists, so the table keeps to the headline figures
-    per_doc = [{"index": i, "tokens": tokens, "bytes": doc["bytes"], "loss": round(float(doc_nats / tokens), 6),
-                "bits_per_byte": round(float(doc_nats / (LN2 * doc["bytes"])), 6) if doc["bytes"] else 0.0}
-               for i, (doc_nats, tokens, doc) in enumerate(zip(nats, doc_tokens, documents, strict=True))]
+    per_doc = [{"index": i, "tokens": tokens, "bytes": round(n_bytes) if scored is not None else n_bytes,
+                "loss": round(float(doc_nats / tokens), 6),
+                "bits_per_byte": round(float(doc_nats / (LN2 * n_bytes)), 6) if n_bytes else 0.0}
+               for i, (doc_nats, tokens, n_bytes) in enumerate(zip(nats, doc_tokens, doc_bytes, strict=True))
+               if tokens]
     return {
         "val_loss": round(mean, 6),
         "perplexity": round(math.exp(mean), 4),
         "bits_per_byte": round(float(nats.sum() / (LN2 * total_bytes)), 6),
         "tokens": n_tokens,
-        "bytes": total_bytes,
+        "bytes": round(total_bytes) if scored is not None else total_bytes,
         "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else 0.0,
         "documents": per_doc,
     }
 
 
 def evaluate_tokens(model: GPT, tokens: np.ndarray, documents: list[dict], bos: int, batch_size: int = 8,
-                    device: torch.device | str = "cpu", progress: Progress | None = None) -> dict:
+                    device: torch.device | str = "cpu", progress: Progress | None = None,
+                    max_tokens: int = 0) -> dict:
     """Score a token stream laid out as meta.json describes it; returns the metrics dict.
+
+    With more than max_tokens (> 0) tokens, scores max_tokens of them (see `select_windows`) and
+    adds "split_tokens" (the stream's length) to the metrics.
 
     Args:
         documents: meta.json's per-document entries ({"start", "tokens", "bytes"}), in stream order.
@@ -138,9 +170,15 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, documents: list[dict], bos: 
     if sum(d["bytes"] for d in documents) == 0:
         raise GothicError("the val split has no text (0 bytes): nothing to evaluate")
     started = time.perf_counter()
-    nats = score_tokens(model, tokens, [d["start"] for d in documents], bos, batch_size, torch.device(device),
-                        progress)
-    return summarize(nats, documents, len(tokens), time.perf_counter() - started)
+    starts = [d["start"] for d in documents]
+    nats = score_tokens(model, tokens, starts, bos, batch_size, torch.device(device), progress, max_tokens)
+    seconds = time.perf_counter() - started
+    if not max_tokens or len(tokens) <= max_tokens:
+        return summarize(nats, documents, len(tokens), seconds)
+    windows = select_windows(len(tokens), model.cfg.block_size, max_tokens)
+    positions = np.concatenate([np.arange(s, e) for s, e in windows])
+    scored = np.bincount(document_ids(len(tokens), starts)[positions], minlength=len(documents))
+    return {**summarize(nats, documents, int(scored.sum()), seconds, scored), "split_tokens": len(tokens)}
 
 
 def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfig,
@@ -151,8 +189,8 @@ def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfi
     Args:
         checkpoint_path: e.g. models/best.pt.
         bin_dir: data/bin with val.bin and meta.json.
-        cfg: the `evaluate` params (batch size, device).
-        progress_factory: called with the total tokens; returns a callback that receives tokens done.
+        cfg: the `evaluate` params (batch size, token cap, device).
+        progress_factory: called with the tokens to score; returns a callback that receives tokens done.
     Returns:
         the metrics dict (see `summarize`), plus the checkpoint's step.
     """
@@ -162,9 +200,10 @@ def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfi
     check_tokenizer_matches(info, checkpoint_path, int(meta["vocab_size"]), meta["tokenizer_sha256"],
                             f"the bins in {bin_dir}")
     tokens = load_split(bin_dir, "val", meta)
-    progress = progress_factory(len(tokens)) if progress_factory else None
+    to_score = sum(e - s for s, e in select_windows(len(tokens), model.cfg.block_size, cfg.max_tokens))
+    progress = progress_factory(to_score) if progress_factory else None
     # fp32 on purpose: the figure must not depend on the autocast dtype training happened to use
     model = model.float().eval()
     metrics = evaluate_tokens(model, tokens, meta["splits"]["val"]["documents"], int(meta["eot_id"]),
-                              cfg.batch_size, device, progress)
+                              cfg.batch_size, device, progress, cfg.max_tokens)
     return {"step": int(info["step"]), **metrics}

@@ -103,7 +103,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     read-only or forbidden folder becomes a one-line WriteError. Stale temp files of the same
     target (from a killed writer) are removed first.
     """
-    path = Path(path)
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+def _temp_beside(path: Path) -> Path:
+    """A new, empty temporary file beside path, after removing the stale ones of path."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
@@ -114,18 +119,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.close(fd)
     except OSError as e:
         raise (write_error(path, e) or e) from None
-    tmp_path = Path(tmp)
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
+    """`atomic_path` for outputs that belong together: every one is written to its temporary
+    path first, then all are renamed in place at the end; on any exception none is."""
+    targets = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    current = targets[0]  # the output an OSError is reported against
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        for current in targets:
+            tmps.append(_temp_beside(current))
+        yield tmps
+        for tmp, target in zip(tmps, targets, strict=True):
+            current = target
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        for tmp, target in zip(tmps, targets, strict=True):
+            current = target
+            os.replace(tmp, target)
     except OSError as e:
-        tmp_path.unlink(missing_ok=True)
-        raise (write_error(path, e) or e) from None
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise (write_error(current, e) or e) from None
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def json_text(obj) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -134,7 +160,7 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_text(path, json_text(obj))
 
 
 def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:

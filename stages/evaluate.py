@@ -1,4 +1,5 @@
-"""DVC stage `evaluate`: models/best.pt + data/bin/val.bin -> metrics/eval.json (full val pass, fp32)."""
+"""DVC stage `evaluate`: models/best.pt + data/bin/val.bin -> metrics/eval.json (fp32; every val token up
+to evaluate.max_tokens, evenly spaced windows above)."""
 
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ def main(checkpoint_path: str, bin_dir: str, metrics_path: str) -> None:
     write_json(metrics_path, metrics)
     print(f"evaluate: val loss {metrics['val_loss']:.4f}, perplexity {metrics['perplexity']:.2f}, "
           f"{metrics['bits_per_byte']:.4f} bits/byte over {metrics['tokens']:,} tokens "
-          f"({metrics['tokens_per_second']:,.0f} tokens/s)")
+          + (f"of {metrics['split_tokens']:,} (evaluate.max_tokens) " if "split_tokens" in metrics else "")
+          + f"({metrics['tokens_per_second']:,.0f} tokens/s)")
 
 
 if __name__ == "__main__":

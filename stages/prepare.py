@@ -1,6 +1,7 @@
 """DVC stage `prepare`: built-in corpus + data/raw/ -> data/processed/{train,val}.txt, metrics/corpus.json."""
 
 import sys
+import time
 from pathlib import Path
 
 from gothic.config import load_params
@@ -11,10 +12,12 @@ from gothic.files import write_json
 
 def main(raw_dir: str, out_dir: str, metrics_path: str) -> None:
     params = load_params("params.yaml", require=("prepare",))
+    started = time.perf_counter()
     metrics = prepare(params.prepare, Path(raw_dir), Path(out_dir))
     write_json(metrics_path, metrics)
+    n_bytes = metrics["train"]["bytes"] + metrics["val"]["bytes"]
     print(f"prepare: {metrics['train']['documents']} train / {metrics['val']['documents']} val documents, "
-          f"{metrics['train']['bytes'] + metrics['val']['bytes']:,} bytes")
+          f"{n_bytes:,} bytes ({n_bytes / 1e6 / (time.perf_counter() - started):.1f} MB/s)")
 
 
 if __name__ == "__main__":

@@ -6,17 +6,19 @@ from pathlib import Path
 from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.files import write_json
-from gothic.tokenizer import save_tokenizer, tokenizer_stats, train_tokenizer
+from gothic.tokenizer import save_tokenizer, tokenizer_stats_file, train_tokenizer, training_bytes
 
 
 def main(processed_dir: str, tokenizer_path: str, metrics_path: str) -> None:
-    params = load_params("params.yaml", require=("tokenizer",))
+    cfg = load_params("params.yaml", require=("tokenizer",)).tokenizer
     train_txt, val_txt = Path(processed_dir) / "train.txt", Path(processed_dir) / "val.txt"
-    tok = train_tokenizer([train_txt], params.tokenizer.vocab_size, params.tokenizer.min_frequency)
+    tok = train_tokenizer([train_txt], cfg.vocab_size, cfg.min_frequency, cfg.sample_bytes)
     save_tokenizer(tok, Path(tokenizer_path))
-    metrics = tokenizer_stats(tok, val_txt.read_text(encoding="utf-8"))
+    metrics = {**tokenizer_stats_file(tok, val_txt, Path(tokenizer_path)),
+               **training_bytes([train_txt], cfg.sample_bytes)}
     write_json(metrics_path, metrics)
-    print(f"tokenize: {metrics['vocab_size']} tokens, {metrics['bytes_per_token']} bytes/token on val")
+    sample = f", learned from a {metrics['trained_on_bytes']:,}-byte sample" if metrics["sampled"] else ""
+    print(f"tokenize: {metrics['vocab_size']} tokens, {metrics['bytes_per_token']} bytes/token on val{sample}")
 
 
 if __name__ == "__main__":

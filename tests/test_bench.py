@@ -65,3 +65,24 @@ def test_cli_help_times_every_console_script(tmp_path):
     assert [r["script"] for r in rows] == ["gothic-prepare", "gothic-tokenize", "gothic-train", "gothic-generate",
                                            "gothic-chat"]
     assert all(r["--help s"] > 0 and r["torch imported first s"] > 0 for r in rows)
+
+
+def test_pipeline_scale_mode_measures_each_data_stage(tmp_path):
+    run_bench("pipeline.py", "--scale", "1.5", "2.5", "--work-dir", str(tmp_path), results_dir=tmp_path / "results")
+    rows = json.loads((tmp_path / "results" / "pipeline-scale.json").read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["prepare", "tokenize", "binarize", "all three"] * 2
+    assert all(r["wall s"] > 0 and r["MB/s"] > 0 and 10 < r["peak RSS MB"] <= r["tree RSS MB"] + 1 for r in rows)
+    assert rows[0]["corpus MB"] == 1.5 and rows[4]["corpus MB"] == 2.5
+    assert not any(tmp_path.glob("tmp*/scale-*"))  # the synthetic corpora are deleted
+
+
+def test_synthetic_corpus_has_varied_documents(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from pipeline import write_synthetic_corpus
+
+    n_bytes = write_synthetic_corpus(tmp_path / "raw", 2.0)
+    docs = sorted((tmp_path / "raw").rglob("*.txt"))
+    assert 2_000_000 <= n_bytes == sum(d.stat().st_size for d in docs) and len(docs) >= 2
+    assert len({d.read_bytes()[:2000] for d in docs}) == len(docs)  # not one file repeated

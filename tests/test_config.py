@@ -57,6 +57,9 @@ def test_empty_params_gives_seed_defaults():
     ({"train": {"compile": "yes"}}, "train.compile='yes' must be true, false or auto"),
     ({"train": {"device": "gpu"}}, "train.device='gpu' must be auto, cpu, cuda, cuda:N or mps"),
     ({"sample": {"top_p": 1.5}}, "sample.top_p=1.5 must be <= 1.0"),
+    ({"tokenizer": {"sample_bytes": 5000}}, "tokenizer.sample_bytes=5000 must be 0 (no sample) or >= 1000000"),
+    ({"tokenizer": {"sample_bytes": -1}}, "tokenizer.sample_bytes=-1 must be 0 (no sample) or >= 1000000"),
+    ({"evaluate": {"max_tokens": -1}}, "evaluate.max_tokens=-1 must be >= 0"),
     ({"model": "big"}, "model: expected a mapping of keys, got 'big'"),
 ])
 def test_each_error_class_is_reported_with_its_key(raw, expected):

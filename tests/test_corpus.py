@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 from gothic.config import PrepareConfig
 from gothic.corpus import (
     Document,
     builtin_files,
+    held_out_warning,
+    list_sources,
     load_documents,
     normalize,
     prepare,
@@ -137,3 +143,109 @@ def test_empty_raw_without_builtin_is_an_error(tmp_path):
 def test_single_document_cannot_be_split(tmp_path):
     with pytest.raises(GothicError, match="too few to hold out a validation document"):
         split_documents([Document("only", "text\n")], 0.1, seed=1)
+
+
+# --- streaming prepare: warnings, bad paths, atomic outputs ------------------------------------------
+def test_a_lopsided_split_warns_once_with_the_fix(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "long.txt").write_text("A long book of many words.\n" * 300, encoding="utf-8")
+    (raw / "short.txt").write_text("A short one.\n" * 20, encoding="utf-8")
+    metrics = prepare(PrepareConfig(sources=["raw"], val_fraction=0.1, seed=1), raw, tmp_path / "out")
+    err = capsys.readouterr().err
+    share = metrics["val"]["bytes"] / (metrics["val"]["bytes"] + metrics["train"]["bytes"])
+    assert share > 0.2 or share < 0.05
+    assert err.count("\n") == 1 and err.startswith("prepare: warning: the 1 held-out document(s) of 2 hold ")
+    assert "not the 10% of prepare.val_fraction" in err and "prepare.seed" in err
+
+
+def test_a_balanced_split_does_not_warn(raw_dir, tmp_path):
+    messages = []
+    prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, tmp_path / "out", warn=messages.append)
+    assert messages == []
+    assert held_out_warning({"train": {"bytes": 900, "documents": 9}, "val": {"bytes": 100, "documents": 1}},
+                            0.1) is None
+    assert "hold 60%" in held_out_warning({"train": {"bytes": 400, "documents": 1},
+                                           "val": {"bytes": 600, "documents": 1}}, 0.1)
+
+
+def test_a_broken_symlink_is_an_error_naming_it(raw_dir):
+    (raw_dir / "gone.txt").symlink_to(raw_dir / "missing-target.txt")
+    with pytest.raises(GothicError, match=r"gone.txt: broken symbolic link .*missing-target.txt.*remove the link"):
+        list_sources(RAW_ONLY, raw_dir)
+
+
+def test_symlinked_files_are_read_and_symlinked_folders_are_not(raw_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "linked.txt").write_text("Linked text.\n", encoding="utf-8")
+    (raw_dir / "linked.txt").symlink_to(outside / "linked.txt")
+    (raw_dir / "linked-folder").symlink_to(outside, target_is_directory=True)
+    names = [s.name for s in list_sources(RAW_ONLY, raw_dir)]
+    assert "raw/linked.txt" in names and not any("linked-folder" in n for n in names)
+
+
+def test_an_unreadable_folder_is_an_error_naming_it(raw_dir, monkeypatch):
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("nested"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # running as root, chmod would not stop us reading
+    with pytest.raises(GothicError, match=r"nested: cannot read this folder \(Permission denied\); fix its perm"):
+        list_sources(RAW_ONLY, raw_dir)
+
+
+def test_an_unreadable_file_is_an_error_naming_it(raw_dir, tmp_path, monkeypatch):
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "beta.md":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(GothicError, match=r"beta.md: cannot read this file \(Permission denied\)"):
+        prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, tmp_path / "out")
+
+
+def test_a_latin1_file_name_is_named_safely_everywhere(raw_dir, tmp_path):
+    name = os.fsdecode(b"caf\xe9.txt")  # how Python shows a file name that is not UTF-8
+    (raw_dir / name).write_text("Une histoire.\n" * 50, encoding="utf-8")
+    out = tmp_path / "out"
+    prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, out, warn=lambda m: None)
+    listed = json.loads((out / "documents.json").read_text(encoding="utf-8"))
+    assert "raw/caf\\xe9.txt" in listed["train"] + listed["val"]
+    (raw_dir / name).write_bytes(b"\x00\x01binary")
+    with pytest.raises(GothicError, match=r"caf\\xe9.txt: looks like a binary file") as info:
+        prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, out)
+    str(info.value).encode("utf-8")  # printable as UTF-8: no lone surrogates
+
+
+def test_a_failure_leaves_every_output_as_it_was(raw_dir, tmp_path):
+    out = tmp_path / "out"
+    prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, out, warn=lambda m: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (raw_dir / "zz_last.txt").write_bytes(b"")  # fails after the other documents were written
+    with pytest.raises(GothicError, match="zz_last.txt: file is empty"):
+        prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary files left either
+
+
+def test_worker_processes_give_the_same_outputs(raw_dir, tmp_path, monkeypatch):
+    prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, tmp_path / "a", warn=lambda m: None)
+    monkeypatch.setattr("gothic.parallel.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("gothic.parallel.cpu_count", lambda: 2)
+    prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, tmp_path / "b", warn=lambda m: None)
+    for name in ("train.txt", "val.txt", "documents.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_errors_in_worker_processes_name_the_file(raw_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("gothic.parallel.PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr("gothic.parallel.cpu_count", lambda: 2)
+    (raw_dir / "latin.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    with pytest.raises(GothicError, match="latin.txt: not UTF-8"):
+        prepare(PrepareConfig(sources=["raw"], val_fraction=0.3), raw_dir, tmp_path / "out")

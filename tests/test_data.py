@@ -11,7 +11,7 @@ from gothic.config import PrepareConfig
 from gothic.corpus import prepare
 from gothic.data import BatchSampler, bin_dtype, binarize, encode_documents, load_meta, load_split, split_into_pieces
 from gothic.errors import GothicError
-from gothic.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from gothic.tokenizer import EOT, iter_pieces, load_tokenizer, save_tokenizer, train_tokenizer
 
 
 @pytest.fixture
@@ -55,16 +55,48 @@ def test_pieces_encode_exactly_like_the_whole(shared_corpus, tmp_path):
     assert chunked.tolist() == tok.encode(text).ids
 
 
-def test_progress_callback_counts_every_character(built):
+def test_progress_callback_counts_every_byte(built):
     processed, tok_path, bins, meta = built
     totals, done = [], []
 
-    def start(total_chars):
-        totals.append(total_chars)
+    def start(total_bytes):
+        totals.append(total_bytes)
         return done.append
 
     binarize(processed, tok_path, bins, start)
-    assert totals[0] == sum(done) > 0
+    sizes = sum((processed / f"{split}.txt").stat().st_size for split in ("train", "val"))
+    assert totals[0] == sum(done) == sizes
+
+
+WHITESPACE_TEXT = ("Runs   of  spaces,\ttabs\t\tand\n\n\nblank  \n lines; a line\nthat \n ends\n  indented\n\tx "
+                   "\u00a0nbsp\u3000ideographic  don't 'quote' 42 ---  \n") * 40
+
+
+@pytest.mark.parametrize("text, min_pieces", [(WHITESPACE_TEXT, 40), (WHITESPACE_TEXT.replace("\n", " "), 200)])
+def test_every_safe_cut_keeps_the_tokens(tmp_path, text, min_pieces):
+    """Cut at every safe point (size=1; at newlines, and at spaces where a text has none): the
+    pieces encode exactly like the whole, around runs of spaces, tabs and newlines too, where a
+    careless cut would change the words (the tokenizer learns merges of those runs)."""
+    (tmp_path / "t.txt").write_text(WHITESPACE_TEXT + WHITESPACE_TEXT.replace("\n", " "), encoding="utf-8")
+    tok = train_tokenizer([tmp_path / "t.txt"], 300, 2)
+    pieces = split_into_pieces(text, size=1)
+    assert len(pieces) > min_pieces and "".join(pieces) == text
+    whole = tok.encode(text, add_special_tokens=False).ids
+    assert [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids] == whole
+
+
+def test_a_long_line_is_cut_and_the_bins_stay_exact(tmp_path, tiny_tokenizer_path, tiny_tokenizer):
+    """A book without newlines is cut at spaces into bounded pieces, with the exact tokens."""
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    line = ("It was a dark and stormy night; the rain fell in torrents. " * 3000).strip()
+    (processed / "train.txt").write_text(line + EOT + line[:5000], encoding="utf-8")
+    (processed / "val.txt").write_text(line[:999], encoding="utf-8")
+    pieces = list(iter_pieces(processed / "train.txt", size=4096, read_chars=10_000))
+    assert max(len(p) for p, _ in pieces) < 4096 + 100 and [e for _, e in pieces].count(True) == 2
+    binarize(processed, tiny_tokenizer_path, tmp_path / "bin")
+    expected = tiny_tokenizer.encode(line + EOT + line[:5000]).ids
+    assert load_split(tmp_path / "bin", "train").tolist() == expected
 
 
 def test_sampler_is_reproducible_and_resumable(built):
@@ -94,3 +126,13 @@ def test_missing_bins_are_a_clear_error(tmp_path):
 def test_outputs_are_readable_by_others(built):
     bins = built[2]
     assert (bins / "meta.json").stat().st_mode & 0o044 == 0o044
+
+
+def test_a_failure_leaves_every_bin_as_it_was(built, monkeypatch):
+    """train.bin, val.bin and meta.json are replaced together or not at all."""
+    processed, tok_path, bins, meta = built
+    before = {p.name: p.read_bytes() for p in bins.iterdir()}
+    (processed / "val.txt").write_bytes(b"\xff\xfe not UTF-8")
+    with pytest.raises(GothicError, match="val.txt: not UTF-8"):
+        binarize(processed, tok_path, bins)
+    assert {p.name: p.read_bytes() for p in bins.iterdir()} == before

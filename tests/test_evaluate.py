@@ -43,6 +43,32 @@ def test_windows_cover_every_position_exactly_once(n_tokens, block_size, batch_s
         assert len(batch) <= batch_size and len({e - s for s, e in batch}) == 1
 
 
+@pytest.mark.parametrize("n_tokens, block_size, max_tokens", [(1000, 10, 100), (1000, 7, 300), (95, 10, 50)])
+def test_capped_windows_are_evenly_spread_and_within_the_cap(n_tokens, block_size, max_tokens):
+    windows = [w for batch in window_batches(n_tokens, block_size, 4, max_tokens) for w in batch]
+    assert sum(e - s for s, e in windows) <= max_tokens and len(windows) == max_tokens // block_size
+    assert all(e - s == block_size for s, e in windows) and windows == sorted(set(windows))
+    starts = [s for s, _ in windows]
+    assert starts[0] == 0 and starts[-1] >= n_tokens - 2 * n_tokens // len(windows)  # reaches the end
+    assert window_batches(n_tokens, block_size, 4, n_tokens) == window_batches(n_tokens, block_size, 4)
+
+
+def test_a_cap_scores_that_many_tokens_of_every_document(bins):
+    meta = load_meta(bins)
+    tokens, docs, vocab = load_split(bins, "val", meta), meta["splits"]["val"]["documents"], meta["vocab_size"]
+    full = evaluate_tokens(uniform_gpt(vocab, block_size=8), tokens, docs, meta["eot_id"], batch_size=4)
+    assert evaluate_tokens(uniform_gpt(vocab, block_size=8), tokens, docs, meta["eot_id"], batch_size=4,
+                           max_tokens=len(tokens)) == {**full, "tokens_per_second": pytest.approx(0, abs=1e9)}
+    capped = evaluate_tokens(uniform_gpt(vocab, block_size=8), tokens, docs, meta["eot_id"], batch_size=4,
+                             max_tokens=len(tokens) // 3)
+    assert capped["split_tokens"] == len(tokens) and capped["tokens"] == 8 * (len(tokens) // 3 // 8)
+    assert capped["val_loss"] == pytest.approx(math.log(vocab), abs=1e-6)
+    assert sum(d["tokens"] for d in capped["documents"]) == capped["tokens"]
+    assert len(capped["documents"]) == 3  # evenly spaced windows reach every document here
+    # bytes in proportion to the scored share of each document: bits per byte near the full pass's
+    assert capped["bits_per_byte"] == pytest.approx(full["bits_per_byte"], rel=0.1)
+
+
 def test_uniform_model_scores_ln_vocab_per_token(bins):
     meta = load_meta(bins)
     tokens = load_split(bins, "val", meta)
