@@ -21,6 +21,7 @@ modelling it), so the documents' nats add up to the total.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -119,8 +120,12 @@ def score_tokens(model: GPT, tokens: np.ndarray, doc_starts: list[int], bos: int
 
 
 def summarize(nats: np.ndarray, documents: list[dict], n_tokens: int, seconds: float,
-              scored: np.ndarray | None = None) -> dict:
+              scored: np.ndarray | None = None, names: list[str] | None = None) -> dict:
     """The metrics dict for metrics/eval.json from per-document nats and meta.json's documents.
+
+    names (documents.json's val list, in the same order) label the per-document figures; without
+    them a document is known by its index in the val split. The figures' names are unique across
+    the pipeline's metrics files, so `dvc exp show` needs no file prefixes to tell them apart.
 
     `scored` (tokens scored per document) is given when a cap left tokens out: each document's
     bytes are then taken in proportion, and documents with nothing scored are left out of the list.
@@ -135,7 +140,9 @@ def summarize(nats: np.ndarray, documents: list[dict], n_tokens: int, seconds: f
     total_bytes = sum(doc_bytes)
     mean = float(nats.sum() / n_tokens)
     # a list, not a dict: `dvc metrics show/diff` skip lists, so the table keeps to the headline figures
-    per_doc = [{"index": i, "tokens": tokens, "bytes": round(n_bytes) if scored is not None else n_bytes,
+    if names is None or len(names) != n_docs:
+        names = [f"val document {i}" for i in range(n_docs)]
+    per_doc = [{"name": names[i], "tokens": tokens, "bytes": round(n_bytes) if scored is not None else n_bytes,
                 "loss": round(float(doc_nats / tokens), 6),
                 "bits_per_byte": round(float(doc_nats / (LN2 * n_bytes)), 6) if n_bytes else 0.0}
                for i, (doc_nats, tokens, n_bytes) in enumerate(zip(nats, doc_tokens, doc_bytes, strict=True))
@@ -144,16 +151,16 @@ def summarize(nats: np.ndarray, documents: list[dict], n_tokens: int, seconds: f
         "val_loss": round(mean, 6),
         "perplexity": round(math.exp(mean), 4),
         "bits_per_byte": round(float(nats.sum() / (LN2 * total_bytes)), 6),
-        "tokens": n_tokens,
-        "bytes": round(total_bytes) if scored is not None else total_bytes,
-        "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else 0.0,
+        "eval_tokens": n_tokens,
+        "eval_bytes": round(total_bytes) if scored is not None else total_bytes,
+        "eval_tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else 0.0,
         "documents": per_doc,
     }
 
 
 def evaluate_tokens(model: GPT, tokens: np.ndarray, documents: list[dict], bos: int, batch_size: int = 8,
                     device: torch.device | str = "cpu", progress: Progress | None = None,
-                    max_tokens: int = 0) -> dict:
+                    max_tokens: int = 0, names: list[str] | None = None) -> dict:
     """Score a token stream laid out as meta.json describes it; returns the metrics dict.
 
     With more than max_tokens (> 0) tokens, scores max_tokens of them (see `select_windows`) and
@@ -174,15 +181,27 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray, documents: list[dict], bos: 
     nats = score_tokens(model, tokens, starts, bos, batch_size, torch.device(device), progress, max_tokens)
     seconds = time.perf_counter() - started
     if not max_tokens or len(tokens) <= max_tokens:
-        return summarize(nats, documents, len(tokens), seconds)
+        return summarize(nats, documents, len(tokens), seconds, names=names)
     windows = select_windows(len(tokens), model.cfg.block_size, max_tokens)
     positions = np.concatenate([np.arange(s, e) for s, e in windows])
     scored = np.bincount(document_ids(len(tokens), starts)[positions], minlength=len(documents))
-    return {**summarize(nats, documents, int(scored.sum()), seconds, scored), "split_tokens": len(tokens)}
+    return {**summarize(nats, documents, int(scored.sum()), seconds, scored, names), "split_tokens": len(tokens)}
+
+
+def val_document_names(documents_path: Path | None) -> list[str] | None:
+    """The held-out documents' names from prepare's documents.json; None when there is none to read."""
+    if documents_path is None or not Path(documents_path).is_file():
+        return None
+    try:
+        names = json.loads(Path(documents_path).read_text(encoding="utf-8")).get("val")
+    except (ValueError, AttributeError):
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
 def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfig,
-                        progress_factory: Callable[[int], Progress] | None = None) -> dict:
+                        progress_factory: Callable[[int], Progress] | None = None,
+                        documents_path: Path | None = None) -> dict:
     """The `evaluate` stage's core: load a checkpoint and the val bins, check they belong together,
     and score every val token in fp32.
 
@@ -191,6 +210,7 @@ def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfi
         bin_dir: data/bin with val.bin and meta.json.
         cfg: the `evaluate` params (batch size, token cap, device).
         progress_factory: called with the tokens to score; returns a callback that receives tokens done.
+        documents_path: prepare's documents.json, whose val names label the per-document figures.
     Returns:
         the metrics dict (see `summarize`), plus the checkpoint's step.
     """
@@ -205,5 +225,5 @@ def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfi
     # fp32 on purpose: the figure must not depend on the autocast dtype training happened to use
     model = model.float().eval()
     metrics = evaluate_tokens(model, tokens, meta["splits"]["val"]["documents"], int(meta["eot_id"]),
-                              cfg.batch_size, device, progress, cfg.max_tokens)
-    return {"step": int(info["step"]), **metrics}
+                              cfg.batch_size, device, progress, cfg.max_tokens, val_document_names(documents_path))
+    return {"checkpoint_step": int(info["step"]), **metrics}

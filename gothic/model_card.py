@@ -93,7 +93,7 @@ def _evaluation(ev: dict, info: dict) -> str:
         return f"Validation loss during training: {best:.4f} (metrics/eval.json was not available).\n" \
             if isinstance(best, float) else "No evaluation figures were available.\n"
     rows = [("val loss (nats/token)", ev.get("val_loss")), ("perplexity", ev.get("perplexity")),
-            ("bits per byte", ev.get("bits_per_byte")), ("tokens", f"{ev.get('tokens', 0):,}"),
+            ("bits per byte", ev.get("bits_per_byte")), ("tokens", f"{ev.get('eval_tokens', 0):,}"),
             ("bytes", f"{ev.get('bytes', 0):,}")]
     return ("Over the whole held-out split, in float32 (the `evaluate` stage):\n\n| | |\n|---|---|\n"
             + "".join(f"| {k} | {v} |\n" for k, v in rows))

@@ -11,19 +11,20 @@ from gothic.files import write_json
 from gothic.progress import progress_bar
 
 
-def main(checkpoint_path: str, bin_dir: str, metrics_path: str) -> None:
+def main(checkpoint_path: str, bin_dir: str, metrics_path: str, documents_path: str | None = None) -> None:
     params = load_params("params.yaml", require=("evaluate",))
     with progress_bar() as bar:
         def start(total_tokens: int):
             task = bar.add_task("evaluating", total=total_tokens, status="tokens")
             return lambda done: bar.advance(task, done)
 
-        metrics = evaluate_checkpoint(Path(checkpoint_path), Path(bin_dir), params.evaluate, start)
+        metrics = evaluate_checkpoint(Path(checkpoint_path), Path(bin_dir), params.evaluate, start,
+                                      Path(documents_path) if documents_path else None)
     write_json(metrics_path, metrics)
     print(f"evaluate: val loss {metrics['val_loss']:.4f}, perplexity {metrics['perplexity']:.2f}, "
-          f"{metrics['bits_per_byte']:.4f} bits/byte over {metrics['tokens']:,} tokens "
+          f"{metrics['bits_per_byte']:.4f} bits/byte over {metrics['eval_tokens']:,} tokens "
           + (f"of {metrics['split_tokens']:,} (evaluate.max_tokens) " if "split_tokens" in metrics else "")
-          + f"({metrics['tokens_per_second']:,.0f} tokens/s)")
+          + f"({metrics['eval_tokens_per_second']:,.0f} tokens/s)")
 
 
 if __name__ == "__main__":

@@ -58,12 +58,12 @@ def test_a_cap_scores_that_many_tokens_of_every_document(bins):
     tokens, docs, vocab = load_split(bins, "val", meta), meta["splits"]["val"]["documents"], meta["vocab_size"]
     full = evaluate_tokens(uniform_gpt(vocab, block_size=8), tokens, docs, meta["eot_id"], batch_size=4)
     assert evaluate_tokens(uniform_gpt(vocab, block_size=8), tokens, docs, meta["eot_id"], batch_size=4,
-                           max_tokens=len(tokens)) == {**full, "tokens_per_second": pytest.approx(0, abs=1e9)}
+                           max_tokens=len(tokens)) == {**full, "eval_tokens_per_second": pytest.approx(0, abs=1e9)}
     capped = evaluate_tokens(uniform_gpt(vocab, block_size=8), tokens, docs, meta["eot_id"], batch_size=4,
                              max_tokens=len(tokens) // 3)
-    assert capped["split_tokens"] == len(tokens) and capped["tokens"] == 8 * (len(tokens) // 3 // 8)
+    assert capped["split_tokens"] == len(tokens) and capped["eval_tokens"] == 8 * (len(tokens) // 3 // 8)
     assert capped["val_loss"] == pytest.approx(math.log(vocab), abs=1e-6)
-    assert sum(d["tokens"] for d in capped["documents"]) == capped["tokens"]
+    assert sum(d["tokens"] for d in capped["documents"]) == capped["eval_tokens"]
     assert len(capped["documents"]) == 3  # evenly spaced windows reach every document here
     # bytes in proportion to the scored share of each document: bits per byte near the full pass's
     assert capped["bits_per_byte"] == pytest.approx(full["bits_per_byte"], rel=0.1)
@@ -76,12 +76,13 @@ def test_uniform_model_scores_ln_vocab_per_token(bins):
     metrics = evaluate_tokens(uniform_gpt(vocab, block_size=16), tokens, meta["splits"]["val"]["documents"],
                               meta["eot_id"], batch_size=4)
     n, n_bytes = meta["splits"]["val"]["tokens"], meta["splits"]["val"]["bytes"]
-    assert metrics["tokens"] == n and metrics["bytes"] == n_bytes
+    assert metrics["eval_tokens"] == n and metrics["eval_bytes"] == n_bytes
     assert metrics["val_loss"] == pytest.approx(math.log(vocab), abs=1e-6)
     assert metrics["perplexity"] == pytest.approx(vocab, rel=1e-5)
     assert metrics["bits_per_byte"] == pytest.approx(n * math.log(vocab) / (math.log(2) * n_bytes), abs=1e-6)
     docs = metrics["documents"]
-    assert [d["index"] for d in docs] == [0, 1, 2] and sum(d["tokens"] for d in docs) == n
+    assert [d["name"] for d in docs] == [f"val document {i}" for i in range(3)]
+    assert sum(d["tokens"] for d in docs) == n
     assert sum(d["bytes"] for d in docs) == n_bytes
     for doc in docs:
         assert doc["loss"] == pytest.approx(math.log(vocab), abs=1e-6)
@@ -110,8 +111,11 @@ def test_scores_match_the_models_own_loss_on_each_window(bins):
 
 def test_evaluate_checkpoint_reads_bins_and_checkpoint(bins, tiny_tokenizer_path, tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "best.pt", uniform_gpt(load_meta(bins)["vocab_size"]), tiny_tokenizer_path)
-    metrics = evaluate_checkpoint(ckpt, bins, CPU)
-    assert metrics["step"] == 7 and metrics["tokens_per_second"] > 0
+    documents = tmp_path / "documents.json"
+    documents.write_text(json.dumps({"train": ["a.txt"], "val": ["raw/x.txt", "raw/y.md", "builtin/hamlet"]}))
+    metrics = evaluate_checkpoint(ckpt, bins, CPU, documents_path=documents)
+    assert metrics["checkpoint_step"] == 7 and metrics["eval_tokens_per_second"] > 0
+    assert [d["name"] for d in metrics["documents"]] == ["raw/x.txt", "raw/y.md", "builtin/hamlet"]
     assert metrics["val_loss"] == pytest.approx(math.log(load_meta(bins)["vocab_size"]), abs=1e-6)
 
 
@@ -139,4 +143,4 @@ def test_stage_writes_metrics(bins, tiny_tokenizer_path, tmp_path, monkeypatch):
     ckpt = save_tiny_checkpoint(tmp_path / "best.pt", tiny_gpt(300), tiny_tokenizer_path)
     stage.main(str(ckpt), str(bins), "metrics/eval.json")
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
-    assert {"val_loss", "perplexity", "bits_per_byte", "tokens_per_second", "documents"} <= metrics.keys()
+    assert {"val_loss", "perplexity", "bits_per_byte", "eval_tokens_per_second", "documents"} <= metrics.keys()
