@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import math
 import pickle
 import pickletools
@@ -95,9 +96,18 @@ def restore_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def config_digest(model_config: dict) -> str:
+    """A checksum of the model config as saved. Not every field shows in a weight's shape (n_head
+    does not, without QK-norm), so an edited field would otherwise load silently into a wrong model."""
+    return hashlib.sha256(json.dumps(model_config, sort_keys=True).encode()).hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write `state` (tensors and plain values) atomically, stamped with FORMAT_VERSION."""
+    """Write `state` (tensors and plain values) atomically, stamped with FORMAT_VERSION and the
+    model config's checksum."""
     state = {"format_version": FORMAT_VERSION, **state}
+    if isinstance(state.get("model_config"), dict):
+        state["model_config_sha256"] = config_digest(state["model_config"])
     with atomic_path(path) as tmp:  # turns OSErrors (ENOSPC, EROFS, ...) into one line, removes tmp
         try:
             torch.save(state, tmp)
@@ -233,6 +243,10 @@ def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     if not isinstance(raw, dict) or raw.keys() - fields:
         raise GothicError(f"{path}: model_config has fields this gothic does not know; upgrade gothic")
+    saved_digest = ckpt.get("model_config_sha256")  # absent in files written before it was added
+    if saved_digest is not None and saved_digest != config_digest(raw):
+        raise GothicError(f"{path}: model_config was changed after the checkpoint was written (its checksum "
+                          "differs); the file is damaged or edited: use the original")
     try:
         cfg = ModelConfig(**raw)
     except TypeError as e:

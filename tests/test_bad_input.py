@@ -50,9 +50,12 @@ class Evil:
         return (os.system, ("echo pwned",))
 
 
-def tampered(source: Path, target: Path, **changes) -> Path:
-    """A copy of a checkpoint with some top-level or model_config values changed."""
+def tampered(source: Path, target: Path, keep_digest: bool = False, **changes) -> Path:
+    """A copy of a checkpoint with some top-level or model_config values changed; without its config
+    checksum (as files before it had), unless keep_digest, so the checks behind that one are tried too."""
     ckpt = torch.load(source, weights_only=True)
+    if not keep_digest:
+        ckpt.pop("model_config_sha256", None)
     for key, value in changes.items():
         if key.startswith("cfg_"):
             ckpt["model_config"][key[4:]] = value
@@ -96,6 +99,7 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     tampered(best, bad / "vocab_str.pt", vocab_size="300")
     tampered(best, bad / "block_huge.pt", cfg_block_size=10**9)
     tampered(best, bad / "nhead_3.pt", cfg_n_head=3)
+    tampered(best, bad / "nhead_edited.pt", keep_digest=True, cfg_n_head=4)  # every weight keeps its shape
     tampered(best, bad / "layers_huge.pt", cfg_n_layer=10**9)
     tampered(best, bad / "newer.pt", format_version=99)
     qk = save_tiny_checkpoint(bad / "qk.pt", tiny_gpt(300, qk_norm=True), root / "tok.json")
@@ -206,6 +210,8 @@ CASES = [
     case("ckpt-block-1e9", f"{GEN} --checkpoint bad/block_huge.pt", "model.block_size=1000000000"),
     case("ckpt-layers-1e9", f"{GEN} --checkpoint bad/layers_huge.pt", "n_layer 1000000000"),
     case("ckpt-n-head-indivisible", f"{GEN} --checkpoint bad/nhead_3.pt", "divisible by model.n_head=3"),
+    case("ckpt-n-head-edited", f"{GEN} --checkpoint bad/nhead_edited.pt",
+         "model_config was changed after the checkpoint was written"),
     case("ckpt-n-head-qk-norm", f"{GEN} --checkpoint bad/qk_nhead.pt",
          "_norm.weight: (8,) in the file, (16,) expected"),
     case("ckpt-other-tokenizer", "gothic-generate --checkpoint models/best.pt --tokenizer other_tok.json",

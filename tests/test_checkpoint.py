@@ -180,12 +180,15 @@ def test_missing_file_is_refused(tmp_path):
         load_model(tmp_path / "nope.pt")
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("n_embd", 64, "weights do not fit the model config"),  # config and weights disagree
-    ("n_experts", 8, "does not know"),  # a field this gothic has no idea of
+@pytest.mark.parametrize("key, value, keep_digest, message", [
+    ("n_head", 4, True, "model_config was changed after the checkpoint was written"),  # shapes all fit
+    ("n_embd", 64, False, "weights do not fit the model config"),  # config and weights disagree
+    ("n_experts", 8, False, "does not know"),  # a field this gothic has no idea of
 ])
-def test_tampered_model_config_is_refused(trained, tmp_path, key, value, message):
+def test_tampered_model_config_is_refused(trained, tmp_path, key, value, keep_digest, message):
     ckpt = torch.load(trained / "final.pt", weights_only=True)
+    if not keep_digest:  # as in files written before the checksum: the checks behind it must hold too
+        del ckpt["model_config_sha256"]
     ckpt["model_config"][key] = value
     torch.save(ckpt, tmp_path / "tampered.pt")
     with pytest.raises(GothicError, match=message):

@@ -253,3 +253,21 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_loadable_checkpoints(clon
     assert len(errors) == 1 and "training diverged at step" in errors[0] and "loss is nan" in errors[0]
     assert {p.name: p.read_bytes() for p in (clone / "checkpoints").glob("*.pt")} == before
     sh(["gothic-generate", "--checkpoint", "checkpoints/best.pt", "--max-tokens", "4"], clone, home)
+
+
+def test_gothic_and_dvc_read_params_yaml_the_same_way(clone, home):
+    """YAML 1.1 and 1.2 disagree on `3e-4` (a string in 1.1) and `no` (false in 1.1): gothic reads
+    what DVC reads, from the file and from a --set value."""
+    text = (clone / "params.yaml").read_text()
+    assert "learning_rate: 3.0e-4" in text and '    - "The night was"' in text
+    (clone / "params.yaml").write_text(text.replace("learning_rate: 3.0e-4", "learning_rate: 3e-4")
+                                       .replace('    - "The night was"', "    - no"))
+    dvc = json.loads(sh([sys.executable, "-c", "import json, dvc.api; print(json.dumps(dvc.api.params_show()))"],
+                        clone, home).stdout)
+    assert dvc["train"]["learning_rate"] == 0.0003 and dvc["sample"]["prompts"][0] == "no"
+    read = ("import json, sys; from gothic.config import load_params; p = load_params('params.yaml', sys.argv[1:]); "
+            "print(json.dumps([p.train.learning_rate, p.sample.prompts, p.train.min_lr]))")
+    from_file = json.loads(sh([sys.executable, "-c", read], clone, home).stdout)
+    assert from_file[:2] == [dvc["train"]["learning_rate"], dvc["sample"]["prompts"]]
+    from_set = json.loads(sh([sys.executable, "-c", read, "train.min_lr=3e-5"], clone, home).stdout)
+    assert from_set[2] == 3e-5
