@@ -28,6 +28,7 @@ from gothic.config import to_dict
 from conftest import (
     GENERATION_TEXT,
     ROOT,
+    committed_text,
     save_tiny_checkpoint,
     tiny_gpt,
     tiny_model_config,
@@ -74,7 +75,7 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     root = tmp_path_factory.mktemp("bad_input")
     shutil.copy(tiny_tokenizer_path, root / "tok.json")
     shutil.copytree(train_bins, root / "bin")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params = yaml.safe_load(committed_text("params.yaml"))
     params["model"], params["train"] = to_dict(tiny_model_config()), to_dict(tiny_train_config(max_iters=4))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     train(tiny_model_config(), tiny_train_config(max_iters=4), root / "bin", root / "tok.json", root / "models")

@@ -153,7 +153,7 @@ def test_set_reads_values_as_dvc_exp_run_does():
 def test_set_learning_rate_3e_minus_4_trains_the_cli_way(tmp_path):
     """`gothic-train --set train.learning_rate=3e-4` is accepted (it used to be "expected float")."""
     path = tmp_path / "params.yaml"
-    path.write_text((ROOT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    path.write_text(committed_text("params.yaml"), encoding="utf-8")
     params = load_params(path, ["train.learning_rate=3e-4", "train.seed=0"])
     assert params.train.learning_rate == pytest.approx(3e-4) and params.train.seed == 0
 
