@@ -55,7 +55,7 @@ test: setup  ## run the test suite
 	$(RUN) python -m pytest
 
 lint: setup  ## ruff
-	$(BIN)/ruff check gothic stages tests
+	$(BIN)/ruff check gothic stages tests bench
 
 # `make compare`: experiments side by side in one terminal width, the params that differ and the
 # headline metrics; corpus statistics, step counts, speeds and code hashes stay in `dvc exp show`.
