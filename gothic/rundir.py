@@ -88,7 +88,11 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
     if mode is False:
         return Start("fresh")
     candidates = [work_dir / "latest.pt"] + ([fallback_dir / "latest.pt"] if fallback_dir else [])
-    path = next((p for p in candidates if p.is_file()), None)
+    found = {p: read_run_info(p) for p in candidates if p.is_file()}
+    # this run's checkpoint, wherever it is (after `dvc exp apply`, models/ may hold it while
+    # checkpoints/ holds a later experiment); else the first one, to say what it is
+    path = next((p for p, info in found.items() if info.get("run_identity") is not None
+                 and run_key(info["run_identity"]) == run_key(identity)), next(iter(found), None))
     if path is None:
         if mode is True:
             looked = " or ".join(str(p) for p in candidates)
@@ -98,7 +102,7 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
                 "(`dvc exp run -S train.resume=true ...` after it), or commit it first (`dvc exp apply NAME`, then "
                 "git commit); or start fresh with train.resume: auto")
         return Start("fresh")
-    info = read_run_info(path)
+    info = found[path]
     saved_identity = info.get("run_identity")
     if saved_identity is None or run_key(saved_identity) != run_key(identity):
         difference = describe_difference(saved_identity or {}, identity)

@@ -141,3 +141,15 @@ def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoints(tra
         model, info = load_model(tmp_path / name)
         assert info["step"] == 4 and all(torch.isfinite(p).all() for p in model.parameters())
     assert not (tmp_path / "final.pt").exists()
+
+
+def test_resume_finds_this_run_in_the_published_folder_when_the_work_folder_holds_another(
+        train_bins, tiny_tokenizer_path, tmp_path):
+    """After `dvc exp apply A`, models/ holds A while checkpoints/ holds a later experiment B."""
+    work, models = tmp_path / "checkpoints", tmp_path / "models"
+    run(train_bins, tiny_tokenizer_path, work, models, max_iters=4)  # A, published
+    run(train_bins, tiny_tokenizer_path, work, tmp_path / "elsewhere", max_iters=4, seed=8)  # B, in the work folder
+    log: list[str] = []
+    result = run(train_bins, tiny_tokenizer_path, work, models, log=log, max_iters=8, resume=True)
+    assert any("resuming at step 4, to step 8" in line for line in log), log
+    assert result.metrics["step"] == 8 and load_checkpoint(models / "final.pt")["step"] == 8
