@@ -59,7 +59,7 @@ lint: setup  ## ruff
 
 # `make compare`: experiments side by side in one terminal width, the params that differ and the
 # headline metrics; corpus statistics, step counts, speeds and code hashes stay in `dvc exp show`.
-COMPARE_DROP := (train|val)\.(documents|bytes|words)$$|vocab_size$$|val_(bytes|tokens)$$|bytes_per_token$$|.*step$$|train_loss$$|last_val_loss$$|tokens_seen$$|.*tokens_per_second$$|wall_time_s$$|model_params.*|eval_(tokens|bytes)$$|samples$$|new_tokens$$|distinct_[13]$$|longest_shared_ngram_mean$$|Created$$|Executor$$|.*\.py$$|data/|models/|train\.resume$$
+COMPARE_DROP := (train|val)\.(documents|bytes|words)$$|vocab_size$$|val_(bytes|tokens)$$|bytes_per_token$$|.*step$$|train_loss$$|last_val_loss$$|tokens_seen$$|.*tokens_per_second$$|wall_time_s$$|model_params.*|eval_(tokens|bytes)$$|samples$$|new_tokens$$|distinct_[13]$$|longest_shared_ngram_mean$$|Created$$|Executor$$|.*\.py$$|train_bytes$$|trained_on_bytes$$|sampled$$|split_tokens$$|rev$$|data/|models/|metrics/|samples/|train\.resume$$
 
 compare: setup  ## experiments side by side: the params that differ, bits per byte, loss (COMPARE_ARGS=--md or --csv)
 	$(RUN) dvc exp show --no-pager --only-changed --hide-queued --precision 4 --drop '$(COMPARE_DROP)' $(COMPARE_ARGS)
