@@ -15,7 +15,7 @@ decision of what to do with a folder's latest.pt is exact:
   stopping and continuing gives the same weights as never stopping, so nothing is lost or changed.
   A complete run is not trained again: its checkpoints are checked and published.
 - `train.resume: true` also continues this run to another max_iters (the learning rate then
-  continues smoothly from where it was, see gothic.train.get_lr). With no checkpoint at all it is
+  continues smoothly from where it was, see gothic.optim.get_lr). With no checkpoint at all it is
   an error that says how to get one; a checkpoint of another run starts this one fresh, with a note.
 - `train.resume: false` starts fresh whatever is there.
 """
@@ -31,9 +31,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gothic.checkpoint import load_checkpoint_info, release_state, save_checkpoint
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.errors import GothicError
-from gothic.files import WriteError, atomic_path
+from gothic.files import WriteError, atomic_path, remove_stale_temps
 
 # train.* fields that do not change the trajectory: a run may continue with other values of these
 NOT_IN_RUN_KEY = ("max_iters", "eval_interval", "eval_iters", "log_interval", "compile", "device", "resume")
@@ -72,27 +73,22 @@ class Start:
     note: str | None = None
 
 
-def read_run_info(path: Path) -> dict | None:
-    """The plain values of a checkpoint (run identity, step, schedule), read without its tensors;
-    None when the file is missing. An unreadable file is a GothicError naming it."""
-    if not path.is_file():
-        return None
-    from gothic.checkpoint import load_checkpoint_info
-
-    return load_checkpoint_info(path)
-
-
 def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_dir: Path | None = None) -> Start:
     """Decide from the folder's latest.pt (else fallback_dir's, e.g. a published models/) how to start."""
     mode = train_cfg.resume
     if mode is False:
         return Start("fresh")
+    key = run_key(identity)
+
+    def same_run(info: dict) -> bool:
+        return info.get("run_identity") is not None and run_key(info["run_identity"]) == key
+
     candidates = [work_dir / "latest.pt"] + ([fallback_dir / "latest.pt"] if fallback_dir else [])
-    found = {p: read_run_info(p) for p in candidates if p.is_file()}
+    # plain values only (mmap): even a large checkpoint is inspected at once
+    found = {p: load_checkpoint_info(p) for p in candidates if p.is_file()}
     # this run's checkpoint, wherever it is (after `dvc exp apply`, models/ may hold it while
     # checkpoints/ holds a later experiment); else the first one, to say what it is
-    path = next((p for p, info in found.items() if info.get("run_identity") is not None
-                 and run_key(info["run_identity"]) == run_key(identity)), next(iter(found), None))
+    path = next((p for p, info in found.items() if same_run(info)), next(iter(found), None))
     if path is None:
         if mode is True:
             looked = " or ".join(str(p) for p in candidates)
@@ -103,11 +99,10 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
                 "git commit); or start fresh with train.resume: auto")
         return Start("fresh")
     info = found[path]
-    saved_identity = info.get("run_identity")
-    if saved_identity is None or run_key(saved_identity) != run_key(identity):
-        difference = describe_difference(saved_identity or {}, identity)
-        if mode is True and saved_identity is None:
+    if not same_run(info):
+        if mode is True and info.get("run_identity") is None:
             return Start("continue", path, f"{path}: an older checkpoint without a run key; continuing it")
+        difference = describe_difference(info.get("run_identity") or {}, identity)
         return Start("fresh", note=f"{path} is another run ({difference}); training this one from scratch")
     step, horizon = int(info["step"]), int(info.get("horizon", info["step"]))
     if horizon != train_cfg.max_iters and mode == "auto":
@@ -153,10 +148,10 @@ class RunDirLock:
                               "to finish, or give this one another folder (--out-dir)") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-        # a run killed inside a write leaves its temporary file (gothic.files.atomic_path); holding the
-        # lock, no one else is writing here, so every one left is stale
-        for stale in self.path.parent.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        # a run killed inside a write leaves its temporary file (gothic.files.atomic_path); the next
+        # write of that file removes it, but best.pt or final.pt may not be written again this run
+        for name in PUBLISHED:
+            remove_stale_temps(self.path.parent / name)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -177,15 +172,13 @@ def repair_copies(work_dir: Path, latest: dict) -> list[str]:
     So when latest.pt says its own step is the best (or the last), a best.pt (final.pt) of another
     step is a copy that the stop prevented. Returns the names repaired.
     """
-    from gothic.checkpoint import release_state, save_checkpoint
-
     step, repaired = int(latest["step"]), []
     wanted = {"best.pt": int(latest.get("best_step", -1)) == step,
               "final.pt": step >= int(latest.get("horizon", step + 1))}
     for name, should_be_latest in wanted.items():
         if not should_be_latest:
             continue
-        info = read_run_info(work_dir / name) if (work_dir / name).is_file() else None
+        info = load_checkpoint_info(work_dir / name) if (work_dir / name).is_file() else None
         if info is None or int(info["step"]) != step or info.get("run_identity") != latest.get("run_identity"):
             # what save_run writes: latest.pt without the state only resuming needs
             save_checkpoint(work_dir / name, release_state(latest))
