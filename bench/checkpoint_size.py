@@ -40,7 +40,7 @@ def main() -> None:
     model(torch.zeros(1, 2, dtype=torch.long))[0].sum().backward()
     for opt in optimizers:
         opt.step()
-    # the keys training writes (gothic.train.checkpoint_dict), with a tokenizer.json of typical size
+    # the keys training writes (gothic.checkpoint.TrainingCheckpoint), with a tokenizer.json of typical size
     state = {"model": model.state_dict(), "model_config": dataclasses.asdict(cfg), "train_config": {},
              "vocab_size": vocab, "tokenizer": "x" * 40 * vocab, "tokenizer_sha256": "", "step": 0,
              "best_val_loss": 0.0, "optimizer": [opt.state_dict() for opt in optimizers], "scaler": None,

@@ -28,7 +28,7 @@ import torch
 
 from gothic.config import ModelConfig, PrepareConfig, TrainConfig, parse_value
 from gothic.corpus import prepare
-from gothic.data import BatchSampler, binarize, load_meta, load_split
+from gothic.data import BatchSampler, BatchStream, binarize, load_meta, load_split
 from gothic.evaluate import evaluate_tokens
 from gothic.model import GPT
 from gothic.optim import build_optimizers, set_lr
@@ -118,7 +118,7 @@ def train_for(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir
     model = GPT(model_cfg, int(meta["vocab_size"]))
     optimizers = build_optimizers(model, train_cfg, device)
     precision = resolve_precision(train_cfg.dtype, device)
-    sampler = BatchSampler(train_tokens, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed)
+    stream = BatchStream(BatchSampler(train_tokens, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed))
     schedule = dataclasses.replace(train_cfg, max_iters=SCHEDULE_STEPS,
                                    warmup_iters=round(SCHEDULE_STEPS * WARMUP_FRACTION))
     clock, step, next_eval, losses = 0.0, 0, eval_every_s, []
@@ -127,7 +127,7 @@ def train_for(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir
     while clock < budget_s:
         started = time.perf_counter()
         set_lr(optimizers, min(SCHEDULE_STEPS - 1, int(SCHEDULE_STEPS * clock / budget_s)), schedule)
-        batches = [sampler.next_batch() for _ in range(train_cfg.grad_accum)]
+        batches = [stream.next_batch() for _ in range(train_cfg.grad_accum)]
         losses.append(train_step(model, batches, optimizers, precision, train_cfg.grad_clip).item())
         clock += time.perf_counter() - started
         step += 1

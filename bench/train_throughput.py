@@ -8,7 +8,7 @@ several repeats. Model FLOP/s = 6 x non-embedding params x tokens/s, shown as a 
 machine's fp32 and bf16 matmul peaks, measured in the same run (bench/matmul.py).
 
 `bf16` runs gothic with train.dtype=bfloat16 exactly as configured (on a CPU without bf16 units
-that resolves to fp32, see gothic.train.resolve_precision); `bf16-autocast` forces bf16 autocast
+that resolves to fp32, see gothic.runtime.resolve_precision); `bf16-autocast` forces bf16 autocast
 on gothic's side too. The reference always runs the named precision as autocast.
 
     python bench/train_throughput.py [--sizes seed demo] [--precisions fp32 bf16 bf16-autocast]

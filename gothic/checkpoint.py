@@ -1,25 +1,22 @@
-"""Checkpoints: save and load training state, atomically and safely.
+"""Checkpoints: the format (one definition, `TrainingCheckpoint`), atomic saves, safe loads.
 
 A checkpoint is one `torch.save` file holding only tensors and plain Python values, so it loads
 with `torch.load(weights_only=True)`: a file that would need to run code to unpickle is refused,
 never executed. Writes are atomic (temp file, fsync, rename), so a crash never leaves a half file.
 
-Contents (FORMAT_VERSION 2): `format_version`, `model` (the uncompiled model's state_dict),
-`model_config` (ModelConfig fields), `train_config`, `vocab_size`, `tokenizer` (the text of the
-tokenizer.json it was trained with), `tokenizer_sha256`, `step`, `best_val_loss`, `best_step`,
-`val_loss`, `tokens_seen`, `wall_time_s`, `history` (logged rows); and in latest.pt only, what
-resuming needs: `optimizer`, `scaler`, `sampler`, `rng` (one entry per rank: python, numpy, torch,
-cuda). best.pt and final.pt leave those out (`release_state`), so they are a third of the size.
-
-Version 1 (still read) had no `tokenizer`, and best/final were copies of latest.pt; such a
-checkpoint needs its tokenizer.json given separately.
-
-Readers elsewhere (generation, evaluation, chat) only need `load_model`:
+`TrainingCheckpoint` is the layout (FORMAT_VERSION 2): the weights, the model and train configs,
+the vocabulary size and the tokenizer (the text of its tokenizer.json and its sha256), the run
+identity (gothic.rundir), the run's progress (`RunState`: step, losses, tokens, clocks, schedule,
+history), and, in latest.pt only, what resuming needs (optimizer, scaler, sampler, rng). best.pt
+and final.pt leave that out, so they are a third of the size. Training writes and resumes through
+it; every other reader needs only `load_model`:
 
     model, ckpt = load_model("models/best.pt", device="auto")
 
-`find_checkpoints` and `summarize_checkpoint` list a folder's checkpoints (step, val loss) without
-loading their weights.
+Version 1 (still read) had no `tokenizer`, and best/final were copies of latest.pt; such a
+checkpoint needs its tokenizer.json given separately. `check_same_tokenizer` is the one rule for
+"trained with this tokenizer". `find_checkpoints` and `summarize_checkpoint` list a folder's
+checkpoints (step, val loss) without loading their weights.
 """
 
 from __future__ import annotations
@@ -31,14 +28,13 @@ import json
 import math
 import pickle
 import pickletools
-import random
 import struct
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -46,6 +42,7 @@ from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path
 from gothic.model import GPT
+from gothic.runtime import resolve_device
 from gothic.tokenizer import EOT
 
 FORMAT_VERSION = 2  # 2: the tokenizer travels inside; best/final hold no optimizer state
@@ -53,47 +50,137 @@ REQUIRED_KEYS = ("format_version", "model", "model_config", "vocab_size", "token
                  "best_val_loss")
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """The device for a `device` param: 'auto' picks cuda > mps > cpu; plain 'cuda' means the
-    local rank's GPU under DDP. A device that is not there is a GothicError."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GothicError(f"device {name!r} asked for but CUDA is not available; use device: auto or cpu")
-        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise GothicError("device 'mps' asked for but MPS is not available; use device: auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:  # 'bogus', 'cpu:x': torch's message is a paragraph
-        raise GothicError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+# What resuming needs beyond what every checkpoint has; best.pt and final.pt leave it out.
+TRAINING_STATE_KEYS = ("optimizer", "scaler", "sampler", "rng")
+RESUME_KEYS = ("train_config", *TRAINING_STATE_KEYS, "best_step", "val_loss", "tokens_seen", "wall_time_s",
+               "history")
 
 
-def capture_rng_state(device: torch.device) -> dict:
-    """This process's random generator states, as tensors and plain values."""
-    _, mt_keys, mt_pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    return {
-        "python": [version, list(py_state), py_gauss],
-        "numpy": [torch.from_numpy(mt_keys.astype(np.int64)), mt_pos, has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
+@dataclass
+class RunState:
+    """A run's progress: what a checkpoint carries besides the weights, configs and resume state."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    val_loss: float = math.inf
+    tokens_seen: int = 0
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    """Seconds spent in training steps, over every session of the run (for tokens/s)."""
+    horizon: int = 0
+    """The max_iters the learning-rate schedule is heading for (the run is complete there)."""
+    lr_segment: tuple[int, float] | None = None
+    """Set when the run was continued to another max_iters (gothic.optim.get_lr)."""
+    log_window: tuple[float, int] = (0.0, 0)
+    """Train loss summed over the steps since the last log line, and their number: a run stopped
+    between two log lines logs the same mean after it continues as it would have without stopping."""
+    history: dict[str, list[dict]] = field(default_factory=lambda: {"train": [], "val": []})
+    """Rows for the plots: {"step", "train_loss", "lr", "tokens_per_s"} and {"step", "val_loss"}."""
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "best_val_loss": self.best_val_loss, "best_step": self.best_step,
+                "val_loss": self.val_loss, "tokens_seen": self.tokens_seen, "wall_time_s": self.wall_time_s,
+                "train_time_s": self.train_time_s, "horizon": self.horizon,
+                "lr_segment": list(self.lr_segment) if self.lr_segment else None,
+                "log_window": list(self.log_window), "history": self.history}
+
+    @classmethod
+    def from_dict(cls, ckpt: dict) -> RunState:
+        """The saved progress; history rows past the saved step (logged after it) are dropped.
+        Keys added after format 2 came out (horizon, lr_segment, train_time_s, log_window) may be absent."""
+        step = ckpt["step"]
+        return cls(step=step, best_val_loss=ckpt["best_val_loss"], best_step=ckpt["best_step"],
+                   val_loss=ckpt["val_loss"], tokens_seen=ckpt["tokens_seen"], wall_time_s=ckpt["wall_time_s"],
+                   train_time_s=float(ckpt.get("train_time_s") or 0.0),
+                   horizon=int(ckpt.get("horizon") or ckpt["train_config"]["max_iters"]),
+                   lr_segment=tuple(ckpt["lr_segment"]) if ckpt.get("lr_segment") else None,
+                   log_window=tuple(ckpt.get("log_window") or (0.0, 0)),
+                   history={k: [row for row in rows if row["step"] <= step] for k, rows in ckpt["history"].items()})
 
 
-def restore_rng_state(state: dict, device: torch.device) -> None:
-    version, py_state, py_gauss = state["python"]
-    random.setstate((version, tuple(py_state), py_gauss))
-    keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
+@dataclass
+class TrainingCheckpoint:
+    """The checkpoint format: every key a checkpoint file holds, written and read only through here."""
+
+    model: dict
+    """The plain model's state_dict (no DDP `module.` or compile `_orig_mod.` prefixes)."""
+    model_config: dict
+    vocab_size: int
+    tokenizer_sha256: str | None
+    tokenizer: str | None = None
+    """The tokenizer.json text, so a model needs no other file (None: give the tokenizer separately)."""
+    train_config: dict = field(default_factory=dict)
+    run_identity: dict | None = None
+    state: RunState = field(default_factory=RunState)
+    optimizer: list[dict] | None = None
+    """This and the next three: only in latest.pt, for resuming (TRAINING_STATE_KEYS)."""
+    scaler: dict | None = None
+    sampler: dict | None = None
+    rng: list[dict] | None = None
+
+    def to_dict(self, resumable: bool = True) -> dict:
+        """What torch.save writes (save_checkpoint adds the format version and config checksum)."""
+        out = {"model": self.model, "model_config": self.model_config, "train_config": self.train_config,
+               "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256,
+               "tokenizer": self.tokenizer, "run_identity": self.run_identity, **self.state.to_dict()}
+        if resumable:
+            out.update(optimizer=self.optimizer, scaler=self.scaler, sampler=self.sampler, rng=self.rng)
+        return out
+
+    def save(self, path: str | Path, resumable: bool = True) -> None:
+        save_checkpoint(path, self.to_dict(resumable))
+
+    @classmethod
+    def load_resumable(cls, path: Path) -> TrainingCheckpoint:
+        """A checkpoint to continue training from (latest.pt); one without the state resuming needs
+        (best.pt, final.pt, an older file) is a GothicError that says so."""
+        ckpt = load_checkpoint(path)
+        missing = [key for key in RESUME_KEYS if key not in ckpt]
+        if missing:
+            raise GothicError(f"{path}: holds no training state ({', '.join(missing)}), so it cannot be resumed; "
+                              "start fresh with train.resume: false")
+        return cls(model=ckpt["model"], model_config=ckpt["model_config"], vocab_size=ckpt["vocab_size"],
+                   tokenizer_sha256=ckpt["tokenizer_sha256"], tokenizer=ckpt.get("tokenizer"),
+                   train_config=ckpt["train_config"], run_identity=ckpt.get("run_identity"),
+                   state=RunState.from_dict(ckpt), optimizer=ckpt["optimizer"], scaler=ckpt.get("scaler"),
+                   sampler=ckpt["sampler"], rng=ckpt["rng"])
+
+    def check_continues(self, path: Path, model_config: dict, optimizer: str, n_optimizers: int,
+                        vocab_size: int, tokenizer_sha256: str) -> None:
+        """Refuse to continue with another tokenizer, vocabulary, model shape or optimizer."""
+        check_same_tokenizer(self.to_dict(resumable=False), path, vocab_size, tokenizer_sha256, "the bins' tokenizer",
+                             "start fresh (train.resume: false) or use the original tokenizer")
+        # dropout shapes nothing, so it may change on resume; every other field must match
+        diffs = [f"model.{k}: checkpoint {self.model_config.get(k)!r}, params {v!r}"
+                 for k, v in model_config.items() if k != "dropout" and self.model_config.get(k) != v]
+        if diffs:
+            raise GothicError(f"{path}: a different model shape ({'; '.join(diffs)}); "
+                              "restore those params or start fresh with train.resume: false")
+        saved = self.train_config.get("optimizer")
+        if saved != optimizer or len(self.optimizer) != n_optimizers:
+            raise GothicError(f"{path}: trained with optimizer {saved!r}, params say {optimizer!r}")
+
+
+def check_same_tokenizer(trained: dict, trained_name: str | Path, vocab_size: int, sha256: str | None,
+                         other_name: str, remedy: str = "use the tokenizer the model was trained with") -> None:
+    """The one rule for "trained with this tokenizer": the same vocabulary size, and the same
+    tokenizer.json hash where both sides know it.
+
+    Args:
+        trained: a checkpoint's metadata (vocab_size, tokenizer_sha256).
+        trained_name: how to name the checkpoint (a path, or "the model").
+        vocab_size, sha256: the other side's vocabulary size and tokenizer.json hash (None: unknown).
+        other_name: how to name the other side (a tokenizer path, the bins).
+        remedy: what the message tells the user to do.
+    """
+    if int(trained["vocab_size"]) != vocab_size:
+        raise GothicError(f"{trained_name} was trained with a {trained['vocab_size']}-token vocabulary but "
+                          f"{other_name} has {vocab_size}: {remedy}")
+    want = trained.get("tokenizer_sha256")
+    if want and sha256 and want != sha256:
+        raise GothicError(f"{other_name} (sha256 {sha256[:12]}) is not the tokenizer {trained_name} was "
+                          f"trained with (sha256 {want[:12]}): {remedy}")
 
 
 def config_digest(model_config: dict) -> str:
@@ -291,10 +378,6 @@ def load_weights(model: GPT, state: dict, path: Path) -> None:
     except (RuntimeError, KeyError) as e:
         detail = _first_line(e) if len(str(e)) < 300 else str(e).splitlines()[0][:300]
         raise GothicError(f"{path}: weights do not fit the model config it records ({detail})") from None
-
-
-# what only resuming needs; load_model leaves it out of the metadata it returns
-TRAINING_STATE_KEYS = ("optimizer", "scaler", "sampler", "rng")
 
 
 def release_state(state: dict) -> dict:

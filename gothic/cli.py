@@ -169,7 +169,7 @@ def train_main(argv: list[str] | None = None) -> None:
     # flags whose default is "whatever params.yaml says" state that in their own help
     parser = _parser("gothic-train", (
         "Train the GPT on token bins, as the `train` stage does. Unset flags take their value from "
-        "--params; `torchrun --nproc_per_node N -m gothic.train ...` trains on N processes (DDP)."))
+        "--params; `torchrun --nproc_per_node N -m gothic train ...` trains on N processes (DDP)."))
     parser.add_argument("--data-dir", type=Path, default=Path("data/processed"),
                         help="folder with the training and validation files")
     parser.add_argument("--train-file", default="train.txt",
@@ -215,8 +215,11 @@ def train_main(argv: list[str] | None = None) -> None:
 
         bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
                                                  args.out_dir / "bins")
-        result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
-                       train_file=train_file, val_file=val_file, log=print if is_rank0 else None)
+        from gothic.progress import step_display
+
+        with step_display("train", show=None if is_rank0 else False) as (log, progress):
+            result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
+                           train_file=train_file, val_file=val_file, log=log if is_rank0 else None, progress=progress)
         if result.rank == 0:
             if args.metrics:
                 write_json(args.metrics, result.metrics)

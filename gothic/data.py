@@ -14,9 +14,11 @@ stays flat whatever the corpus size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +33,9 @@ from gothic.tokenizer import EOT, encode_batch, encode_file, eot_id, load_tokeni
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["split_into_pieces", "binarize", "encode_documents", "load_meta", "load_split", "BatchSampler"]
+__all__ = ["split_into_pieces", "binarize", "encode_documents", "load_meta", "load_split", "BatchSampler",
+           "BatchStream",
+           "TrainingData", "load_training_data", "data_fingerprint"]
 
 META_VERSION = 1
 SPLITS = ("train", "val")
@@ -132,36 +136,102 @@ def load_split(bin_dir: Path, split: str, meta: dict | None = None) -> np.memmap
     return data
 
 
+@dataclass
+class TrainingData:
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    tokenizer_sha256: str
+    fingerprint: str = ""
+    """Identifies the bins (gothic.rundir.data_fingerprint), part of the run key."""
+    tokenizer_json: str = ""
+    """The tokenizer.json text; every checkpoint carries it, so a model needs no other file."""
+
+
+def _load_tokens(bin_dir: Path, file_name: str, split: str, meta: dict, block_size: int) -> np.ndarray:
+    """Memory-map one split; a split too short for a single window is a GothicError."""
+    if file_name == f"{split}.bin":
+        data = load_split(bin_dir, split, meta)
+    else:  # a differently named file: meta.json cannot vouch for its length
+        path = bin_dir / file_name
+        if not path.is_file():
+            raise GothicError(f"{path}: not found; build the bins first (`dvc repro binarize`)")
+        data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+    if data.size <= block_size:
+        raise GothicError(f"{bin_dir / file_name}: {data.size} tokens cannot fill one window of "
+                          f"model.block_size={block_size} (+1 target); lower model.block_size or add text")
+    return data
+
+
+def load_training_data(bin_dir: Path, tokenizer_path: Path, block_size: int, train_file: str = "train.bin",
+                       val_file: str = "val.bin") -> TrainingData:
+    """Open the bins and check they were built with this tokenizer."""
+    meta = load_meta(bin_dir)
+    if not Path(tokenizer_path).is_file():
+        raise GothicError(f"{tokenizer_path}: tokenizer not found (run `dvc repro tokenize` or pass --tokenizer)")
+    tokenizer_json = Path(tokenizer_path).read_bytes().decode("utf-8")  # bytes: the hash covers exactly these
+    sha = tokenizer_sha256(tokenizer_path)
+    if sha != meta.get("tokenizer_sha256"):
+        raise GothicError(f"{bin_dir}/meta.json: bins were built with another tokenizer than {tokenizer_path}; "
+                          "rebuild them with `dvc repro binarize`")
+    return TrainingData(_load_tokens(bin_dir, train_file, "train", meta, block_size),
+                        _load_tokens(bin_dir, val_file, "val", meta, block_size), int(meta["vocab_size"]), sha,
+                        data_fingerprint(bin_dir / "meta.json"), tokenizer_json)
+
+
+def data_fingerprint(meta_path: Path) -> str:
+    """Which bins a run trains on: the hash of their meta.json (token counts and tokenizer hash)."""
+    return hashlib.sha256(meta_path.read_bytes()).hexdigest()[:16]
+
+
 class BatchSampler:
     """Random training windows from a token memmap, reproducible and resumable.
 
-    Batch number n is drawn from a generator seeded with (seed, rank, n), so the sampler's whole
-    state is the count of batches drawn: resuming needs only that integer, and each DDP rank
-    draws different windows.
+    Batch number n is a pure function of (seed, n): `batch(n)` draws it from a generator seeded
+    with them, so whoever numbers the batches (BatchStream, or estimate_loss's fixed batches) needs
+    no sampler state, and resuming needs only the next number.
     """
 
-    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0):
+    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int):
         if data.size <= block_size:
             raise GothicError(f"a split of {data.size} tokens cannot fill one window of block_size={block_size} "
                               "(+1 target); lower model.block_size or add text")
-        self.data, self.block_size, self.batch_size = data, block_size, batch_size
-        self.seed, self.rank, self.batches_drawn = seed, rank, 0
+        self.data, self.block_size, self.batch_size, self.seed = data, block_size, batch_size, seed
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), each int64 of shape (batch_size, block_size)."""
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch number n: (inputs, targets), each int64 of shape (batch_size, block_size)."""
         import torch  # here, not at the top: the binarize stage needs no torch and starts a second faster
 
-        rng = np.random.default_rng([self.seed, self.rank, self.batches_drawn])
-        self.batches_drawn += 1
+        # the 0 once held a rank; kept so runs and checkpoints from before draw the same windows
+        rng = np.random.default_rng([self.seed, 0, n])
         starts = rng.integers(0, self.data.size - self.block_size, size=self.batch_size)
         window = np.stack([self.data[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
         return torch.from_numpy(window[:, :-1].copy()), torch.from_numpy(window[:, 1:].copy())
 
+
+class BatchStream:
+    """The training batches in order: one numbered stream shared by all ranks, rank r of W taking
+    batches r, r + W, r + 2W, ...
+
+    So W ranks x grad_accum k see exactly the batches that one process with grad_accum k x W sees
+    (the same global batch), and a resumed run continues the stream at any world size: the state
+    is the count of batches consumed by all ranks together.
+    """
+
+    def __init__(self, sampler: BatchSampler, rank: int = 0, world_size: int = 1):
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+        self.consumed = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.consumed + self.rank
+        self.consumed += self.world_size
+        return self.sampler.batch(n)
+
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "rank": self.rank, "batches_drawn": self.batches_drawn}
+        return {"seed": self.sampler.seed, "rank": 0, "batches_drawn": self.consumed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batches_drawn = int(state["batches_drawn"])
+        self.consumed = int(state["batches_drawn"])
 
 
 def bins_for(data_dir: Path, train_file: str, val_file: str, tokenizer_path: Path,

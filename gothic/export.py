@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gothic.checkpoint import checkpoint_tokenizer, load_model
+from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
 from gothic.config import ModelConfig, to_dict
 from gothic.errors import GothicError
 from gothic.files import write_json, write_text
@@ -256,12 +256,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
 
 def _tokenizer_json(checkpoint: Path, info: dict, tokenizer_path: str | Path | None) -> str:
     if tokenizer_path is not None:
-        from gothic.generation import check_tokenizer_matches
         from gothic.tokenizer import load_tokenizer, tokenizer_sha256
 
         tok = load_tokenizer(tokenizer_path)
-        check_tokenizer_matches(info, checkpoint, tok.get_vocab_size(), tokenizer_sha256(tokenizer_path),
-                                str(tokenizer_path))
+        check_same_tokenizer(info, checkpoint, tok.get_vocab_size(), tokenizer_sha256(tokenizer_path),
+                             str(tokenizer_path))
         return Path(tokenizer_path).read_bytes().decode("utf-8")
     if checkpoint_tokenizer(checkpoint, info) is None:
         raise GothicError(f"{checkpoint} is an older checkpoint that carries no tokenizer: pass --tokenizer PATH")

@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING
 import torch
 from tokenizers import Tokenizer, decoders
 
-from gothic.checkpoint import checkpoint_tokenizer, load_model, resolve_device
+from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
 from gothic.errors import GothicError
+from gothic.runtime import resolve_device
 from gothic.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
 
 if TYPE_CHECKING:
@@ -117,24 +118,6 @@ class SamplingSettings:
     def from_config(cls, cfg: SampleConfig) -> SamplingSettings:
         return cls(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                    top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty).validate()
-
-
-def check_tokenizer_matches(info: dict, checkpoint_path: str | Path, vocab_size: int, sha256: str,
-                            tokenizer_name: str) -> None:
-    """Refuse a tokenizer (or bins made with one) that the checkpoint was not trained with.
-
-    Args:
-        info: the checkpoint's metadata from `load_model`.
-        vocab_size, sha256: the other side's vocabulary size and tokenizer.json hash.
-        tokenizer_name: how to name the other side in the message (a path).
-    """
-    if int(info["vocab_size"]) != vocab_size:
-        raise GothicError(f"{checkpoint_path} was trained with a {info['vocab_size']}-token vocabulary but "
-                          f"{tokenizer_name} has {vocab_size}: use the tokenizer the model was trained with")
-    want = info.get("tokenizer_sha256")
-    if want and want != sha256:
-        raise GothicError(f"{tokenizer_name} (sha256 {sha256[:12]}) is not the tokenizer {checkpoint_path} was "
-                          f"trained with (sha256 {want[:12]}): use that tokenizer, or retrain")
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -437,9 +420,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.eot = eot_id(tokenizer)
-        if tokenizer.get_vocab_size() != model.vocab_size:
-            raise GothicError(f"the model has a {model.vocab_size}-token vocabulary but the tokenizer has "
-                              f"{tokenizer.get_vocab_size()}: use the tokenizer the model was trained with")
+        check_same_tokenizer({"vocab_size": model.vocab_size}, "the model", tokenizer.get_vocab_size(), None,
+                             "the tokenizer")
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None,
@@ -462,8 +444,8 @@ class Engine:
                                   "--tokenizer PATH (the tokenizer.json it was trained with)")
             tokenizer = load_tokenizer(tokenizer_path)
         if tokenizer_path is not None:
-            check_tokenizer_matches(info, checkpoint_path, tokenizer.get_vocab_size(),
-                                    tokenizer_sha256(tokenizer_path), str(tokenizer_path))
+            check_same_tokenizer(info, checkpoint_path, tokenizer.get_vocab_size(), tokenizer_sha256(tokenizer_path),
+                                 str(tokenizer_path))
         return cls(model, tokenizer, target, info)
 
     @property

@@ -5,7 +5,7 @@ a running experiment (the workspace itself, or the temporary one of a queued or 
 keeping those files current shows a long run's progress while it trains, in the same files the
 run ends with. They are rebuilt from the run's history, which a resumed run truncates to its
 checkpoint's step, so a resumed run's files never hold rows from the abandoned tail. TensorBoard
-follows the run through its own event files (gothic.train.RunLog).
+follows the run through its own event files (gothic.runlog.RunLog).
 
     train(..., on_log=LiveMetrics("metrics/train.json", "metrics/train_plots"))
 """
@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gothic.checkpoint import RunState
 from gothic.files import write_json
 from gothic.runlog import write_curves
-from gothic.train import RunState
 
 MIN_INTERVAL_S = 5.0
 """Train rows come every few steps; rewriting the files at most this often keeps the cost negligible."""
@@ -33,7 +33,7 @@ def live_metrics(state: RunState) -> dict:
     def finite(x: float) -> float | None:
         return round(x, 6) if math.isfinite(x) else None
 
-    # the names of gothic.train.collect_metrics, so dvc exp show keeps one column per figure
+    # the names of gothic.runlog.run_metrics, so dvc exp show keeps one column per figure
     return {
         "step": state.step,
         "train_loss": round(train_rows[-1]["train_loss"], 6) if train_rows else None,

@@ -88,7 +88,7 @@ def param_groups(model: GPT) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
 def build_optimizers(model: GPT, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     """AdamW with weight decay on matrices only; with optimizer=muon, Muon takes the hidden matrices.
 
-    Every param group carries `base_lr`, the peak that `gothic.train.set_lr` scales by the schedule.
+    Every param group carries `base_lr`, the peak that `set_lr` scales by the schedule.
     """
     hidden, decay, no_decay = param_groups(model)
     use_muon = cfg.optimizer == "muon"

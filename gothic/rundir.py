@@ -200,9 +200,3 @@ def publish(work_dir: Path, publish_dir: Path) -> None:
     for name in PUBLISHED:
         if (work_dir / name).is_file():
             copy_file(work_dir / name, publish_dir / name)
-
-
-def data_fingerprint(meta_path: Path) -> str:
-    """Which bins a run trains on: the hash of their meta.json (token counts and tokenizer hash)."""
-    return hashlib.sha256(meta_path.read_bytes()).hexdigest()[:16]
-

@@ -1,4 +1,4 @@
-"""What a training run reports while it runs: log lines or a progress bar, TensorBoard scalars, the
+"""What a training run reports while it runs: log lines or progress callbacks, TensorBoard scalars, the
 train-loss window between two log lines, and the DVC plot files (`write_curves`).
 
 Only rank 0 reports (`RunLog`); the other ranks get a `NullLog`. Every logged row also goes into
@@ -11,46 +11,41 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from gothic.checkpoint import RunState
 from gothic.files import write_text
 from gothic.runtime import Dist, all_reduce
 
-if TYPE_CHECKING:
-    from gothic.train import RunState
-
 Log = Callable[[str], None]
+StepProgress = Callable[[int, int, str], None]
+"""(step, max_iters, status): where training is; gothic.progress.step_display draws it as a bar."""
 
 
 class RunLog:
-    """Rank 0's outputs while training: log lines or a rich progress bar, and TensorBoard scalars."""
+    """Rank 0's outputs while training: log lines, a progress callback and TensorBoard scalars.
 
-    def __init__(self, out_dir: Path, state: RunState, max_iters: int, log: Log | None, show_progress: bool,
-                 on_log: Callable[[RunState], None] | None = None):
+    With a `progress` callback (gothic.progress.step_display draws it as a bar), each train row
+    updates its status; without one, each train row is a log line.
+    """
+
+    def __init__(self, out_dir: Path, state: RunState, max_iters: int, log: Log | None,
+                 progress: StepProgress | None = None, on_log: Callable[[RunState], None] | None = None):
         from torch.utils.tensorboard import SummaryWriter  # slow import, only where logs are written
 
         # purge_step drops events a stopped run logged past the step we resume from; flushing every
         # 10 s (not the default 120) lets TensorBoard follow a run as it trains
         self.writer = SummaryWriter(str(out_dir / "logs"), purge_step=state.step, flush_secs=10)
-        self.state, self.log = state, log or (lambda _msg: None)
+        self.state, self.max_iters, self.log = state, max_iters, log or (lambda _msg: None)
         self.on_log = on_log or (lambda _state: None)  # gothic.live: the DVC metrics and plots, as they happen
-        self.bar, self.task = None, None
-        if show_progress:
-            from gothic.progress import progress_bar
-
-            self.bar = progress_bar()
-            self.task = self.bar.add_task("train", total=max_iters, completed=state.step, status="")
-            self.bar.start()
-            # log lines go above the bar; plain text, so a path with [brackets] is no markup
-            console = self.bar.console
-            self.log = lambda msg: console.print(msg, markup=False, highlight=False)
+        self.progress, self.status = progress, ""
+        self.step()
 
     def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.state.step)
+        if self.progress is not None:
+            self.progress(self.state.step, self.max_iters, self.status)
 
     def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
         step = self.state.step
@@ -58,11 +53,11 @@ class RunLog:
         for tag, value in (("loss/train", loss), ("perplexity/train", math.exp(min(loss, 50.0))),
                            ("learning_rate", lr), ("tokens_per_s", tokens_per_s)):
             self.writer.add_scalar(tag, value, step)
-        status = f"loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
-        if self.bar is not None:
-            self.bar.update(self.task, status=status)
+        self.status = f"loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
+        if self.progress is not None:
+            self.step()
         else:
-            self.log(f"step {step}: {status}")
+            self.log(f"step {step}: {self.status}")
         self.on_log(self.state)
 
     def val_row(self, val_loss: float, is_best: bool) -> None:
@@ -74,8 +69,6 @@ class RunLog:
         self.on_log(self.state)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
         self.writer.close()
 
 
@@ -135,6 +128,23 @@ class Window:
         self.steps, self.seconds = 0, 0.0
         self.resume()
         return result
+
+
+def run_metrics(state: RunState, model: torch.nn.Module) -> dict:
+    """metrics/train.json at the end of a run (gothic.live.live_metrics writes the figures known while it trains)."""
+    train_rows = state.history["train"]
+    return {
+        "step": state.step,
+        "train_loss": round(train_rows[-1]["train_loss"], 6) if train_rows else None,
+        "last_val_loss": round(state.val_loss, 6) if math.isfinite(state.val_loss) else None,
+        "best_val_loss": round(state.best_val_loss, 6) if math.isfinite(state.best_val_loss) else None,
+        "best_step": state.best_step,
+        "tokens_seen": state.tokens_seen,
+        "train_tokens_per_second": round(state.tokens_seen / state.train_time_s, 1) if state.train_time_s > 0 else None,
+        "wall_time_s": round(state.wall_time_s, 2),
+        "model_params": model.num_params(non_embedding=False),
+        "model_params_non_embedding": model.num_params(),
+    }
 
 
 def write_curves(history: dict[str, list[dict]], plots_dir: str | Path) -> None:

@@ -1,4 +1,5 @@
-"""Where and how training runs: the process group (DDP under torchrun), autocast precision, compile.
+"""Where and how training runs: the device, the process group (DDP under torchrun), RNG state,
+autocast precision, DDP/compile wrapping, stop requests and out-of-memory messages.
 
 `init_distributed` reads torchrun's environment (gloo on CPU, NCCL on GPU) and `resolve_precision`
 turns `train.dtype` into an autocast setting: bf16, fp16 with a GradScaler where bf16 is missing
@@ -8,18 +9,64 @@ on a GPU, and fp32 on CPUs without bf16 units, where emulated bf16 trains severa
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from gothic.checkpoint import resolve_device
 from gothic.config import ModelConfig, TrainConfig
 from gothic.errors import GothicError
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device for a `device` param: 'auto' picks cuda > mps > cpu; plain 'cuda' means the
+    local rank's GPU under DDP. A device that is not there is a GothicError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GothicError(f"device {name!r} asked for but CUDA is not available; use device: auto or cpu")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GothicError("device 'mps' asked for but MPS is not available; use device: auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:  # 'bogus', 'cpu:x': torch's message is a paragraph
+        raise GothicError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def capture_rng_state(device: torch.device) -> dict:
+    """This process's random generator states, as tensors and plain values."""
+    _, mt_keys, mt_pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "python": [version, list(py_state), py_gauss],
+        "numpy": [torch.from_numpy(mt_keys.astype(np.int64)), mt_pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rng_state(state: dict, device: torch.device) -> None:
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 @dataclass(frozen=True)
@@ -111,6 +158,30 @@ def resolve_precision(name: str, device: torch.device, cpu_fallback: bool = True
 
 def should_compile(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def wrap_model(model: nn.Module, dist: Dist, device: torch.device,
+               compile_setting: bool | str) -> tuple[nn.Module, Callable[[], AbstractContextManager]]:
+    """The module a training loop calls (DDP, then compiled) and the matching no_sync; the plain
+    model stays what is saved, so checkpoints carry no `module.` or `_orig_mod.` prefixes."""
+    module: nn.Module = model
+    no_sync: Callable[[], AbstractContextManager] = nullcontext
+    if dist.enabled:
+        ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        module, no_sync = ddp, ddp.no_sync
+    if should_compile(compile_setting, device):
+        module = torch.compile(module)
+    return module, no_sync
+
+
+def gather_rng_states(dist: Dist, device: torch.device) -> list[dict]:
+    """Every rank's RNG state (a collective call under DDP), indexed by rank."""
+    mine = capture_rng_state(device)
+    if not dist.enabled:
+        return [mine]
+    states: list = [None] * dist.world_size
+    torch_dist.all_gather_object(states, mine)
+    return states
 
 
 def ctrl_c_interrupts() -> None:

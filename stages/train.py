@@ -9,6 +9,7 @@ there continues when the stage runs again with the same params (train.resume: au
 run is copied into `models/`, the output DVC versions per experiment (gothic.rundir).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.files import write_json
 from gothic.live import LiveMetrics
+from gothic.progress import step_display
 from gothic.runlog import write_curves
 from gothic.train import train
 
@@ -25,8 +27,10 @@ def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metr
     params = load_params("params.yaml", require=("model", "train"))
     # the metrics and plots are rewritten as training goes (dvc exp show / dvc plots show follow it),
     # then once more from the final result
-    result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(work_dir),
-                   publish_dir=Path(models_dir), log=print, on_log=LiveMetrics(metrics_path, plots_dir))
+    with step_display("train", show=None if os.environ.get("RANK", "0") == "0" else False) as (log, progress):
+        result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(work_dir),
+                       publish_dir=Path(models_dir), log=log, progress=progress,
+                       on_log=LiveMetrics(metrics_path, plots_dir))
     if result.rank != 0:  # the stage under torchrun: one writer
         return
     write_json(metrics_path, result.metrics)

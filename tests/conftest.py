@@ -130,16 +130,20 @@ def uniform_gpt(vocab_size: int, block_size: int = 32):
     return model
 
 
-def save_tiny_checkpoint(path: Path, model, tokenizer_path: Path, step: int = 7) -> Path:
-    """Write `model` as a gothic checkpoint (what generation and evaluation read) tied to a tokenizer."""
+def save_tiny_checkpoint(path: Path, model, tokenizer_path: Path, step: int = 7, best_val_loss: float = 9.0,
+                         carry_tokenizer: bool = False) -> Path:
+    """Write `model` as a gothic checkpoint (what generation and evaluation read) tied to a tokenizer;
+    with carry_tokenizer, the tokenizer travels inside as training writes it, else (as in format 1)
+    it must be given separately."""
     import dataclasses
 
-    from gothic.checkpoint import save_checkpoint
+    from gothic.checkpoint import RunState, TrainingCheckpoint
     from gothic.tokenizer import tokenizer_sha256
 
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(model.cfg),
-                           "vocab_size": model.vocab_size, "tokenizer_sha256": tokenizer_sha256(tokenizer_path),
-                           "step": step, "best_val_loss": 9.0})
+    TrainingCheckpoint(model=model.state_dict(), model_config=dataclasses.asdict(model.cfg),
+                       vocab_size=model.vocab_size, tokenizer_sha256=tokenizer_sha256(tokenizer_path),
+                       tokenizer=tokenizer_path.read_bytes().decode("utf-8") if carry_tokenizer else None,
+                       state=RunState(step=step, best_val_loss=best_val_loss)).save(path, resumable=False)
     return path
 
 

@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from gothic.checkpoint import (
-    FORMAT_VERSION,
-    capture_rng_state,
-    imports_objects,
-    load_model,
-    restore_rng_state,
-    save_checkpoint,
-    summarize_checkpoint,
-)
+from gothic.checkpoint import FORMAT_VERSION, imports_objects, load_model, save_checkpoint, summarize_checkpoint
 from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
+from gothic.runtime import capture_rng_state, restore_rng_state
 from gothic.train import train
 
 from conftest import tiny_model_config, tiny_train_config

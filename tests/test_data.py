@@ -9,7 +9,16 @@ import pytest
 
 from gothic.config import PrepareConfig
 from gothic.corpus import prepare
-from gothic.data import BatchSampler, bin_dtype, binarize, encode_documents, load_meta, load_split, split_into_pieces
+from gothic.data import (
+    BatchSampler,
+    BatchStream,
+    bin_dtype,
+    binarize,
+    encode_documents,
+    load_meta,
+    load_split,
+    split_into_pieces,
+)
 from gothic.errors import GothicError
 from gothic.tokenizer import EOT, iter_pieces, load_tokenizer, save_tokenizer, train_tokenizer
 
@@ -101,15 +110,29 @@ def test_a_long_line_is_cut_and_the_bins_stay_exact(tmp_path, tiny_tokenizer_pat
 
 def test_sampler_is_reproducible_and_resumable(built):
     data = load_split(built[2], "train")
-    a = BatchSampler(data, block_size=8, batch_size=4, seed=3)
+    a = BatchStream(BatchSampler(data, block_size=8, batch_size=4, seed=3))
     first = [a.next_batch() for _ in range(3)]
-    b = BatchSampler(data, block_size=8, batch_size=4, seed=3)
+    b = BatchStream(BatchSampler(data, block_size=8, batch_size=4, seed=3))
     b.load_state_dict({"batches_drawn": 2})
     x, y = b.next_batch()
     assert x.equal(first[2][0]) and y.equal(first[2][1])
     assert x.shape == (4, 8) and x[:, 1:].equal(y[:, :-1])
-    other_rank = BatchSampler(data, block_size=8, batch_size=4, seed=3, rank=1).next_batch()[0]
-    assert not other_rank.equal(first[0][0])
+    assert not first[1][0].equal(first[0][0])
+    # batch n is a pure function of (seed, n): numbering it twice draws it twice the same
+    sampler = BatchSampler(data, block_size=8, batch_size=4, seed=3)
+    assert sampler.batch(1)[0].equal(first[1][0]) and sampler.batch(1)[0].equal(sampler.batch(1)[0])
+    assert not BatchSampler(data, block_size=8, batch_size=4, seed=4).batch(0)[0].equal(first[0][0])
+
+
+def test_stream_ranks_take_turns_through_one_numbered_stream(built):
+    """Rank r of W takes batches r, r + W, ...: two ranks together see what one process sees."""
+    sampler = BatchSampler(load_split(built[2], "train"), block_size=8, batch_size=4, seed=3)
+    single = BatchStream(sampler)
+    ranks = [BatchStream(sampler, rank, 2) for rank in (0, 1)]
+    for _ in range(2):
+        for stream in ranks:
+            assert stream.next_batch()[0].equal(single.next_batch()[0])
+    assert ranks[1].state_dict()["batches_drawn"] == single.state_dict()["batches_drawn"] == 4
 
 
 def test_split_smaller_than_block_is_an_error(built):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,12 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gothic.checkpoint import save_checkpoint
 from gothic.export import TOLERANCE, choose_architecture, export_checkpoint, load_hf, max_logit_diff
 from gothic.generation import SamplingSettings, generate_tokens
-from gothic.tokenizer import tokenizer_sha256
 
-from conftest import tiny_gpt
+from conftest import save_tiny_checkpoint, tiny_gpt
 
 pytest.importorskip("transformers", reason="the export extra (transformers) is not installed")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,11 +47,7 @@ def random_model(vocab_size: int, **switches):
 
 
 def save_with_tokenizer(path: Path, model, tokenizer_path: Path) -> Path:
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(model.cfg),
-                           "vocab_size": model.vocab_size, "tokenizer_sha256": tokenizer_sha256(tokenizer_path),
-                           "tokenizer": tokenizer_path.read_bytes().decode("utf-8"), "step": 3,
-                           "best_val_loss": 5.0})
-    return path
+    return save_tiny_checkpoint(path, model, tokenizer_path, step=3, best_val_loss=5.0, carry_tokenizer=True)
 
 
 def gothic_greedy(model, prompt: torch.Tensor, n: int) -> list[int]:
@@ -168,8 +161,6 @@ def test_export_without_safetensors_is_one_clear_line(tmp_path, tiny_tokenizer_p
 
 def test_older_checkpoint_exports_with_its_tokenizer_given(tmp_path, tiny_tokenizer_path):
     from gothic.errors import GothicError
-
-    from conftest import save_tiny_checkpoint
 
     ckpt = save_tiny_checkpoint(tmp_path / "old.pt", random_model(300), tiny_tokenizer_path)
     with pytest.raises(GothicError, match="carries no tokenizer"):

@@ -65,7 +65,7 @@ def prepare(bins: Path, tokenizer: Path, folder: Path, straight: bool = True, **
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(model, cfg, bins, tokenizer, folder / "straight", show_progress=False)
+        train(model, cfg, bins, tokenizer, folder / "straight")
     finally:
         torch.set_num_threads(threads)
     return params

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from gothic.checkpoint import RunState
 from gothic.live import LiveMetrics
 from gothic.runlog import write_curves
-from gothic.train import RunState, train
+from gothic.train import train
 
 from conftest import tiny_model_config, tiny_train_config
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def run(bins: Path, tokenizer: Path, out_dir: Path, publish_dir: Path | None = None, on_step=None,
         log: list | None = None, model: dict | None = None, **train_overrides):
     return train(tiny_model_config(**(model or {})), tiny_train_config(**train_overrides), bins, tokenizer, out_dir,
-                 publish_dir=publish_dir, show_progress=False, on_step=on_step,
+                 publish_dir=publish_dir, on_step=on_step,
                  log=log.append if log is not None else None)
 
 

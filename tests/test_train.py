@@ -18,12 +18,13 @@ import yaml
 from gothic.checkpoint import REQUIRED_KEYS, load_checkpoint, load_model
 from gothic.cli import train_main
 from gothic.config import TrainConfig, to_dict
+from gothic.data import load_training_data
 from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
 from gothic.optim import get_lr
 from gothic.runtime import Precision
-from gothic.train import estimate_loss, load_training_data, train, train_step
+from gothic.train import estimate_loss, train, train_step
 
 from conftest import ROOT, tiny_model_config, tiny_train_config, venv_env
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def run_training(bins: Path, tokenizer: Path, out_dir: Path, model_overrides: dict | None = None, **train_overrides):
     return train(tiny_model_config(**(model_overrides or {})), tiny_train_config(**train_overrides), bins, tokenizer,
-                 out_dir, show_progress=False)
+                 out_dir)
 
 
 def weights(path: Path) -> dict:
@@ -178,10 +179,10 @@ def test_continuing_to_a_larger_max_iters_has_no_learning_rate_jump(train_bins, 
     cfg = tiny_train_config(max_iters=8, log_interval=1)
     if stop_at < 8:
         with pytest.raises(KeyboardInterrupt):
-            train(tiny_model_config(), cfg, train_bins, tiny_tokenizer_path, tmp_path, show_progress=False,
+            train(tiny_model_config(), cfg, train_bins, tiny_tokenizer_path, tmp_path,
                   on_step=interrupt_by_signal(stop_at))
     else:
-        train(tiny_model_config(), cfg, train_bins, tiny_tokenizer_path, tmp_path, show_progress=False)
+        train(tiny_model_config(), cfg, train_bins, tiny_tokenizer_path, tmp_path)
     result = run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=16, log_interval=1, resume=True)
     lrs = [row["lr"] for row in result.history["train"]]
     assert len(lrs) == 16
@@ -387,7 +388,7 @@ def test_ddp_two_gloo_processes_match_one_process_on_the_same_global_batch(train
             "--val-file", "val.bin", "--tokenizer", str(tiny_tokenizer_path)]
     # torchrun --standalone: a local rendezvous on a free port
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "gothic.train", *args, "--out-dir", str(tmp_path / "ddp")]
+           "-m", "gothic", "train", *args, "--out-dir", str(tmp_path / "ddp")]
     # own session, so a hang can be cleaned up with the workers torchrun started
     proc = subprocess.Popen(cmd, env=venv_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
