@@ -26,7 +26,7 @@ DEMO_PARAMS ?= -S model.n_layer=4 -S model.n_head=4 -S model.n_embd=256 -S model
 	-S train.batch_size=8 -S train.grad_accum=1 -S train.max_iters=900 -S train.warmup_iters=45 \
 	-S train.eval_interval=150 -S train.eval_iters=10 -S train.dtype=float32
 
-.PHONY: help setup demo repro test lint tensorboard plots compare chat clean
+.PHONY: help setup demo demo-params repro test lint tensorboard plots compare chat clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ demo: setup  ## run the whole pipeline on the built-in corpus with the CPU demo 
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make demo: this folder is not a git repository (a ZIP download?), and DVC records experiments in git: run  git init -q && git add -A && git -c user.name=me -c user.email=me@example.com commit -qm gothic  first, or git clone the repository" >&2; exit 2; }
 	$(GIT_IDENTITY) $(RUN) dvc exp run $(DEMO_PARAMS)
 	@echo "Done. Talk to the model: make chat   Metrics: $(BIN)/dvc metrics show"
+
+demo-params:  ## print the demo profile's overrides (bench/quality.py reads its profile from here)
+	@echo $(DEMO_PARAMS)
 
 repro: setup  ## dvc repro with params.yaml as it is
 	$(RUN) dvc repro

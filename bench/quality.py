@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing
 import shutil
+import subprocess
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +27,16 @@ from pathlib import Path
 
 import torch
 
-from gothic.config import ModelConfig, PrepareConfig, TrainConfig, parse_value
+from gothic.config import (
+    ConfigError,
+    ModelConfig,
+    PrepareConfig,
+    TrainConfig,
+    params_from_dict,
+    parse_value,
+    read_params_dict,
+    set_values,
+)
 from gothic.corpus import prepare
 from gothic.data import BatchSampler, BatchStream, binarize, load_meta, load_split
 from gothic.evaluate import evaluate_tokens
@@ -40,21 +50,27 @@ from common import RESULTS_DIR, print_table, report
 
 ROOT = Path(__file__).resolve().parent.parent
 LN2 = math.log(2)
-# the demo's shape and batch: what both profiles share, so only the architecture and optimizer differ
-DEMO_SHAPE = {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 256, "model.block_size": 256,
-              "train.batch_size": 8, "train.grad_accum": 1, "train.dtype": "float32"}
+# Every profile is the project's params.yaml plus overrides, read and checked as the pipeline reads
+# them (gothic.config). "demo" is `make demo`'s profile, taken from the Makefile (its one source);
+# the others change what they name on top of it, so only that differs.
+SEED_ARCH = {"model.pos_embedding": "learned", "model.norm": "layernorm", "model.qk_norm": False, "model.mlp": "gelu",
+             "model.tie_embeddings": True, "model.bias": True, "train.optimizer": "adamw"}
 PROFILES: dict[str, dict] = {
-    # the seed architecture (GPT-2 style, AdamW) at the demo's shape and learning rate
-    "seed-arch": {**DEMO_SHAPE, "train.learning_rate": 1.0e-3, "train.min_lr": 1.0e-4},
-    # the modern switches: rotary, RMSNorm, QK-norm, ReLU^2, untied head, no biases, Muon
-    "demo": {**DEMO_SHAPE, "model.pos_embedding": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
-             "model.mlp": "relu2", "model.tie_embeddings": False, "model.bias": False,
-             "train.optimizer": "muon", "train.muon_lr": 0.02, "train.learning_rate": 3.0e-3,
-             "train.min_lr": 3.0e-4},
-    "modern-adamw": {**DEMO_SHAPE, "model.pos_embedding": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
-                     "model.mlp": "relu2", "model.tie_embeddings": False, "model.bias": False,
-                     "train.learning_rate": 2.0e-3, "train.min_lr": 2.0e-4},
+    "demo": {},
+    # the seed architecture (GPT-2 style, AdamW) at the demo's shape
+    "seed-arch": {**SEED_ARCH, "train.learning_rate": 1.0e-3, "train.min_lr": 1.0e-4},
+    # the modern switches with AdamW instead of Muon
+    "modern-adamw": {"train.optimizer": "adamw", "train.learning_rate": 2.0e-3, "train.min_lr": 2.0e-4},
 }
+
+
+def demo_profile() -> dict:
+    """`make demo-params` (`-S key=value ...`) as {key: value}, values read as DVC reads them."""
+    words = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "demo-params"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    return dict(parse_overrides([w for w in words if w != "-S"]))
+
+
 # the schedule runs on the budget's clock, expressed in these virtual steps
 SCHEDULE_STEPS = 1000
 WARMUP_FRACTION = 0.05
@@ -82,16 +98,13 @@ def build_split(corpus: str, work_dir: Path, vocab_size: int, val_fraction: floa
 
 
 def configs(profile: dict, overrides: dict) -> tuple[ModelConfig, TrainConfig]:
-    values = {**profile, **overrides}
-    model = {k.removeprefix("model."): v for k, v in values.items() if k.startswith("model.")}
-    train = {k.removeprefix("train."): v for k, v in values.items() if k.startswith("train.")}
-    train.setdefault("compile", False)
-    train.setdefault("device", "cpu")
-    model_cfg, train_cfg = ModelConfig(**model), TrainConfig(**train)
-    problems = model_cfg.check() + train_cfg.check()
-    if problems:
-        raise SystemExit("; ".join(problems))
-    return model_cfg, train_cfg
+    """params.yaml (as committed) + the demo profile + the profile's changes + --set, checked by gothic.config."""
+    values = {**demo_profile(), **profile, "train.compile": False, "train.device": "cpu", **overrides}
+    try:
+        params = params_from_dict(set_values(read_params_dict(ROOT / "params.yaml"), values))
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    return params.model, params.train
 
 
 def curve_bpb(model: GPT, val, windows: int, tokens_per_byte: float) -> float:
@@ -170,7 +183,8 @@ def main() -> None:
                         help="'builtin' (the Shakespeare plays) or a folder of .txt books "
                              "(e.g. ../shared/corpus/gothic)")
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per profile")
-    parser.add_argument("--profiles", nargs="+", default=["seed-arch", "demo"], choices=sorted(PROFILES))
+    parser.add_argument("--profiles", nargs="+", default=["seed-arch", "demo"], choices=sorted(PROFILES),
+                        help="demo: make demo's profile (Makefile DEMO_PARAMS); the others change it (PROFILES)")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override for every profile, e.g. model.n_layer=6")
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between curve points")
@@ -209,7 +223,7 @@ def main() -> None:
     print_table("held-out curve", curve)
     notes = (f"corpus {args.corpus}; {args.minutes:g} min of training per profile (torch threads "
              f"{torch.get_num_threads()}); held out: {', '.join(held_out)}")
-    settings = {name: {**PROFILES[name], **overrides} for name in args.profiles}
+    settings = {name: {**demo_profile(), **PROFILES[name], **overrides} for name in args.profiles}
     report(args.name, rows, notes=notes, extra={"held_out": held_out, "profiles": settings, "curve": curve},
            results_dir=args.results_dir or RESULTS_DIR)
 

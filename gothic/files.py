@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import hashlib
 import json
@@ -15,9 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gothic.errors import GothicError
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # reading the umask means setting it; put it straight back
 
 TEMP_PATTERN = ".*.tmp"
 """Every temporary file is `.<target name>.<pid>.<random>.tmp` beside its target (a rename is atomic
@@ -107,6 +105,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
 
 
+@functools.cache
+def process_umask() -> int:
+    """The process's umask, read once when first needed (reading it means setting it, so it is put
+    straight back; at import time that would touch the process state of every program importing us)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temp_beside(path: Path) -> Path:
     """A new, empty temporary file beside path, after removing the stale ones of path."""
     try:
@@ -114,7 +121,7 @@ def _temp_beside(path: Path) -> Path:
         remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         try:
-            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should be readable like any other file
+            os.fchmod(fd, 0o666 & ~process_umask())  # mkstemp makes 0600; outputs should be readable like any other file
         finally:
             os.close(fd)
     except OSError as e:
