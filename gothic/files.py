@@ -121,7 +121,8 @@ def _temp_beside(path: Path) -> Path:
         remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         try:
-            os.fchmod(fd, 0o666 & ~process_umask())  # mkstemp makes 0600; outputs should be readable like any other file
+            # mkstemp makes 0600; outputs should be readable like any other file
+            os.fchmod(fd, 0o666 & ~process_umask())
         finally:
             os.close(fd)
     except OSError as e:

@@ -55,7 +55,7 @@ from tokenizers import Tokenizer, decoders
 
 from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
 from gothic.errors import GothicError
-from gothic.runtime import resolve_device
+from gothic.runtime import inference_dtype, resolve_device
 from gothic.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
 
 if TYPE_CHECKING:
@@ -419,14 +419,18 @@ class Engine:
         self.checkpoint_info = checkpoint_info or {}
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        self.dtype = model.wte.weight.dtype
+        """What the weights are held and computed in (Engine.from_checkpoint casts them once)."""
         self.eot = eot_id(tokenizer)
         check_same_tokenizer({"vocab_size": model.vocab_size}, "the model", tokenizer.get_vocab_size(), None,
                              "the tokenizer")
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None,
-                        device: str = "auto") -> Engine:
-        """Load a checkpoint and its tokenizer.
+                        device: str = "auto", dtype: str = "auto") -> Engine:
+        """Load a checkpoint and its tokenizer, with the weights cast once to the dtype generation
+        computes in (gothic.runtime.inference_dtype: `auto` is bf16 where the device has it natively,
+        else fp32).
 
         Without tokenizer_path, the tokenizer inside the checkpoint (format 2), else (an older
         checkpoint) data/tokenizer.json. A given tokenizer the model was not trained with is a
@@ -434,7 +438,9 @@ class Engine:
         """
         tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None  # fail before the load
         target = resolve_device(device)
+        compute_dtype = inference_dtype(target, dtype)
         model, info = load_model(checkpoint_path, device=target)
+        model.cast_for_inference(compute_dtype)
         if tokenizer is None:
             tokenizer = checkpoint_tokenizer(checkpoint_path, info)
         if tokenizer is None:  # format 1: the tokenizer was a separate file

@@ -213,6 +213,15 @@ class GPT(nn.Module):
                 total -= self.wte.weight.numel()
         return total
 
+    def cast_for_inference(self, dtype: torch.dtype) -> GPT:
+        """Hold the weights in dtype once (generation then computes in it with no per-step autocast
+        casts); the rotary tables stay fp32, since apply_rotary rotates in fp32."""
+        rope = {name: buf for name, buf in self.named_buffers() if name.startswith("rope_")}
+        self.to(dtype)
+        for name, buf in rope.items():
+            setattr(self, name, buf)
+        return self
+
     def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
         """An empty KV cache for up to block_size positions, on the model's device and dtype by default."""
         weight = self.wte.weight

@@ -139,6 +139,22 @@ def cpu_has_bf16_units() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+INFERENCE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """The dtype generation holds the weights in and computes in: `auto` is bf16 where the device
+    computes it natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere,
+    where emulated bf16 is several times slower (bench/README.md)."""
+    if name not in INFERENCE_DTYPES:
+        raise GothicError(f"dtype {name!r}: use one of {', '.join(INFERENCE_DTYPES)}")
+    if name != "auto":
+        return INFERENCE_DTYPES[name]
+    native = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or \
+        (device.type == "cpu" and cpu_has_bf16_units())
+    return torch.bfloat16 if native else torch.float32
+
+
 def resolve_precision(name: str, device: torch.device, cpu_fallback: bool = True) -> Precision:
     """Autocast dtype for `train.dtype` on device.
 

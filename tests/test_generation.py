@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from gothic.checkpoint import load_model
 from gothic.cli import generate_main
 from gothic.errors import GothicError
 from gothic.generation import (
@@ -352,3 +353,48 @@ def test_extreme_settings_still_draw_the_top_token():
     for settings in (SamplingSettings(temperature=1e-60, top_k=0, top_p=1.0),
                      SamplingSettings(temperature=0.8, top_k=0, top_p=1e-56)):
         assert sample_next(logits, settings, generators).tolist() == [1]
+
+
+# --- the compute dtype ------------------------------------------------------------------------------
+
+@pytest.fixture()
+def sharp_checkpoint(tiny_tokenizer, tiny_tokenizer_path, tmp_path):
+    """Peaked logits (weight_std 0.5) and the modern switches, rotary included."""
+    model = tiny_gpt(tiny_tokenizer.get_vocab_size(), block_size=32, weight_std=0.5, pos_embedding="rope",
+                     norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, bias=False)
+    return save_tiny_checkpoint(tmp_path / "best.pt", model, tiny_tokenizer_path, carry_tokenizer=True)
+
+
+def test_auto_dtype_is_fp32_without_bf16_units_and_exact(sharp_checkpoint, monkeypatch):
+    """Without bf16 units the weights stay fp32 and generation is exactly the fp32 model's greedy text,
+    recomputed here without the cache."""
+    import gothic.runtime
+
+    monkeypatch.setattr(gothic.runtime, "cpu_has_bf16_units", lambda: False)
+    engine = Engine.from_checkpoint(sharp_checkpoint, device="cpu")
+    assert engine.dtype == torch.float32 and all(p.dtype == torch.float32 for p in engine.model.parameters())
+    reference, _ = load_model(sharp_checkpoint)
+    prompt = engine.tokenizer.encode("The night").ids
+    assert greedy_tokens(engine.model, prompt, 30, use_cache=True) == greedy_tokens(reference, prompt, 30, False)
+
+
+def test_auto_dtype_is_bf16_with_bf16_units_cast_once(sharp_checkpoint, monkeypatch):
+    """With bf16 units the weights are held in bf16 (no autocast), the rotary tables stay fp32, the
+    KV cache follows the weights, and greedy choices agree with fp32 but for bf16 rounding."""
+    import gothic.runtime
+
+    monkeypatch.setattr(gothic.runtime, "cpu_has_bf16_units", lambda: True)
+    engine = Engine.from_checkpoint(sharp_checkpoint, device="cpu")
+    model = engine.model
+    assert engine.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert model.rope_cos.dtype == model.rope_sin.dtype == torch.float32
+    assert model.new_cache(1).keys[0].dtype == torch.bfloat16
+    reference, _ = load_model(sharp_checkpoint)
+    # teacher-forced: the argmax at every position of one text, so one early flip cannot derail the rest
+    ids = torch.tensor([engine.tokenizer.encode("It was a dark and stormy night; the rain fell in torrents").ids[:32]])
+    with torch.inference_mode():
+        fast = model(ids)[0].float().argmax(-1)
+        exact = reference(ids)[0].argmax(-1)
+    agreement = (fast == exact).float().mean().item()
+    assert agreement >= 0.9, agreement
+    assert Engine.from_checkpoint(sharp_checkpoint, device="cpu", dtype="float32").dtype == torch.float32
