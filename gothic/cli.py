@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
 from gothic import __version__
+from gothic.config import (
+    MAX_SEED,
+    SamplingSettings,
+    TokenizerConfig,
+    TrainConfig,
+    apply_overrides,
+    check_device,
+    load_params,
+    params_from_dict,
+    set_values,
+)
 from gothic.errors import GothicError, run_main
 
-# Nothing here imports torch before the arguments are parsed: `--help`, `--version` and usage
-# errors answer at once instead of after the ~1 s torch import.
+# The gothic modules imported inside the functions below load torch (or what only a command needs),
+# so they are imported once the arguments are parsed: `--help`, `--version` and usage errors answer
+# at once instead of after the ~1 s torch import. config and errors, imported above, load nothing heavy.
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -55,23 +68,17 @@ _finite.__name__ = "finite number"  # argparse names the type in its message: "i
 
 
 def _check_device(device: str, flag: str = "--device") -> None:
-    from gothic.config import check_device
-
     if check_device(device, flag):
         raise GothicError(f"{flag} {device!r}: choose auto, cpu, cuda, cuda:N or mps")
 
 
 def _check_seed(seed: int | None) -> None:
-    from gothic.config import MAX_SEED
-
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise GothicError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
 
 
 def tokenize_main(argv: list[str] | None = None) -> None:
     """gothic-tokenize: train the BPE tokenizer (the `tokenize` stage's core function)."""
-    from gothic.config import TokenizerConfig
-
     defaults = TokenizerConfig()
     parser = _parser("gothic-tokenize", "Train a byte-level BPE tokenizer on text files.")
     parser.add_argument("--files", nargs="+", type=Path, default=[Path("data/processed/train.txt")],
@@ -101,8 +108,6 @@ def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], 
     """params.yaml (or --params) with --set overrides and flag values; the built-in defaults where there
     is no file. A file must hold the sections the command reads (`require`): a missing one would
     silently fall back to the built-in defaults."""
-    from gothic.config import apply_overrides, load_params, params_from_dict, set_values
-
     if params_path is None and not Path("params.yaml").is_file():
         if not quiet:
             print(f"{prog}: no params.yaml here; using the built-in defaults", file=sys.stderr)
@@ -161,10 +166,6 @@ def train_main(argv: list[str] | None = None) -> None:
     (--max-iters, --batch-size, --grad-accum, --lr, --resume, --compile) are shorthands for train.*
     overrides. Under `torchrun --nproc_per_node N` it trains with DDP.
     """
-    import os
-
-    from gothic.config import TrainConfig
-
     built_in = TrainConfig()
     # flags whose default is "whatever params.yaml says" state that in their own help
     parser = _parser("gothic-train", (
@@ -227,15 +228,43 @@ def train_main(argv: list[str] | None = None) -> None:
     run_main(run, "gothic-train")
 
 
+# Sampling flags: SamplingSettings field -> (flag, help). Each flag's dest is its field and its
+# default the field's default, so the settings and their messages come straight from the flags.
+GENERATE_FLAGS = {
+    "max_new_tokens": ("--max-tokens", "new tokens per sample, at most"),
+    "temperature": ("--temperature", "0 = greedy; higher = more varied"),
+    "top_k": ("--top-k", "keep the k most likely tokens; 0 = off, 1 = greedy"),
+    "top_p": ("--top-p", "keep the smallest set of tokens whose probability reaches p; 1 = off"),
+    "repetition_penalty": ("--repetition-penalty", ">1 makes tokens already in the text less likely; 1 = off"),
+}
+CHAT_FLAGS = {
+    "temperature": ("--temp", "temperature (0 = greedy)"),
+    "top_k": ("--topk", "top-k (0 = off)"),
+    "top_p": ("--topp", "top-p (1 = off)"),
+    "max_new_tokens": ("--max", "max tokens per reply"),
+}
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]]) -> None:
+    defaults = SamplingSettings()
+    for field, (flag, help_text) in flags.items():
+        default = getattr(defaults, field)
+        whole = type(default) is int
+        parser.add_argument(flag, dest=field, type=int if whole else _finite, default=default,
+                            metavar="N" if whole else "F", help=help_text)
+
+
+def _sampling_settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> SamplingSettings:
+    """The settings the flags give; a field without a flag keeps its default."""
+    return SamplingSettings(**{field: getattr(args, field) for field in flags})
+
+
 def generate_main(argv: list[str] | None = None) -> None:
     """gothic-generate: sample text from a checkpoint, streaming it to the terminal as it is produced.
 
     stdout gets the prompt and its continuation (with a `--- sample i/n (seed s) ---` line before
     each when --num-samples > 1); notes and --stats go to stderr, so output can be piped.
     """
-    from gothic.config import SampleConfig
-
-    defaults = SampleConfig()
     parser = _parser("gothic-generate", "Generate text from a trained checkpoint, streaming it as it is produced.")
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="PATH",
                         help="model checkpoint, e.g. models/best.pt")
@@ -243,16 +272,7 @@ def generate_main(argv: list[str] | None = None) -> None:
                         help="check the model against this tokenizer.json (default: the one inside the checkpoint; "
                              "data/tokenizer.json for older checkpoints that carry none)")
     parser.add_argument("--prompt", default="", help="text to continue; empty starts a new document")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_new_tokens, metavar="N",
-                        help="new tokens per sample, at most")
-    parser.add_argument("--temperature", type=_finite, default=defaults.temperature, metavar="F",
-                        help="0 = greedy; higher = more varied")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k, metavar="N",
-                        help="keep the k most likely tokens; 0 = off, 1 = greedy")
-    parser.add_argument("--top-p", type=_finite, default=defaults.top_p, metavar="F",
-                        help="keep the smallest set of tokens whose probability reaches p; 1 = off")
-    parser.add_argument("--repetition-penalty", type=_finite, default=defaults.repetition_penalty, metavar="F",
-                        help=">1 makes tokens already in the text less likely; 1 = off")
+    _add_sampling_flags(parser, GENERATE_FLAGS)
     parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per prompt")
     parser.add_argument("--seed", type=int, default=None, metavar="N",
                         help="seed of sample 1 (sample i uses seed + i); default: a fresh one, shown by --stats")
@@ -271,12 +291,8 @@ def generate_main(argv: list[str] | None = None) -> None:
             raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
         _check_seed(args.seed)
         _check_device(args.device)
-        from gothic.generation import SamplingSettings  # torch
-
-        settings = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p,
-                                    repetition_penalty=args.repetition_penalty).validate()
-        _generate(args, settings)
+        flag_names = {field: flag for field, (flag, _) in GENERATE_FLAGS.items()}
+        _generate(args, _sampling_settings(args, GENERATE_FLAGS).validate(flag_names))
 
     run_main(run, "gothic-generate")
 
@@ -285,7 +301,7 @@ def _generate(args: argparse.Namespace, settings) -> None:
     """gothic-generate once its flags are known to be good: load the model, then write samples."""
     import time
 
-    from gothic.generation import Engine, SamplingSettings, new_seed, repair_text
+    from gothic.generation import Engine, new_seed, repair_text
 
     def emit(engine: Engine, settings: SamplingSettings, prompt: str) -> None:
         prompt, repaired = repair_text(prompt)
@@ -360,9 +376,6 @@ def _default_models_dir() -> Path:
 
 def chat_main(argv: list[str] | None = None) -> None:
     """gothic-chat: the interactive REPL (gothic.chat); without --checkpoint it asks which to load."""
-    from gothic.config import SampleConfig
-
-    defaults = SampleConfig()
     parser = _parser("gothic-chat", "Chat with a trained checkpoint: replies stream token by token; "
                                     "/help inside lists the slash commands.")
     # SUPPRESS: no "(default: None)" in --help; an absent flag is simply not set
@@ -374,12 +387,7 @@ def chat_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-dir", type=Path, default=None, metavar="DIR",
                         help="where /models and /model NAME look for checkpoints (default: models, the pipeline's; "
                              "checkpoints, gothic-train's, when models has none)")
-    parser.add_argument("--temp", type=_finite, default=defaults.temperature, metavar="F",
-                        help="temperature (0 = greedy)")
-    parser.add_argument("--topk", type=int, default=defaults.top_k, metavar="N", help="top-k (0 = off)")
-    parser.add_argument("--topp", type=_finite, default=defaults.top_p, metavar="F", help="top-p (1 = off)")
-    parser.add_argument("--max", type=int, default=defaults.max_new_tokens, metavar="N",
-                        help="max tokens per reply")
+    _add_sampling_flags(parser, CHAT_FLAGS)
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="N",
                         help="seed of the first reply, then +1 per reply (default: a random seed each reply)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -388,13 +396,11 @@ def chat_main(argv: list[str] | None = None) -> None:
     def run() -> None:
         _check_device(args.device)
         from gothic.chat import start_chat
-        from gothic.generation import SamplingSettings
 
-        settings = SamplingSettings(max_new_tokens=args.max, temperature=args.temp, top_k=args.topk,
-                                    top_p=args.topp)
         accept_any_bytes(sys.stdin)
         models_dir = args.models_dir or _default_models_dir()
-        start_chat(getattr(args, "checkpoint", None), args.tokenizer, models_dir, settings,
+        # start_chat checks the settings, naming them as the chat's /commands do
+        start_chat(getattr(args, "checkpoint", None), args.tokenizer, models_dir, _sampling_settings(args, CHAT_FLAGS),
                    seed=getattr(args, "seed", None), device=args.device)
 
     run_main(run, "gothic-chat")

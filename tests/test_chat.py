@@ -19,7 +19,8 @@ from gothic.chat.commands import COMMANDS, parse_command
 from gothic.chat.repl import PROMPT
 from gothic.chat.view import Typewriter
 from gothic.cli import chat_main
-from gothic.generation import Engine, SamplingSettings
+from gothic.config import SamplingSettings
+from gothic.generation import Engine
 
 from conftest import save_tiny_checkpoint, tiny_gpt
 

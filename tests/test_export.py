@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from gothic.checkpoint import save_checkpoint
+from gothic.config import SamplingSettings
 from gothic.export import TOLERANCE, choose_architecture, export_checkpoint, load_hf, max_logit_diff
-from gothic.generation import SamplingSettings, generate_tokens
+from gothic.generation import generate_tokens
 from gothic.tokenizer import tokenizer_sha256
 
 from conftest import tiny_gpt

@@ -19,6 +19,7 @@ from pathlib import Path
 from gothic.chat.session import ChatSession, CommandError
 from gothic.chat.view import Note, Result, help_table, models_table, params_table, transcript_markdown
 from gothic.checkpoint import checkpoint_val_loss
+from gothic.config import SAMPLING_LABELS
 from gothic.errors import GothicError
 from gothic.files import write_text
 
@@ -62,8 +63,6 @@ class Setting:
     """The command, without its slash."""
     field: str
     """The SamplingSettings field."""
-    label: str
-    """How messages name it."""
     kind: type[int] | type[float]
     """How the argument is read, and the value shown."""
     summary: str
@@ -71,6 +70,11 @@ class Setting:
     """The value that turns the knob off, if any (said when it is set)."""
     shown: str = "{label} is {value}"
     changed: str = "{label} set to {value}"
+
+    @property
+    def label(self) -> str:
+        """How messages name it: as the settings' own checks do, so both kinds of complaint agree."""
+        return SAMPLING_LABELS[self.field]
 
     def parse(self, arg: str) -> int | float:
         return parse_int(arg, self.label) if self.kind is int else parse_float(arg, self.label)
@@ -84,13 +88,12 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("temp", "temperature", "temperature", float,
-            "sampling temperature: 0 is greedy, higher is wilder (e.g. /temp 0.8)"),
-    Setting("topk", "top_k", "top-k", int, "sample only from the N likeliest tokens; 0 turns top-k off", off=0),
-    Setting("topp", "top_p", "top-p", float,
-            "sample from the likeliest tokens up to probability F, in (0, 1]; 1 is off", off=1),
-    Setting("max", "max_new_tokens", "max tokens", int, "longest reply, in tokens",
-            shown="replies stop after {value} tokens", changed="replies now stop after {value} tokens"),
+    Setting("temp", "temperature", float, "sampling temperature: 0 is greedy, higher is wilder (e.g. /temp 0.8)"),
+    Setting("topk", "top_k", int, "sample only from the N likeliest tokens; 0 turns top-k off", off=0),
+    Setting("topp", "top_p", float, "sample from the likeliest tokens up to probability F, in (0, 1]; 1 is off",
+            off=1),
+    Setting("max", "max_new_tokens", int, "longest reply, in tokens", shown="replies stop after {value} tokens",
+            changed="replies now stop after {value} tokens"),
 )
 
 

@@ -35,8 +35,9 @@ from gothic.chat.session import (
 )
 from gothic.chat.view import Typewriter, display_path, header, models_table, note, render
 from gothic.checkpoint import find_checkpoints
+from gothic.config import SamplingSettings
 from gothic.errors import GothicError
-from gothic.generation import Engine, SamplingSettings, TextStream, repair_text
+from gothic.generation import Engine, TextStream, repair_text
 from gothic.runtime import ctrl_c_interrupts
 
 PROMPT = "you › "

@@ -26,9 +26,9 @@ from datetime import datetime
 from pathlib import Path
 
 from gothic.checkpoint import CHECKPOINT_NAMES, find_checkpoints
-from gothic.config import MAX_SEED
+from gothic.config import MAX_SEED, SamplingSettings
 from gothic.errors import GothicError
-from gothic.generation import Engine, SamplingSettings, TextStream
+from gothic.generation import Engine, TextStream
 
 TURN_SEPARATOR = "\n\n"
 STOP_STRINGS = ("\n\n",)
@@ -102,7 +102,8 @@ def no_checkpoint_message(models_dir: Path, wanted: Path | None = None) -> str:
 
 
 def settings_problems(settings: SamplingSettings) -> list[str]:
-    """The engine's checks, plus the chat's floors on temperature and top-p (see MIN_TEMPERATURE)."""
+    """The settings' own checks (naming the knobs as the chat's commands do: temperature, top-k,
+    top-p, max tokens), plus the chat's floors on temperature and top-p (see MIN_TEMPERATURE)."""
     problems = settings.problems()
     if 0 < settings.temperature < MIN_TEMPERATURE:
         problems.append(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {settings.temperature:g}")
