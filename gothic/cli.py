@@ -10,7 +10,9 @@ import argparse
 import math
 import os
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gothic import __version__
 from gothic.config import (
@@ -25,6 +27,9 @@ from gothic.config import (
     set_values,
 )
 from gothic.errors import GothicError, run_main
+
+if TYPE_CHECKING:
+    from gothic.generation import Engine
 
 # The gothic modules imported inside the functions below load torch (or what only a command needs),
 # so they are imported once the arguments are parsed: `--help`, `--version` and usage errors answer
@@ -297,51 +302,9 @@ def generate_main(argv: list[str] | None = None) -> None:
     run_main(run, "gothic-generate")
 
 
-def _generate(args: argparse.Namespace, settings) -> None:
+def _generate(args: argparse.Namespace, settings: SamplingSettings) -> None:
     """gothic-generate once its flags are known to be good: load the model, then write samples."""
-    import time
-
-    from gothic.generation import Engine, new_seed, repair_text
-
-    def emit(engine: Engine, settings: SamplingSettings, prompt: str) -> None:
-        prompt, repaired = repair_text(prompt)
-        if repaired:
-            print("gothic-generate: note: the prompt is not valid UTF-8; its stray bytes were read as Latin-1",
-                  file=sys.stderr)
-        base_seed = new_seed() if args.seed is None else args.seed
-        for i in range(args.num_samples):
-            stream = engine.stream(prompt, settings, seed=base_seed + i, stop=stops,
-                                   use_cache=not args.no_cache)
-            if stream.notice and i == 0:
-                print(f"gothic-generate: note: {stream.notice}", file=sys.stderr)
-            if args.num_samples > 1:
-                print(("\n" if i else "") + f"--- sample {i + 1}/{args.num_samples} (seed {stream.seed}) ---")
-            print(prompt, end="", flush=True)
-            started = time.perf_counter()
-            with stream:  # closes the stream (and frees its cache) on Ctrl+C too
-                for piece in stream:
-                    print(piece, end="", flush=True)
-            print()
-            if args.stats:
-                seconds = time.perf_counter() - started
-                n = len(stream.token_ids) + (stream.finish_reason == "eot")
-                print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, seed {stream.seed}, "
-                      f"ended by {stream.finish_reason}]", file=sys.stderr)
-
-    def interact(engine: Engine, settings: SamplingSettings) -> None:
-        accept_any_bytes(sys.stdin)
-        while True:
-            try:
-                prompt = input("prompt> ")
-            except (EOFError, KeyboardInterrupt):
-                print()
-                return
-            if not prompt.strip():
-                continue  # an accidental Enter should not start 200 tokens of unprompted text
-            try:
-                emit(engine, settings, prompt)
-            except KeyboardInterrupt:
-                print("\n[stopped]", file=sys.stderr)
+    from gothic.generation import Engine, repair_text
 
     stops = [repair_text(s)[0] for s in args.stop]
     engine = Engine.from_checkpoint(args.checkpoint, args.tokenizer, device=args.device)
@@ -350,10 +313,56 @@ def _generate(args: argparse.Namespace, settings) -> None:
 
         ctrl_c_interrupts()
         if args.prompt:
-            emit(engine, settings, args.prompt)
-        interact(engine, settings)
+            _emit(engine, settings, args, stops, args.prompt)
+        _interact(engine, settings, args, stops)
     else:
-        emit(engine, settings, args.prompt)
+        _emit(engine, settings, args, stops, args.prompt)
+
+
+def _emit(engine: Engine, settings: SamplingSettings, args: argparse.Namespace, stops: list[str],
+          prompt: str) -> None:
+    """Stream --num-samples continuations of one prompt to stdout; notes and --stats to stderr."""
+    from gothic.generation import new_seed, repair_text
+
+    prompt, repaired = repair_text(prompt)
+    if repaired:
+        print("gothic-generate: note: the prompt is not valid UTF-8; its stray bytes were read as Latin-1",
+              file=sys.stderr)
+    base_seed = new_seed() if args.seed is None else args.seed
+    for i in range(args.num_samples):
+        stream = engine.stream(prompt, settings, seed=base_seed + i, stop=stops, use_cache=not args.no_cache)
+        if stream.notice and i == 0:
+            print(f"gothic-generate: note: {stream.notice}", file=sys.stderr)
+        if args.num_samples > 1:
+            print(("\n" if i else "") + f"--- sample {i + 1}/{args.num_samples} (seed {stream.seed}) ---")
+        print(prompt, end="", flush=True)
+        started = time.perf_counter()
+        with stream:  # closes the stream (and frees its cache) on Ctrl+C too
+            for piece in stream:
+                print(piece, end="", flush=True)
+        print()
+        if args.stats:
+            seconds = time.perf_counter() - started
+            n = len(stream.token_ids) + (stream.finish_reason == "eot")
+            print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, seed {stream.seed}, "
+                  f"ended by {stream.finish_reason}]", file=sys.stderr)
+
+
+def _interact(engine: Engine, settings: SamplingSettings, args: argparse.Namespace, stops: list[str]) -> None:
+    """--interactive: a prompt per line until Ctrl+D (or Ctrl+C at the prompt); Ctrl+C stops a sample."""
+    accept_any_bytes(sys.stdin)
+    while True:
+        try:
+            prompt = input("prompt> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not prompt.strip():
+            continue  # an accidental Enter should not start 200 tokens of unprompted text
+        try:
+            _emit(engine, settings, args, stops, prompt)
+        except KeyboardInterrupt:
+            print("\n[stopped]", file=sys.stderr)
 
 
 def accept_any_bytes(stream) -> None:
