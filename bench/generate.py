@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from gothic.config import ModelConfig
-from gothic.generation import SamplingSettings, generate_tokens
+from gothic.config import ModelConfig, SamplingSettings
+from gothic.generation import generate_tokens
 from gothic.model import GPT
 from gothic.runtime import cpu_has_bf16_units
 

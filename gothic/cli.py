@@ -8,14 +8,33 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gothic import __version__
+from gothic.config import (
+    INFERENCE_DTYPES,
+    MAX_SEED,
+    SamplingSettings,
+    TokenizerConfig,
+    TrainConfig,
+    apply_overrides,
+    check_device,
+    load_params,
+    params_from_dict,
+    set_values,
+)
 from gothic.errors import GothicError, run_main
 
-# Nothing here imports torch before the arguments are parsed: `--help`, `--version` and usage
-# errors answer at once instead of after the ~1 s torch import.
+if TYPE_CHECKING:
+    from gothic.generation import Engine
+
+# The gothic modules imported inside the functions below load torch (or what only a command needs),
+# so they are imported once the arguments are parsed: `--help`, `--version` and usage errors answer
+# at once instead of after the ~1 s torch import. config and errors, imported above, load nothing heavy.
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -54,24 +73,22 @@ def _finite(text: str) -> float:
 _finite.__name__ = "finite number"  # argparse names the type in its message: "invalid finite number value"
 
 
-def _check_device(device: str, flag: str = "--device") -> None:
-    from gothic.config import check_device
+DTYPE_HELP = ("what the weights are held and computed in: auto = bfloat16 where the CPU or GPU has bf16 units, "
+              "else float32")
 
+
+def _check_device(device: str, flag: str = "--device") -> None:
     if check_device(device, flag):
         raise GothicError(f"{flag} {device!r}: choose auto, cpu, cuda, cuda:N or mps")
 
 
 def _check_seed(seed: int | None) -> None:
-    from gothic.config import MAX_SEED
-
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise GothicError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
 
 
 def tokenize_main(argv: list[str] | None = None) -> None:
     """gothic-tokenize: train the BPE tokenizer (the `tokenize` stage's core function)."""
-    from gothic.config import TokenizerConfig
-
     defaults = TokenizerConfig()
     parser = _parser("gothic-tokenize", "Train a byte-level BPE tokenizer on text files.")
     parser.add_argument("--files", nargs="+", type=Path, default=[Path("data/processed/train.txt")],
@@ -101,8 +118,6 @@ def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], 
     """params.yaml (or --params) with --set overrides and flag values; the built-in defaults where there
     is no file. A file must hold the sections the command reads (`require`): a missing one would
     silently fall back to the built-in defaults."""
-    from gothic.config import apply_overrides, load_params, params_from_dict, set_values
-
     if params_path is None and not Path("params.yaml").is_file():
         if not quiet:
             print(f"{prog}: no params.yaml here; using the built-in defaults", file=sys.stderr)
@@ -161,10 +176,6 @@ def train_main(argv: list[str] | None = None) -> None:
     (--max-iters, --batch-size, --grad-accum, --lr, --resume, --compile) are shorthands for train.*
     overrides. Under `torchrun --nproc_per_node N` it trains with DDP.
     """
-    import os
-
-    from gothic.config import TrainConfig
-
     built_in = TrainConfig()
     # flags whose default is "whatever params.yaml says" state that in their own help
     parser = _parser("gothic-train", (
@@ -230,15 +241,43 @@ def train_main(argv: list[str] | None = None) -> None:
     run_main(run, "gothic-train")
 
 
+# Sampling flags: SamplingSettings field -> (flag, help). Each flag's dest is its field and its
+# default the field's default, so the settings and their messages come straight from the flags.
+GENERATE_FLAGS = {
+    "max_new_tokens": ("--max-tokens", "new tokens per sample, at most"),
+    "temperature": ("--temperature", "0 = greedy; higher = more varied"),
+    "top_k": ("--top-k", "keep the k most likely tokens; 0 = off, 1 = greedy"),
+    "top_p": ("--top-p", "keep the smallest set of tokens whose probability reaches p; 1 = off"),
+    "repetition_penalty": ("--repetition-penalty", ">1 makes tokens already in the text less likely; 1 = off"),
+}
+CHAT_FLAGS = {
+    "temperature": ("--temp", "temperature (0 = greedy)"),
+    "top_k": ("--topk", "top-k (0 = off)"),
+    "top_p": ("--topp", "top-p (1 = off)"),
+    "max_new_tokens": ("--max", "max tokens per reply"),
+}
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]]) -> None:
+    defaults = SamplingSettings()
+    for field, (flag, help_text) in flags.items():
+        default = getattr(defaults, field)
+        whole = type(default) is int
+        parser.add_argument(flag, dest=field, type=int if whole else _finite, default=default,
+                            metavar="N" if whole else "F", help=help_text)
+
+
+def _sampling_settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> SamplingSettings:
+    """The settings the flags give; a field without a flag keeps its default."""
+    return SamplingSettings(**{field: getattr(args, field) for field in flags})
+
+
 def generate_main(argv: list[str] | None = None) -> None:
     """gothic-generate: sample text from a checkpoint, streaming it to the terminal as it is produced.
 
     stdout gets the prompt and its continuation (with a `--- sample i/n (seed s) ---` line before
     each when --num-samples > 1); notes and --stats go to stderr, so output can be piped.
     """
-    from gothic.config import SampleConfig
-
-    defaults = SampleConfig()
     parser = _parser("gothic-generate", "Generate text from a trained checkpoint, streaming it as it is produced.")
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="PATH",
                         help="model checkpoint, e.g. models/best.pt")
@@ -246,16 +285,7 @@ def generate_main(argv: list[str] | None = None) -> None:
                         help="check the model against this tokenizer.json (default: the one inside the checkpoint; "
                              "data/tokenizer.json for older checkpoints that carry none)")
     parser.add_argument("--prompt", default="", help="text to continue; empty starts a new document")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_new_tokens, metavar="N",
-                        help="new tokens per sample, at most")
-    parser.add_argument("--temperature", type=_finite, default=defaults.temperature, metavar="F",
-                        help="0 = greedy; higher = more varied")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k, metavar="N",
-                        help="keep the k most likely tokens; 0 = off, 1 = greedy")
-    parser.add_argument("--top-p", type=_finite, default=defaults.top_p, metavar="F",
-                        help="keep the smallest set of tokens whose probability reaches p; 1 = off")
-    parser.add_argument("--repetition-penalty", type=_finite, default=defaults.repetition_penalty, metavar="F",
-                        help=">1 makes tokens already in the text less likely; 1 = off")
+    _add_sampling_flags(parser, GENERATE_FLAGS)
     parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per prompt")
     parser.add_argument("--seed", type=int, default=None, metavar="N",
                         help="seed of sample 1 (sample i uses seed + i); default: a fresh one, shown by --stats")
@@ -264,6 +294,7 @@ def generate_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interactive", action="store_true",
                         help="read prompts in a loop (Ctrl+C stops a sample; Ctrl+D or Ctrl+C at the prompt quits)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=INFERENCE_DTYPES, help=DTYPE_HELP)
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute the whole context every token instead of using the KV cache (benchmarks)")
     parser.add_argument("--stats", action="store_true", help="print tokens, time and tokens/s to stderr")
@@ -274,73 +305,73 @@ def generate_main(argv: list[str] | None = None) -> None:
             raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
         _check_seed(args.seed)
         _check_device(args.device)
-        from gothic.generation import SamplingSettings  # torch
-
-        settings = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p,
-                                    repetition_penalty=args.repetition_penalty).validate()
-        _generate(args, settings)
+        flag_names = {field: flag for field, (flag, _) in GENERATE_FLAGS.items()}
+        _generate(args, _sampling_settings(args, GENERATE_FLAGS).validate(flag_names))
 
     run_main(run, "gothic-generate")
 
 
-def _generate(args: argparse.Namespace, settings) -> None:
+def _generate(args: argparse.Namespace, settings: SamplingSettings) -> None:
     """gothic-generate once its flags are known to be good: load the model, then write samples."""
-    import time
-
-    from gothic.generation import Engine, SamplingSettings, new_seed, repair_text
-
-    def emit(engine: Engine, settings: SamplingSettings, prompt: str) -> None:
-        prompt, repaired = repair_text(prompt)
-        if repaired:
-            print("gothic-generate: note: the prompt is not valid UTF-8; its stray bytes were read as Latin-1",
-                  file=sys.stderr)
-        base_seed = new_seed() if args.seed is None else args.seed
-        for i in range(args.num_samples):
-            stream = engine.stream(prompt, settings, seed=base_seed + i, stop=stops,
-                                   use_cache=not args.no_cache)
-            if stream.notice and i == 0:
-                print(f"gothic-generate: note: {stream.notice}", file=sys.stderr)
-            if args.num_samples > 1:
-                print(("\n" if i else "") + f"--- sample {i + 1}/{args.num_samples} (seed {stream.seed}) ---")
-            print(prompt, end="", flush=True)
-            started = time.perf_counter()
-            with stream:  # closes the stream (and frees its cache) on Ctrl+C too
-                for piece in stream:
-                    print(piece, end="", flush=True)
-            print()
-            if args.stats:
-                seconds = time.perf_counter() - started
-                n = len(stream.token_ids) + (stream.finish_reason == "eot")
-                print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, seed {stream.seed}, "
-                      f"ended by {stream.finish_reason}]", file=sys.stderr)
-
-    def interact(engine: Engine, settings: SamplingSettings) -> None:
-        accept_any_bytes(sys.stdin)
-        while True:
-            try:
-                prompt = input("prompt> ")
-            except (EOFError, KeyboardInterrupt):
-                print()
-                return
-            if not prompt.strip():
-                continue  # an accidental Enter should not start 200 tokens of unprompted text
-            try:
-                emit(engine, settings, prompt)
-            except KeyboardInterrupt:
-                print("\n[stopped]", file=sys.stderr)
+    from gothic.generation import Engine, repair_text
 
     stops = [repair_text(s)[0] for s in args.stop]
-    engine = Engine.from_checkpoint(args.checkpoint, args.tokenizer, device=args.device)
+    engine = Engine.from_checkpoint(args.checkpoint, args.tokenizer, device=args.device, dtype=args.dtype)
     if args.interactive:
         from gothic.runtime import ctrl_c_interrupts
 
         ctrl_c_interrupts()
         if args.prompt:
-            emit(engine, settings, args.prompt)
-        interact(engine, settings)
+            _emit(engine, settings, args, stops, args.prompt)
+        _interact(engine, settings, args, stops)
     else:
-        emit(engine, settings, args.prompt)
+        _emit(engine, settings, args, stops, args.prompt)
+
+
+def _emit(engine: Engine, settings: SamplingSettings, args: argparse.Namespace, stops: list[str],
+          prompt: str) -> None:
+    """Stream --num-samples continuations of one prompt to stdout; notes and --stats to stderr."""
+    from gothic.generation import new_seed, repair_text
+
+    prompt, repaired = repair_text(prompt)
+    if repaired:
+        print("gothic-generate: note: the prompt is not valid UTF-8; its stray bytes were read as Latin-1",
+              file=sys.stderr)
+    base_seed = new_seed() if args.seed is None else args.seed
+    for i in range(args.num_samples):
+        stream = engine.stream(prompt, settings, seed=base_seed + i, stop=stops, use_cache=not args.no_cache)
+        if stream.notice and i == 0:
+            print(f"gothic-generate: note: {stream.notice}", file=sys.stderr)
+        if args.num_samples > 1:
+            print(("\n" if i else "") + f"--- sample {i + 1}/{args.num_samples} (seed {stream.seed}) ---")
+        print(prompt, end="", flush=True)
+        started = time.perf_counter()
+        with stream:  # closes the stream (and frees its cache) on Ctrl+C too
+            for piece in stream:
+                print(piece, end="", flush=True)
+        print()
+        if args.stats:
+            seconds = time.perf_counter() - started
+            n = len(stream.token_ids) + (stream.finish_reason == "eot")
+            print(f"[{n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, seed {stream.seed}, "
+                  f"ended by {stream.finish_reason}]", file=sys.stderr)
+
+
+def _interact(engine: Engine, settings: SamplingSettings, args: argparse.Namespace, stops: list[str]) -> None:
+    """--interactive: a prompt per line until Ctrl+D (or Ctrl+C at the prompt); Ctrl+C stops a sample."""
+    accept_any_bytes(sys.stdin)
+    while True:
+        try:
+            prompt = input("prompt> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not prompt.strip():
+            continue  # an accidental Enter should not start 200 tokens of unprompted text
+        try:
+            _emit(engine, settings, args, stops, prompt)
+        except KeyboardInterrupt:
+            print("\n[stopped]", file=sys.stderr)
 
 
 def accept_any_bytes(stream) -> None:
@@ -363,9 +394,6 @@ def _default_models_dir() -> Path:
 
 def chat_main(argv: list[str] | None = None) -> None:
     """gothic-chat: the interactive REPL (gothic.chat); without --checkpoint it asks which to load."""
-    from gothic.config import SampleConfig
-
-    defaults = SampleConfig()
     parser = _parser("gothic-chat", "Chat with a trained checkpoint: replies stream token by token; "
                                     "/help inside lists the slash commands.")
     # SUPPRESS: no "(default: None)" in --help; an absent flag is simply not set
@@ -377,27 +405,21 @@ def chat_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-dir", type=Path, default=None, metavar="DIR",
                         help="where /models and /model NAME look for checkpoints (default: models, the pipeline's; "
                              "checkpoints, gothic-train's, when models has none)")
-    parser.add_argument("--temp", type=_finite, default=defaults.temperature, metavar="F",
-                        help="temperature (0 = greedy)")
-    parser.add_argument("--topk", type=int, default=defaults.top_k, metavar="N", help="top-k (0 = off)")
-    parser.add_argument("--topp", type=_finite, default=defaults.top_p, metavar="F", help="top-p (1 = off)")
-    parser.add_argument("--max", type=int, default=defaults.max_new_tokens, metavar="N",
-                        help="max tokens per reply")
+    _add_sampling_flags(parser, CHAT_FLAGS)
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="N",
                         help="seed of the first reply, then +1 per reply (default: a random seed each reply)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=INFERENCE_DTYPES, help=DTYPE_HELP)
     args = parser.parse_args(argv)
 
     def run() -> None:
         _check_device(args.device)
         from gothic.chat import start_chat
-        from gothic.generation import SamplingSettings
 
-        settings = SamplingSettings(max_new_tokens=args.max, temperature=args.temp, top_k=args.topk,
-                                    top_p=args.topp)
         accept_any_bytes(sys.stdin)
         models_dir = args.models_dir or _default_models_dir()
-        start_chat(getattr(args, "checkpoint", None), args.tokenizer, models_dir, settings,
-                   seed=getattr(args, "seed", None), device=args.device)
+        # start_chat checks the settings, naming them as the chat's /commands do
+        start_chat(getattr(args, "checkpoint", None), args.tokenizer, models_dir, _sampling_settings(args, CHAT_FLAGS),
+                   seed=getattr(args, "seed", None), device=args.device, dtype=args.dtype)
 
     run_main(run, "gothic-chat")

@@ -15,8 +15,11 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gothic.errors import GothicError
 
 # bins are uint16 up to this vocabulary size, uint32 above (gothic.data)
 UINT16_VOCAB_LIMIT = 65536
@@ -28,6 +31,8 @@ MAX_VOCAB_SIZE = 2**20
 MAX_BLOCK_SIZE = 65536
 # numpy's and torch's seeds must fit in 32 unsigned bits
 MAX_SEED = 2**32 - 1
+# a reply or sample longer than this is a typo (days of CPU time), not a wish
+MAX_NEW_TOKENS = 1_000_000
 SOURCES = ("builtin", "raw")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -213,33 +218,84 @@ class EvaluateConfig:
         return errors + check_device(self.device, "evaluate.device")
 
 
+SAMPLING_LABELS = {"max_new_tokens": "max tokens", "temperature": "temperature", "top_k": "top-k",
+                   "top_p": "top-p", "repetition_penalty": "repetition penalty"}
+"""How SamplingSettings' messages name its fields unless the caller names them otherwise."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SampleConfig:
-    prompts: list[str] = field(default_factory=lambda: ["The night was", "In the shadow of the castle"])
-    """Fixed prompts; each gets num_samples continuations."""
-    seed: int = 1337
-    num_samples: int = 2
+class SamplingSettings:
+    """The knobs of one generation call (gothic.generation.Engine): the sample stage's (through
+    SampleConfig), gothic-generate's and the chat's. The defaults are params.yaml's."""
+
     max_new_tokens: int = 200
+    """Tokens to generate at most (the prompt does not count)."""
     temperature: float = 0.8
-    """0 means greedy decoding."""
+    """Divides the logits; 0 means greedy decoding."""
     top_k: int = 40
     """Keep the k most likely tokens; 0 disables."""
     top_p: float = 0.9
     """Keep the smallest set of tokens whose probability reaches p; 1.0 disables."""
     repetition_penalty: float = 1.0
-    """>1 makes tokens already in the context less likely; 1.0 disables."""
+    """>1 makes tokens already in the prompt or the output less likely (CTRL); 1.0 disables."""
+
+    def problems(self, names: Mapping[str, str] = SAMPLING_LABELS) -> list[str]:
+        """Every out-of-range value, each named as `names` says (field -> a label, a params key such
+        as `sample.top_p` or a flag such as `--top-p`); a field it leaves out keeps its label."""
+        name = {**SAMPLING_LABELS, **names}
+        errors = []
+        if self.max_new_tokens < 1:
+            errors.append(f"{name['max_new_tokens']} must be >= 1, got {self.max_new_tokens}")
+        elif self.max_new_tokens > MAX_NEW_TOKENS:
+            errors.append(f"{name['max_new_tokens']} must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            errors.append(f"{name['temperature']} must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            errors.append(f"{name['top_k']} must be >= 1, or 0 to disable it, got {self.top_k}")
+        if not (0 < self.top_p <= 1):
+            errors.append(f"{name['top_p']} must be in (0, 1] (1 disables it), got {self.top_p}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            errors.append(f"{name['repetition_penalty']} must be > 0 (1 disables it), got {self.repetition_penalty}")
+        return errors
+
+    def validate(self, names: Mapping[str, str] = SAMPLING_LABELS) -> SamplingSettings:
+        """Return self, or raise one GothicError naming every bad value (see `problems`)."""
+        if errors := self.problems(names):
+            raise GothicError("; ".join(errors))
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SampleConfig(SamplingSettings):
+    """The sample stage: these prompts, drawn with the sampling settings it extends."""
+
+    prompts: list[str] = field(default_factory=lambda: ["The night was", "In the shadow of the castle"])
+    """Fixed prompts; each gets num_samples continuations."""
+    seed: int = 1337
+    """Seed of sample 1 of every prompt (sample i uses seed + i)."""
+    num_samples: int = 2
+    """Continuations per prompt, drawn as one batch."""
     device: str = "auto"
+    dtype: str = "auto"
+    """What the weights are held and computed in: auto = bf16 where the device has bf16 units, else
+    fp32 (gothic.runtime.inference_dtype); float32 makes samples match across machines."""
 
     def check(self) -> list[str]:
         errors = []
         _range(errors, "sample.num_samples", self.num_samples, 1)
         _range(errors, "sample.seed", self.seed, 0, MAX_SEED)
-        _range(errors, "sample.max_new_tokens", self.max_new_tokens, 1)
-        _range(errors, "sample.temperature", self.temperature, 0.0)
-        _range(errors, "sample.top_k", self.top_k, 0)
-        _range(errors, "sample.top_p", self.top_p, 0.0, 1.0, lo_open=True)
-        _range(errors, "sample.repetition_penalty", self.repetition_penalty, 0.0, lo_open=True)
+        errors += self.problems({key: f"sample.{key}" for key in SAMPLING_LABELS})
+        if self.dtype not in INFERENCE_DTYPES:
+            errors.append(f"sample.dtype={self.dtype!r} must be one of {', '.join(INFERENCE_DTYPES)}")
         return errors + check_device(self.device, "sample.device")
+
+
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16")
+"""What generation may hold and compute the weights in (gothic.runtime.inference_dtype)."""
 
 
 def check_device(device: str, key: str) -> list[str]:

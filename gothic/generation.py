@@ -1,10 +1,10 @@
 """The generation engine: the one sampler behind the `sample` stage, `gothic-generate` and `gothic-chat`.
 
-Two layers, so each can be tested alone:
+Two layers, so each can be tested alone, both driven by `gothic.config.SamplingSettings`:
 
-* token level (no tokenizer): `SamplingSettings`, the logit filters (`apply_repetition_penalty`,
-  `filter_top_k`, `filter_top_p`), `sample_next` and `generate_tokens`, which runs the model with a
-  KV cache (one prefill, then one token per step) and yields a batch of sampled ids per step;
+* token level (no tokenizer): the logit filters (`apply_repetition_penalty`, `filter_top_k`,
+  `filter_top_p`), `sample_next` and `generate_tokens`, which runs the model with a KV cache (one
+  prefill, then one token per step) and yields a batch of sampled ids per step;
 * text level: `Engine` (model + tokenizer + device) turns prompts into text, streaming pieces that
   never split a UTF-8 character.
 
@@ -54,70 +54,22 @@ import torch
 from tokenizers import Tokenizer, decoders
 
 from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
+from gothic.config import SamplingSettings
 from gothic.errors import GothicError
 from gothic.runtime import inference_dtype, resolve_device
 from gothic.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
 
 if TYPE_CHECKING:
-    from gothic.config import SampleConfig
     from gothic.model import GPT
 
 LEGACY_TOKENIZER = Path("data/tokenizer.json")
 """Where a format-1 checkpoint (which carries no tokenizer) finds its tokenizer by default."""
 
 FINISH_REASONS = ("eot", "stop", "length", "closed")
-MAX_NEW_TOKENS = 1_000_000
-"""A reply or sample longer than this is a typo (days of CPU time), not a wish."""
 
 
 # ---------------------------------------------------------------------------------------------
-# settings and small helpers
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SamplingSettings:
-    max_new_tokens: int = 200
-    """Tokens to generate at most (the prompt does not count)."""
-    temperature: float = 0.8
-    """Divides the logits; 0 means greedy decoding."""
-    top_k: int = 40
-    """Keep the k most likely tokens; 0 disables."""
-    top_p: float = 0.9
-    """Keep the smallest set of tokens whose probability reaches p; 1.0 disables."""
-    repetition_penalty: float = 1.0
-    """>1 makes tokens already in the prompt or the output less likely (CTRL); 1.0 disables."""
-
-    def problems(self) -> list[str]:
-        """Every out-of-range value, phrased with the CLI's flag names."""
-        errors = []
-        if self.max_new_tokens < 1:
-            errors.append(f"max tokens must be >= 1, got {self.max_new_tokens}")
-        elif self.max_new_tokens > MAX_NEW_TOKENS:
-            errors.append(f"max tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            errors.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            errors.append(f"top-k must be >= 1, or 0 to disable it, got {self.top_k}")
-        if not (0 < self.top_p <= 1):
-            errors.append(f"top-p must be in (0, 1] (1 disables it), got {self.top_p}")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            errors.append(f"repetition penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
-        return errors
-
-    def validate(self) -> SamplingSettings:
-        """Return self, or raise one GothicError naming every bad value."""
-        if errors := self.problems():
-            raise GothicError("; ".join(errors))
-        return self
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
-
-    @classmethod
-    def from_config(cls, cfg: SampleConfig) -> SamplingSettings:
-        return cls(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                   top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty).validate()
+# small helpers
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

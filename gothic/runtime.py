@@ -22,7 +22,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from gothic.config import ModelConfig, TrainConfig
+from gothic.config import INFERENCE_DTYPES, ModelConfig, TrainConfig
 from gothic.errors import GothicError
 
 
@@ -139,9 +139,6 @@ def cpu_has_bf16_units() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-INFERENCE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
 def inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """The dtype generation holds the weights in and computes in: `auto` is bf16 where the device
     computes it natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere,
@@ -149,7 +146,7 @@ def inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     if name not in INFERENCE_DTYPES:
         raise GothicError(f"dtype {name!r}: use one of {', '.join(INFERENCE_DTYPES)}")
     if name != "auto":
-        return INFERENCE_DTYPES[name]
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
     native = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or \
         (device.type == "cpu" and cpu_has_bf16_units())
     return torch.bfloat16 if native else torch.float32

@@ -25,14 +25,11 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from gothic.config import SampleConfig, SamplingSettings
 from gothic.errors import GothicError
-from gothic.generation import Completion, Engine, SamplingSettings
+from gothic.generation import Completion, Engine
 from gothic.tokenizer import EOT
-
-if TYPE_CHECKING:
-    from gothic.config import SampleConfig
 
 WORD = re.compile(r"\w+(?:['’]\w+)*")
 DISTINCT_NS = (1, 2, 3)
@@ -120,14 +117,13 @@ class SampleRun:
 def draw_samples(engine: Engine, cfg: SampleConfig) -> SampleRun:
     """cfg.num_samples continuations of each prompt in one batch; every prompt uses cfg.seed, so
     adding a prompt does not change the samples of the others."""
-    settings = SamplingSettings.from_config(cfg)
     results, seconds = [], 0.0
     for prompt in cfg.prompts:
         started = time.perf_counter()
-        completions = engine.generate(prompt, settings, num_samples=cfg.num_samples, seed=cfg.seed)
+        completions = engine.generate(prompt, cfg, num_samples=cfg.num_samples, seed=cfg.seed)
         seconds += time.perf_counter() - started
         results.append(PromptSamples(prompt, completions))
-    return SampleRun(settings, cfg.seed, results, seconds)
+    return SampleRun(cfg, cfg.seed, results, seconds)
 
 
 def _fence(text: str) -> str:

@@ -17,7 +17,8 @@ from gothic.samples import draw_samples, load_text_index, render_markdown, sampl
 def main(checkpoint_path: str, tokenizer_path: str, train_text_path: str, samples_path: str,
          metrics_path: str) -> None:
     params = load_params("params.yaml", require=("sample",))
-    engine = Engine.from_checkpoint(checkpoint_path, tokenizer_path, device=params.sample.device)
+    engine = Engine.from_checkpoint(checkpoint_path, tokenizer_path, device=params.sample.device,
+                                    dtype=params.sample.dtype)
     run = draw_samples(engine, params.sample)
     shared = shared_ngrams(run, load_text_index(Path(train_text_path)))
     step = engine.checkpoint_info.get("step")

@@ -14,11 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from gothic.chat import PROMPT, ChatSession, run_chat, start_chat
-from gothic.chat_commands import COMMANDS, parse_command
-from gothic.chat_view import Typewriter
+from gothic.chat import ChatSession, run_chat, start_chat
+from gothic.chat.commands import COMMANDS, parse_command
+from gothic.chat.repl import PROMPT
+from gothic.chat.view import Typewriter
 from gothic.cli import chat_main
-from gothic.generation import Engine, SamplingSettings
+from gothic.config import SamplingSettings
+from gothic.generation import Engine
 
 from conftest import save_tiny_checkpoint, tiny_gpt
 

@@ -56,7 +56,7 @@ def test_empty_params_gives_seed_defaults():
     ({"prepare": {"sources": ["builtin", "web"]}}, "prepare.sources: unknown source 'web'"),
     ({"train": {"compile": "yes"}}, "train.compile='yes' must be true, false or auto"),
     ({"train": {"device": "gpu"}}, "train.device='gpu' must be auto, cpu, cuda, cuda:N or mps"),
-    ({"sample": {"top_p": 1.5}}, "sample.top_p=1.5 must be <= 1.0"),
+    ({"sample": {"top_p": 1.5}}, "sample.top_p must be in (0, 1] (1 disables it), got 1.5"),
     ({"tokenizer": {"sample_bytes": 5000}}, "tokenizer.sample_bytes=5000 must be 0 (no sample) or >= 1000000"),
     ({"tokenizer": {"sample_bytes": -1}}, "tokenizer.sample_bytes=-1 must be 0 (no sample) or >= 1000000"),
     ({"evaluate": {"max_tokens": -1}}, "evaluate.max_tokens=-1 must be >= 0"),

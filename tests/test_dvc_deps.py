@@ -13,15 +13,26 @@ import yaml
 from conftest import ROOT
 
 
+def module_files(name: str) -> set[Path]:
+    """Files that importing module `name` (a.b.c) may run: every package __init__.py on the way, and
+    a/b/c.py or a/b/c/__init__.py."""
+    parts = name.split(".")
+    return {path for i in range(1, len(parts) + 1)
+            for path in (Path(*parts[:i]).with_suffix(".py"), Path(*parts[:i], "__init__.py"))}
+
+
 def gothic_imports(path: Path) -> set[Path]:
     """The gothic/ module files a source file imports anywhere in it."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gothic":
-            names = [f"{node.module}.{alias.name}" for alias in node.names] if node.module == "gothic" else []
-            found |= {Path(*name.split(".")).with_suffix(".py") for name in [node.module, *names]}
+            # `from gothic.chat import view` imports a module; `from gothic.chat import run_chat` names none
+            for name in [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]:
+                found |= module_files(name)
         elif isinstance(node, ast.Import):
-            found |= {Path(*a.name.split(".")).with_suffix(".py") for a in node.names if a.name.startswith("gothic.")}
+            for alias in node.names:
+                if alias.name.startswith("gothic."):
+                    found |= module_files(alias.name)
     return {p for p in found if (ROOT / p).is_file()}  # `from gothic import __version__` names no module
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from gothic.config import SamplingSettings
 from gothic.export import TOLERANCE, choose_architecture, export_checkpoint, load_hf, max_logit_diff
-from gothic.generation import SamplingSettings, generate_tokens
+from gothic.generation import generate_tokens
 
 from conftest import save_tiny_checkpoint, tiny_gpt
 

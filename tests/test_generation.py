@@ -10,10 +10,10 @@ import torch
 
 from gothic.checkpoint import load_model
 from gothic.cli import generate_main
+from gothic.config import SamplingSettings
 from gothic.errors import GothicError
 from gothic.generation import (
     Engine,
-    SamplingSettings,
     StreamDecoder,
     apply_repetition_penalty,
     filter_top_k,
@@ -325,9 +325,9 @@ def test_cli_interactive_reads_prompts_until_eof(checkpoint, tiny_tokenizer_path
     (["--top-p", "0"], "top-p"),
     (["--top-k", "-1"], "top-k"),
     (["--temperature", "-1"], "temperature"),
-    (["--max-tokens", "0"], "max tokens"),
+    (["--max-tokens", "0"], "--max-tokens"),
     (["--num-samples", "0"], "--num-samples"),
-    (["--repetition-penalty", "0"], "repetition penalty"),
+    (["--repetition-penalty", "0"], "--repetition-penalty"),
 ])
 def test_cli_bad_values_exit_2_with_one_line(checkpoint, tiny_tokenizer_path, capsys, extra, message):
     code, _, err = run_cli(["--checkpoint", str(checkpoint), "--tokenizer", str(tiny_tokenizer_path)] + extra,

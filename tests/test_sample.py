@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gothic.config import SampleConfig
+from gothic.config import SampleConfig, SamplingSettings
 from gothic.errors import GothicError
-from gothic.generation import Completion, Engine, SamplingSettings
+from gothic.generation import Completion, Engine
 from gothic.samples import (
     PromptSamples,
     SampleRun,

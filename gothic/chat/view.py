@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
@@ -22,11 +21,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gothic.chat.session import ChatSession, ReplyStats, no_checkpoint_message
 from gothic.checkpoint import checkpoint_val_loss, find_checkpoints, summarize_checkpoint
-
-if TYPE_CHECKING:
-    from gothic.chat import ChatSession, ReplyStats
-    from gothic.chat_commands import Command
 
 REPLY_INDENT = "  "
 MAX_WRAP = 100
@@ -59,15 +55,6 @@ class Note:
 Result = Note | RenderableType | None
 
 
-def no_checkpoint_message(models_dir: Path, wanted: Path | None = None) -> str:
-    """How to get a model, for when there is none to load."""
-    where = f"{wanted}: no such checkpoint" if wanted else f"no checkpoints under {models_dir}/"
-    others = find_checkpoints(models_dir) if wanted else []
-    hint = f"; found {', '.join(map(str, others[:3]))} (pass one with --checkpoint)" if others else ""
-    return (f"{where}{hint}. Train a model first: `make demo` (the CPU demo, about 10 minutes) or "
-            "`dvc repro`, then run `make chat`")
-
-
 # ---------------------------------------------------------------------------------------------
 # renderables: everything dynamic goes in as Text, so no user or model string is read as markup
 
@@ -95,10 +82,15 @@ def model_line(session: ChatSession) -> str:
     return f"{session.checkpoint_path} · step {info.get('step', '?')} · val loss {_loss(checkpoint_val_loss(info))}"
 
 
+def dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def size_line(session: ChatSession) -> str:
     cfg, model = session.engine.model.cfg, session.engine.model
     return (f"{format_count(model.num_params(non_embedding=False))} parameters · {cfg.n_layer} layers · "
-            f"{cfg.block_size}-token context · {model.vocab_size} vocab · {session.engine.device}")
+            f"{cfg.block_size}-token context · {model.vocab_size} vocab · {session.engine.device} "
+            f"{dtype_name(session.engine.dtype)}")
 
 
 def header(session: ChatSession) -> Panel:
@@ -114,6 +106,7 @@ def header(session: ChatSession) -> Panel:
 
 def models_table(models_dir: Path, current: Path | None = None) -> RenderableType:
     found = find_checkpoints(models_dir)
+    listed = len(found)  # rows past these (the loaded file elsewhere) get no number
     if current is not None and current.is_file() and not any(_same_file(p, current) for p in found):
         found.append(current)
     if not found:
@@ -122,7 +115,6 @@ def models_table(models_dir: Path, current: Path | None = None) -> RenderableTyp
     for column, justify in (("#", "right"), ("checkpoint", "left"), ("step", "right"), ("val loss", "right"),
                             ("size", "right"), ("modified", "left"), ("", "left")):
         table.add_column(column, justify=justify)
-    listed = len(find_checkpoints(models_dir))  # rows past these (the loaded file elsewhere) get no number
     for number, path in enumerate(found, 1):
         s = summarize_checkpoint(path)
         loaded = current is not None and _same_file(path, current)
@@ -159,7 +151,7 @@ def params_table(session: ChatSession) -> Table:
         ("layers", f"{cfg.n_layer} × {cfg.n_head} heads, {cfg.n_embd} dims"),
         ("context", f"{cfg.block_size} tokens"),
         ("vocab", f"{model.vocab_size} tokens"),
-        ("device", str(engine.device)),
+        ("device", f"{engine.device} ({dtype_name(engine.dtype)})"),
         ("temperature", f"{s.temperature:g}" + (" (greedy)" if s.temperature == 0 else "")),
         ("top-k", f"{s.top_k}" + (" (off)" if s.top_k == 0 else "")),
         ("top-p", f"{s.top_p:g}" + (" (off)" if s.top_p == 1 else "")),
@@ -181,12 +173,13 @@ def reply_stats_line(stats: ReplyStats) -> str:
     return f"{stats.tokens} tokens in {stats.total_s:.2f} s{rate}{first}"
 
 
-def help_table(commands: Iterable[Command]) -> Table:
+def help_table(rows: Iterable[tuple[str, str]]) -> Table:
+    """/help: a (usage, summary) row per command, then the keys."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style=STYLES["label"])
     table.add_column(overflow="fold")
-    for command in commands:
-        table.add_row(Text(command.usage), Text(command.summary))
+    for usage, summary in rows:
+        table.add_row(Text(usage), Text(summary))
     table.add_row("", "")
     table.add_row("Enter", "send a line; the model replies with its next paragraph (// sends a leading /)")
     table.add_row("Ctrl+C", "stop a reply; at the prompt, leave")

@@ -1,8 +1,10 @@
 """The chat's slash commands: parsing a line, the handlers, and the one registry, `COMMANDS`.
 
 Each handler is `(session, arg) -> Result`: it changes the session through its methods and
-returns data (a `Note` or a rich table) that `gothic.chat_view.render` prints, or raises
-`CommandError` for a friendly one-line complaint. `/help` is generated from the registry.
+returns data (a `Note` or a rich table) that `gothic.chat.view.render` prints, or raises
+`CommandError` for a friendly one-line complaint. The sampling knobs (/temp, /topk, /topp, /max)
+are rows of one table, `SETTINGS`, served by one show-or-set handler; `/help` is generated from
+the registry.
 """
 
 from __future__ import annotations
@@ -11,22 +13,15 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from gothic.chat_view import Note, Result, help_table, models_table, params_table, transcript_markdown
+from gothic.chat.session import ChatSession, CommandError
+from gothic.chat.view import Note, Result, help_table, models_table, params_table, transcript_markdown
 from gothic.checkpoint import checkpoint_val_loss
-from gothic.config import MAX_SEED
+from gothic.config import SAMPLING_LABELS
 from gothic.errors import GothicError
 from gothic.files import write_text
-
-if TYPE_CHECKING:
-    from gothic.chat import ChatSession
-
-
-
-class CommandError(Exception):
-    """A mistyped command or value; str() is the one friendly line shown to the user."""
 
 
 class EndSession(Exception):
@@ -60,32 +55,57 @@ def parse_int(arg: str, what: str) -> int:
         raise CommandError(f"{what} must be a whole number, got {arg!r}") from None
 
 
-def cmd_temp(session: ChatSession, arg: str) -> Result:
+@dataclass(frozen=True)
+class Setting:
+    """A sampling knob as a command: `/temp` shows it, `/temp 0.8` sets it (the session checks the value)."""
+
+    name: str
+    """The command, without its slash."""
+    field: str
+    """The SamplingSettings field."""
+    kind: type[int] | type[float]
+    """How the argument is read, and the value shown."""
+    summary: str
+    off: float | None = None
+    """The value that turns the knob off, if any (said when it is set)."""
+    shown: str = "{label} is {value}"
+    changed: str = "{label} set to {value}"
+
+    @property
+    def label(self) -> str:
+        """How messages name it: as the settings' own checks do, so both kinds of complaint agree."""
+        return SAMPLING_LABELS[self.field]
+
+    def parse(self, arg: str) -> int | float:
+        return parse_int(arg, self.label) if self.kind is int else parse_float(arg, self.label)
+
+    def text(self, value: int | float) -> str:
+        return str(value) if self.kind is int else f"{value:g}"
+
+    def command(self) -> Command:
+        usage = f"/{self.name} {'N' if self.kind is int else 'F'}"
+        return Command(self.name, usage, self.summary, partial(show_or_set, self))
+
+
+SETTINGS = (
+    Setting("temp", "temperature", float, "sampling temperature: 0 is greedy, higher is wilder (e.g. /temp 0.8)"),
+    Setting("topk", "top_k", int, "sample only from the N likeliest tokens; 0 turns top-k off", off=0),
+    Setting("topp", "top_p", float, "sample from the likeliest tokens up to probability F, in (0, 1]; 1 is off",
+            off=1),
+    Setting("max", "max_new_tokens", int, "longest reply, in tokens", shown="replies stop after {value} tokens",
+            changed="replies now stop after {value} tokens"),
+)
+
+
+def show_or_set(setting: Setting, session: ChatSession, arg: str) -> Result:
+    """The one handler of every SETTINGS row."""
     if not arg:
-        return Note(f"temperature is {session.settings.temperature:g}", "info")
-    session.update_settings(temperature=parse_float(arg, "temperature"))
-    return Note(f"temperature set to {session.settings.temperature:g}")
-
-
-def cmd_topk(session: ChatSession, arg: str) -> Result:
-    if not arg:
-        return Note(f"top-k is {session.settings.top_k}", "info")
-    session.update_settings(top_k=parse_int(arg, "top-k"))
-    return Note(f"top-k set to {session.settings.top_k}" + (" (off)" if session.settings.top_k == 0 else ""))
-
-
-def cmd_topp(session: ChatSession, arg: str) -> Result:
-    if not arg:
-        return Note(f"top-p is {session.settings.top_p:g}", "info")
-    session.update_settings(top_p=parse_float(arg, "top-p"))
-    return Note(f"top-p set to {session.settings.top_p:g}" + (" (off)" if session.settings.top_p == 1 else ""))
-
-
-def cmd_max(session: ChatSession, arg: str) -> Result:
-    if not arg:
-        return Note(f"replies stop after {session.settings.max_new_tokens} tokens", "info")
-    session.update_settings(max_new_tokens=parse_int(arg, "max tokens"))
-    return Note(f"replies now stop after {session.settings.max_new_tokens} tokens")
+        value = getattr(session.settings, setting.field)
+        return Note(setting.shown.format(label=setting.label, value=setting.text(value)), "info")
+    session.update_settings(**{setting.field: setting.parse(arg)})
+    value = getattr(session.settings, setting.field)
+    off = " (off)" if setting.off is not None and value == setting.off else ""
+    return Note(setting.changed.format(label=setting.label, value=setting.text(value)) + off)
 
 
 def cmd_seed(session: ChatSession, arg: str) -> Result:
@@ -93,12 +113,10 @@ def cmd_seed(session: ChatSession, arg: str) -> Result:
         state = "random" if session.next_seed is None else f"{session.next_seed} for the next reply"
         return Note(f"seed is {state}", "info")
     if arg.lower() in ("random", "off", "none"):
-        session.next_seed = None
+        session.set_seed(None)
         return Note("seed is random: every reply differs")
     seed = parse_int(arg, "seed")
-    if not 0 <= seed <= MAX_SEED:
-        raise CommandError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
-    session.next_seed = seed
+    session.set_seed(seed)
     return Note(f"seed set to {seed}: the next replies use {seed}, {seed + 1}, ... and can be reproduced")
 
 
@@ -144,7 +162,7 @@ def cmd_help(session: ChatSession, arg: str) -> Result:
         if command is None:
             raise CommandError(unknown_command_message(arg.lstrip("/")))
         return Note(f"{command.usage}  {command.summary}", "info")
-    return help_table(COMMANDS.values())
+    return help_table(help_rows())
 
 
 def cmd_quit(session: ChatSession, arg: str) -> Result:
@@ -170,11 +188,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("temp", "/temp F", "sampling temperature: 0 is greedy, higher is wilder (e.g. /temp 0.8)", cmd_temp),
-    Command("topk", "/topk N", "sample only from the N likeliest tokens; 0 turns top-k off", cmd_topk),
-    Command("topp", "/topp F", "sample from the likeliest tokens up to probability F, in (0, 1]; 1 is off",
-            cmd_topp),
-    Command("max", "/max N", "longest reply, in tokens", cmd_max),
+    *(setting.command() for setting in SETTINGS),
     Command("seed", "/seed N", "reproducible replies (seeds N, N+1, ...); /seed random undoes it", cmd_seed),
     Command("model", "/model NAME", "switch model: best, latest, final, a number from /models, or a path",
             cmd_model),
@@ -186,6 +200,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("quit", "/quit", "leave (Ctrl+D does too)", cmd_quit, ("exit", "q")),
 )}
 _ALIASES = {alias: c.name for c in COMMANDS.values() for alias in c.aliases}
+
+
+def help_rows() -> list[tuple[str, str]]:
+    """(usage, summary) of every command, in registry order: what /help shows."""
+    return [(c.usage, c.summary) for c in COMMANDS.values()]
 
 
 def find_command(name: str) -> Command | None:
