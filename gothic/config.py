@@ -37,7 +37,7 @@ SOURCES = ("builtin", "raw")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(GothicError, ValueError):
     """A params.yaml (or CLI override) problem; str() is a ready-to-print message."""
 
     def __init__(self, problems: list[str], source: str = "params.yaml"):

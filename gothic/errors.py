@@ -27,12 +27,9 @@ class GothicError(Exception):
 
 def run_main(main: Callable[[], object], prog: str) -> None:
     """Run an entry point; user errors and Ctrl+C become a short message and a non-zero exit."""
-    # Imported here so this module stays importable without the config module's yaml dependency.
-    from gothic.config import ConfigError
-
     try:
         code = main()
-    except (GothicError, ConfigError) as e:
+    except GothicError as e:  # gothic.config.ConfigError included
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:

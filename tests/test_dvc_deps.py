@@ -60,3 +60,28 @@ def test_stage_deps_are_exactly_its_scripts_gothic_imports(name):
 
 def test_stages_are_listed_in_pipeline_order():
     assert list(STAGES) == ["prepare", "tokenize", "binarize", "train", "evaluate", "sample", "export"]
+
+
+def test_gothic_modules_import_one_way():
+    """No import cycles among gothic's modules, counting lazy imports inside functions and
+    TYPE_CHECKING ones: every module can be read (and tested) with only what it imports below it."""
+    # a module's own packages' __init__.py run before it; importing them is no arrow back
+    graph = {path: {m for m in gothic_imports(ROOT / path) - {path}
+                    if not (m.name == "__init__.py" and path.is_relative_to(m.parent))}
+             for path in (p.relative_to(ROOT) for p in (ROOT / "gothic").rglob("*.py"))}
+    cycles = []
+
+    def visit(node: Path, trail: list[Path]) -> None:
+        if node in trail:
+            cycles.append(" -> ".join(str(p) for p in trail[trail.index(node):] + [node]))
+            return
+        if node in done:
+            return
+        for target in sorted(graph.get(node, ())):
+            visit(target, trail + [node])
+        done.add(node)
+
+    done: set[Path] = set()
+    for start in sorted(graph):
+        visit(start, [])
+    assert not cycles, cycles
