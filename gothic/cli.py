@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gothic import __version__
 from gothic.config import (
     INFERENCE_DTYPES,
     MAX_SEED,
@@ -28,6 +27,7 @@ from gothic.config import (
     set_values,
 )
 from gothic.errors import GothicError, run_main
+from gothic.script_args import script_parser
 
 if TYPE_CHECKING:
     from gothic.generation import Engine
@@ -35,31 +35,6 @@ if TYPE_CHECKING:
 # The gothic modules imported inside the functions below load torch (or what only a command needs),
 # so they are imported once the arguments are parsed: `--help`, `--version` and usage errors answer
 # at once instead of after the ~1 s torch import. config and errors, imported above, load nothing heavy.
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Appends `(default: X)` where a default says something: never for None, False, empty or a
-    suppressed flag, and lists read as they would be typed (`a b`, not `[PosixPath('a'), ...]`)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text, default = action.help or "", action.default
-        if (action.required or default in (None, False, "", []) or default is argparse.SUPPRESS
-                or "default:" in text or not action.option_strings):
-            return text
-        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
-        return f"{text} (default: {shown})"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """A usage mistake is one line, like every other error (argparse adds a usage block)."""
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description=description, formatter_class=_HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
 
 
 def _finite(text: str) -> float:
@@ -90,7 +65,7 @@ def _check_seed(seed: int | None) -> None:
 def tokenize_main(argv: list[str] | None = None) -> None:
     """gothic-tokenize: train the BPE tokenizer (the `tokenize` stage's core function)."""
     defaults = TokenizerConfig()
-    parser = _parser("gothic-tokenize", "Train a byte-level BPE tokenizer on text files.")
+    parser = script_parser("gothic-tokenize", "Train a byte-level BPE tokenizer on text files.")
     parser.add_argument("--files", nargs="+", type=Path, default=[Path("data/processed/train.txt")],
                         help="input text files")
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="vocabulary size")
@@ -135,7 +110,7 @@ def _add_params_flags(parser: argparse.ArgumentParser) -> None:
 
 def prepare_main(argv: list[str] | None = None) -> None:
     """gothic-prepare: books -> data/processed/{train,val}.txt (the `prepare` stage's core function)."""
-    parser = _parser("gothic-prepare", (
+    parser = script_parser("gothic-prepare", (
         "Clean the books (Project Gutenberg headers, BOM, line ends, Unicode) and split whole documents "
         "into train.txt and val.txt, as the `prepare` stage does. Settings come from the prepare section "
         "of --params; the flags override them."))
@@ -178,7 +153,7 @@ def train_main(argv: list[str] | None = None) -> None:
     """
     built_in = TrainConfig()
     # flags whose default is "whatever params.yaml says" state that in their own help
-    parser = _parser("gothic-train", (
+    parser = script_parser("gothic-train", (
         "Train the GPT on token bins, as the `train` stage does. Unset flags take their value from "
         "--params; `torchrun --nproc_per_node N -m gothic train ...` trains on N processes (DDP)."))
     parser.add_argument("--data-dir", type=Path, default=Path("data/processed"),
@@ -278,7 +253,8 @@ def generate_main(argv: list[str] | None = None) -> None:
     stdout gets the prompt and its continuation (with a `--- sample i/n (seed s) ---` line before
     each when --num-samples > 1); notes and --stats go to stderr, so output can be piped.
     """
-    parser = _parser("gothic-generate", "Generate text from a trained checkpoint, streaming it as it is produced.")
+    parser = script_parser("gothic-generate",
+                           "Generate text from a trained checkpoint, streaming it as it is produced.")
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="PATH",
                         help="model checkpoint, e.g. models/best.pt")
     parser.add_argument("--tokenizer", type=Path, default=None, metavar="PATH",
@@ -394,7 +370,7 @@ def _default_models_dir() -> Path:
 
 def chat_main(argv: list[str] | None = None) -> None:
     """gothic-chat: the interactive REPL (gothic.chat); without --checkpoint it asks which to load."""
-    parser = _parser("gothic-chat", "Chat with a trained checkpoint: replies stream token by token; "
+    parser = script_parser("gothic-chat", "Chat with a trained checkpoint: replies stream token by token; "
                                     "/help inside lists the slash commands.")
     # SUPPRESS: no "(default: None)" in --help; an absent flag is simply not set
     parser.add_argument("--checkpoint", type=Path, default=argparse.SUPPRESS, metavar="PATH",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from gothic.errors import run_main
+from gothic.script_args import script_parser
 
 
 def describe(result) -> str:
@@ -20,9 +20,10 @@ def describe(result) -> str:
 
 
 def export_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="gothic-export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Write a checkpoint as a folder that transformers loads (model.safetensors, config.json, "
+    # the scripts' parser: --version, and a usage mistake is one line
+    parser = script_parser(
+        "gothic-export",
+        "Write a checkpoint as a folder that transformers loads (model.safetensors, config.json, "
                     "tokenizer.json, generation_config.json) with a README.md model card.")
     parser.add_argument("--checkpoint", type=Path, default=Path("models/best.pt"), help="the checkpoint to export")
     parser.add_argument("--out-dir", type=Path, default=Path("export"), help="the folder to (re)write")

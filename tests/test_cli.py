@@ -62,3 +62,18 @@ def test_chat_lists_gothic_trains_checkpoints_when_the_pipeline_published_none(t
         (tmp_path / folder / "best.pt").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     assert _default_models_dir() == Path(expected)
+
+
+def test_python_dash_m_gothic_runs_each_script():
+    """`python -m gothic COMMAND` is the gothic-COMMAND script (what torchrun starts for DDP)."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "gothic", *args], capture_output=True, text=True,
+                              env=venv_env(), timeout=60)
+
+    trained = run("train", "--help")
+    assert trained.returncode == 0 and trained.stdout.startswith("usage: gothic-train")
+    assert run("export", "--version").stdout.strip() == f"gothic-export {gothic.__version__}"
+    for args in ([], ["bogus"]):
+        wrong = run(*args)
+        assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+        assert "usage: python -m gothic {prepare,tokenize,train,generate,chat,export}" in wrong.stderr
