@@ -121,8 +121,10 @@ def curve_bpb(model: GPT, val, windows: int, tokens_per_byte: float) -> float:
 
 
 def train_for(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: Path, budget_s: float,
-              eval_every_s: float) -> tuple[dict, list[dict]]:
-    """Train one profile until its training clock reaches budget_s; returns (final row, curve rows)."""
+              eval_every_s: float, steps: int = 0, cpu_fallback: bool = True) -> tuple[dict, list[dict]]:
+    """Train one profile until its training clock reaches budget_s (or for `steps` steps, the schedule
+    then running on steps); returns (final row, curve rows). cpu_fallback=False runs bf16 autocast
+    even where the CPU emulates it (for equal-step quality comparisons)."""
     meta = load_meta(bin_dir)
     train_tokens, val = load_split(bin_dir, "train", meta), load_split(bin_dir, "val", meta)
     tokens_per_byte = meta["splits"]["val"]["tokens"] / meta["splits"]["val"]["bytes"]
@@ -130,21 +132,24 @@ def train_for(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir
     device = torch.device("cpu")
     model = GPT(model_cfg, int(meta["vocab_size"]))
     optimizers = build_optimizers(model, train_cfg, device)
-    precision = resolve_precision(train_cfg.dtype, device)
+    precision = resolve_precision(train_cfg.dtype, device, cpu_fallback)
     stream = BatchStream(BatchSampler(train_tokens, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed))
     schedule = dataclasses.replace(train_cfg, max_iters=SCHEDULE_STEPS,
                                    warmup_iters=round(SCHEDULE_STEPS * WARMUP_FRACTION))
     clock, step, next_eval, losses = 0.0, 0, eval_every_s, []
     curve = [{"profile": name, "train s": 0.0, "step": 0, "train loss": math.nan,
               "held-out bpb (est.)": curve_bpb(model, val, CURVE_WINDOWS, tokens_per_byte)}]
-    while clock < budget_s:
+    def done() -> float:  # the share of the budget used
+        return step / steps if steps else clock / budget_s
+
+    while done() < 1:
         started = time.perf_counter()
-        set_lr(optimizers, min(SCHEDULE_STEPS - 1, int(SCHEDULE_STEPS * clock / budget_s)), schedule)
+        set_lr(optimizers, min(SCHEDULE_STEPS - 1, int(SCHEDULE_STEPS * done())), schedule)
         batches = [stream.next_batch() for _ in range(train_cfg.grad_accum)]
         losses.append(train_step(model, batches, optimizers, precision, train_cfg.grad_clip).item())
         clock += time.perf_counter() - started
         step += 1
-        if clock >= next_eval or clock >= budget_s:
+        if clock >= next_eval or done() >= 1:
             next_eval += eval_every_s
             recent = losses[-20:]
             curve.append({"profile": name, "train s": round(clock, 1), "step": step,
@@ -187,6 +192,12 @@ def main() -> None:
                         help="demo: make demo's profile (Makefile DEMO_PARAMS); the others change it (PROFILES)")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override for every profile, e.g. model.n_layer=6")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="train this many steps instead of --minutes (the schedule runs on steps): "
+                             "compares quality per step, independent of the machine's speed and load")
+    parser.add_argument("--emulated-bf16", action="store_true",
+                        help="run train.dtype bfloat16 as bf16 autocast even on a CPU without bf16 units "
+                             "(several times slower there; with --steps, shows what bf16 does to quality)")
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between curve points")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--vocab-size", type=int, default=4096)
@@ -217,11 +228,12 @@ def main() -> None:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_set_threads, initargs=(args.threads,)) as pool:
                 row, points = pool.submit(train_for, name, model_cfg, train_cfg, bin_dir, args.minutes * 60,
-                                          args.eval_every).result()
+                                          args.eval_every, args.steps, not args.emulated_bf16).result()
             rows.append(row)
             curve += points
     print_table("held-out curve", curve)
-    notes = (f"corpus {args.corpus}; {args.minutes:g} min of training per profile (torch threads "
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    notes = (f"corpus {args.corpus}; {budget} of training per profile (torch threads "
              f"{torch.get_num_threads()}); held out: {', '.join(held_out)}")
     settings = {name: {**demo_profile(), **PROFILES[name], **overrides} for name in args.profiles}
     report(args.name, rows, notes=notes, extra={"held_out": held_out, "profiles": settings, "curve": curve},
