@@ -1,14 +1,16 @@
 """The training loop: single process, or DDP under torchrun. The `train` stage and gothic-train call `train`.
 
 One call builds the model from `ModelConfig`, reads the token bins, and runs `TrainConfig.max_iters`
-optimizer steps (the optimizers come from gothic.optim): gradient accumulation, clipping, linear
-the learning-rate schedule, autocast (bf16, or fp16 with a GradScaler; fp32 on CPUs without bf16
-units), optional torch.compile, a periodic val loss on fixed batches, and
-checkpoints in `out_dir` (latest.pt every eval, best.pt at the lowest val loss, final.pt). Rank 0
-writes TensorBoard scalars to `out_dir/logs`. With `resume`, everything (weights, optimizer, data
-position, RNG) comes back from latest.pt, so on CPU a stopped-and-resumed run ends bit for bit
-where an uninterrupted one does. Ctrl+C (or SIGTERM) finishes the current step, saves latest.pt
-and stops; a second Ctrl+C stops at once.
+optimizer steps: gradient accumulation, clipping, a periodic val loss on fixed batches, and
+checkpoints in `out_dir` (latest.pt every eval, best.pt at the lowest val loss, final.pt). Its
+neighbours own the rest: the optimizers and the learning-rate schedule (gothic.optim), the bins
+and batches (gothic.data), the device, precision, DDP/compile wrapping and stop requests
+(gothic.runtime), the checkpoint format (gothic.checkpoint), the run folder (gothic.rundir), and
+what the run reports (gothic.runlog: log lines, progress callbacks, TensorBoard, metrics).
+
+A continued run gets everything (weights, optimizer, data position, RNG) back from latest.pt, so
+on CPU a stopped-and-resumed run ends bit for bit where an uninterrupted one does. Ctrl+C (or
+SIGTERM) finishes the current step, saves latest.pt and stops; a second Ctrl+C stops at once.
 
     torchrun --standalone --nproc_per_node 2 -m gothic train --params params.yaml  # DDP: gloo on CPU, NCCL on GPU
 """
