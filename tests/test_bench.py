@@ -32,7 +32,9 @@ def test_generate_runs_with_and_without_cache(tmp_path):
     run_bench("generate.py", "--size", "tiny", "--prompts", "4", "--new-tokens", "8", "--repeats", "1",
               results_dir=tmp_path)
     rows = json.loads((tmp_path / "generate.json").read_text())["rows"]
-    assert [r["KV cache"] for r in rows] == ["on", "off"]
+    # by default fp32 and bf16 (the weights cast once), each with the cache and without
+    assert [(r["dtype"], r["KV cache"]) for r in rows] == [("float32", "on"), ("float32", "off"),
+                                                           ("bfloat16", "on"), ("bfloat16", "off")]
     assert all(r["tokens/s"] > 0 and r["first token ms"] > 0 for r in rows)
 
 
