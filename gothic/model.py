@@ -49,9 +49,20 @@ class KVCache:
         self.length = 0
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm computed in fp32 whatever the input; in fp32 it is exactly nn.RMSNorm.
+
+    Under bf16 autocast the input is bf16 and the weight fp32, a mix torch's fused kernel refuses
+    (it warns and takes a slower path); with the weights cast to bf16 for generation, nn.RMSNorm's
+    default eps would become bf16's (0.0078 instead of 1.2e-7) and shift every normalised value."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).type_as(x)
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim)
+        return RMSNorm(dim)
     return nn.LayerNorm(dim, bias=cfg.bias)
 
 
