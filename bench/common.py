@@ -15,6 +15,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from gothic.runtime import cpu_has_bf16_units
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -28,6 +30,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    # the same CPU name covers models with and without bf16 units, which decide every bf16 figure
+    info["cpu"] += " (bf16 units: AVX-512 BF16 or AMX)" if cpu_has_bf16_units() else " (no bf16 units)"
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
