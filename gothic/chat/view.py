@@ -83,7 +83,9 @@ def model_line(session: ChatSession) -> str:
 
 
 def dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    """bf16 / fp32: short enough for the header's size line."""
+    name = str(dtype).removeprefix("torch.")
+    return {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(name, name)
 
 
 def size_line(session: ChatSession) -> str:
