@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import multiprocessing
@@ -64,6 +65,7 @@ PROFILES: dict[str, dict] = {
 }
 
 
+@functools.cache
 def demo_profile() -> dict:
     """`make demo-params` (`-S key=value ...`) as {key: value}, values read as DVC reads them."""
     words = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "demo-params"], check=True,

@@ -149,7 +149,8 @@ class TrainingCheckpoint:
     def check_continues(self, path: Path, model_config: dict, optimizer: str, n_optimizers: int,
                         vocab_size: int, tokenizer_sha256: str) -> None:
         """Refuse to continue with another tokenizer, vocabulary, model shape or optimizer."""
-        check_same_tokenizer(self.to_dict(resumable=False), path, vocab_size, tokenizer_sha256, "the bins' tokenizer",
+        trained = {"vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256}
+        check_same_tokenizer(trained, path, vocab_size, tokenizer_sha256, "the bins' tokenizer",
                              "start fresh (train.resume: false) or use the original tokenizer")
         # dropout shapes nothing, so it may change on resume; every other field must match
         diffs = [f"model.{k}: checkpoint {self.model_config.get(k)!r}, params {v!r}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gothic.checkpoint import RunState
 from gothic.files import write_json
-from gothic.runlog import write_curves
+from gothic.runlog import progress_metrics, write_curves
 
 MIN_INTERVAL_S = 5.0
 """Train rows come every few steps; rewriting the files at most this often keeps the cost negligible."""
@@ -29,20 +29,7 @@ def live_metrics(state: RunState) -> dict:
     """metrics/train.json while training: the figures known so far (the end of the run adds speed and size;
     current_lr, the learning rate of the last logged step, is there only while it trains)."""
     train_rows = state.history["train"]
-
-    def finite(x: float) -> float | None:
-        return round(x, 6) if math.isfinite(x) else None
-
-    # the names of gothic.runlog.run_metrics, so dvc exp show keeps one column per figure
-    return {
-        "step": state.step,
-        "train_loss": round(train_rows[-1]["train_loss"], 6) if train_rows else None,
-        "last_val_loss": finite(state.val_loss),
-        "best_val_loss": finite(state.best_val_loss),
-        "best_step": state.best_step,
-        "tokens_seen": state.tokens_seen,
-        "current_lr": train_rows[-1]["lr"] if train_rows else None,
-    }
+    return {**progress_metrics(state), "current_lr": train_rows[-1]["lr"] if train_rows else None}
 
 
 class LiveMetrics:

@@ -130,16 +130,28 @@ class Window:
         return result
 
 
-def run_metrics(state: RunState, model: torch.nn.Module) -> dict:
-    """metrics/train.json at the end of a run (gothic.live.live_metrics writes the figures known while it trains)."""
+def progress_metrics(state: RunState) -> dict:
+    """The figures of metrics/train.json known at any step: written as the run goes (gothic.live) and
+    at its end (run_metrics), under the same names, so dvc exp show keeps one column per figure."""
     train_rows = state.history["train"]
+
+    def finite(x: float) -> float | None:
+        return round(x, 6) if math.isfinite(x) else None
+
     return {
         "step": state.step,
         "train_loss": round(train_rows[-1]["train_loss"], 6) if train_rows else None,
-        "last_val_loss": round(state.val_loss, 6) if math.isfinite(state.val_loss) else None,
-        "best_val_loss": round(state.best_val_loss, 6) if math.isfinite(state.best_val_loss) else None,
+        "last_val_loss": finite(state.val_loss),
+        "best_val_loss": finite(state.best_val_loss),
         "best_step": state.best_step,
         "tokens_seen": state.tokens_seen,
+    }
+
+
+def run_metrics(state: RunState, model: torch.nn.Module) -> dict:
+    """metrics/train.json at the end of a run: the progress figures, then speed and size."""
+    return {
+        **progress_metrics(state),
         "train_tokens_per_second": round(state.tokens_seen / state.train_time_s, 1) if state.train_time_s > 0 else None,
         "wall_time_s": round(state.wall_time_s, 2),
         "model_params": model.num_params(non_embedding=False),

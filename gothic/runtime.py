@@ -139,6 +139,10 @@ def cpu_has_bf16_units() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtype names params and flags use (train.dtype, sample.dtype, --dtype)."""
+
+
 def inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """The dtype generation holds the weights in and computes in: `auto` is bf16 where the device
     computes it natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere,
@@ -146,7 +150,7 @@ def inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     if name not in INFERENCE_DTYPES:
         raise GothicError(f"dtype {name!r}: use one of {', '.join(INFERENCE_DTYPES)}")
     if name != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+        return DTYPES[name]
     native = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or \
         (device.type == "cpu" and cpu_has_bf16_units())
     return torch.bfloat16 if native else torch.float32
@@ -160,7 +164,7 @@ def resolve_precision(name: str, device: torch.device, cpu_fallback: bool = True
     BF16 or AMX) bf16 trains 1.5x faster than fp32 with the same held-out quality per step
     (bench/README.md), so a profile asks for bfloat16 and lets this decide.
     """
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    dtype = DTYPES[name]
     reason = ""
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         dtype, reason = torch.float16, "this GPU has no bfloat16"
