@@ -88,8 +88,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.proj.residual = True  # marks the projection for the scaled-down init
         # QK-norm (Dehghani et al. 2023) keeps attention logits bounded, which steadies training
-        self.q_norm = nn.RMSNorm(self.head_size) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_size) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(self.head_size) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_size) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gothic.config import ModelConfig
 from gothic.model import GPT, swiglu_hidden
@@ -127,6 +129,25 @@ def test_cache_under_bf16_autocast_stays_close_to_full_forward():
         model(idx[:, :9], cache=cache)
         last, _ = model(idx[:, 9:], cache=cache)
     torch.testing.assert_close(last[:, -1], full[:, -1], atol=0.05, rtol=0.05)
+
+
+def test_every_norm_computes_in_fp32_under_autocast_and_after_a_bf16_cast():
+    """The block norms and the QK-norms alike: no fused-kernel dtype refusal under autocast, and
+    eps stays fp32's once the weights are bf16 (nn.RMSNorm's default would become bf16's 0.0078)."""
+    model = make_model(**VARIANTS["modern"])
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.RMSNorm)]
+    assert len(norms) == 1 + 2 * 2 + 2 * 2  # final + (block norms, q/k norms) x 2 layers
+    idx = torch.randint(0, VOCAB, (1, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(idx)
+    model.cast_for_inference(torch.bfloat16)
+    for norm in norms:
+        x = (torch.randn(3, *norm.normalized_shape) * 1e-2).bfloat16()  # small, where eps would matter
+        expected = F.rms_norm(x.float(), norm.normalized_shape, norm.weight.float(),
+                              eps=torch.finfo(torch.float32).eps)
+        torch.testing.assert_close(norm(x).float(), expected, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
