@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
+from gothic.checkpoint import load_model, resolve_tokenizer
 from gothic.config import ModelConfig, to_dict
 from gothic.errors import GothicError
 from gothic.files import write_json, write_text
@@ -215,10 +215,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         raise GothicError(f"gothic-export needs safetensors: {EXTRA_HINT}") from None
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     model, info = load_model(checkpoint, device="cpu")
-    tokenizer_json = _tokenizer_json(checkpoint, info, tokenizer_path)
-    from tokenizers import Tokenizer
-
-    eot = Tokenizer.from_str(tokenizer_json).token_to_id(EOT)
+    tokenizer, tokenizer_json = resolve_tokenizer(checkpoint, info, tokenizer_path)
+    eot = tokenizer.token_to_id(EOT)
     hf = to_hf(model, eot)
     # built in a temporary folder beside out_dir, then swapped in: never a half-written export
     try:
@@ -227,7 +225,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
     except OSError as e:
         raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
     try:
-        metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info["step"])}
+        metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info.step)}
         save_file(hf.tensors, str(tmp / "model.safetensors"), metadata=metadata)
         write_json(tmp / "config.json", hf.config)
         write_json(tmp / "generation_config.json", generation_config(eot, sampling or {}))
@@ -252,19 +250,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out_dir, hf.architecture, hf.reason, diff)
-
-
-def _tokenizer_json(checkpoint: Path, info: dict, tokenizer_path: str | Path | None) -> str:
-    if tokenizer_path is not None:
-        from gothic.tokenizer import load_tokenizer, tokenizer_sha256
-
-        tok = load_tokenizer(tokenizer_path)
-        check_same_tokenizer(info, checkpoint, tok.get_vocab_size(), tokenizer_sha256(tokenizer_path),
-                             str(tokenizer_path))
-        return Path(tokenizer_path).read_bytes().decode("utf-8")
-    if checkpoint_tokenizer(checkpoint, info) is None:
-        raise GothicError(f"{checkpoint} is an older checkpoint that carries no tokenizer: pass --tokenizer PATH")
-    return info["tokenizer"]
 
 
 def generation_config(eot: int, sampling: dict) -> dict:

@@ -7,8 +7,10 @@ samples/samples.md), so the card of an experiment describes that experiment.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+from gothic.checkpoint import CheckpointInfo
 from gothic.model import GPT
 
 # what gothic knows of the licence of each corpus source (prepare.sources)
@@ -20,9 +22,9 @@ SOURCE_LICENCES = {
 MAX_SAMPLES_CHARS = 4000
 
 
-def model_card(model: GPT, info: dict, architecture: str | None, reason: str, max_diff: float | None,
+def model_card(model: GPT, info: CheckpointInfo, architecture: str | None, reason: str, max_diff: float | None,
                metrics_dir: Path | None, samples: Path | None, folder: str, sources: list[str] | None = None) -> str:
-    cfg, train_cfg = model.cfg, info.get("train_config") or {}
+    cfg, train_cfg = model.cfg, info.train_config
     metrics = {name: _read_json(metrics_dir / f"{name}.json") if metrics_dir else {}
                for name in ("corpus", "eval", "train")}
     params = model.num_params(non_embedding=False)
@@ -79,19 +81,19 @@ def _data(corpus: dict, sources: list[str] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _training(info: dict, train_cfg: dict) -> str:
+def _training(info: CheckpointInfo, train_cfg: dict) -> str:
     keys = ("optimizer", "learning_rate", "batch_size", "grad_accum", "max_iters", "dtype", "seed")
-    rows = [("step", info.get("step")), ("tokens seen", f"{info.get('tokens_seen', 0):,}"),
-            ("wall time (s)", round(float(info.get("wall_time_s", 0.0)), 1))]
+    rows = [("step", info.step), ("tokens seen", f"{info.tokens_seen:,}"),
+            ("wall time (s)", round(info.wall_time_s, 1))]
     rows += [(k, train_cfg[k]) for k in keys if k in train_cfg]
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
-def _evaluation(ev: dict, info: dict) -> str:
+def _evaluation(ev: dict, info: CheckpointInfo) -> str:
     if not ev:
-        best = info.get("best_val_loss")
+        best = info.best_val_loss
         return f"Validation loss during training: {best:.4f} (metrics/eval.json was not available).\n" \
-            if isinstance(best, float) else "No evaluation figures were available.\n"
+            if math.isfinite(best) else "No evaluation figures were available.\n"
     rows = [("val loss (nats/token)", ev.get("val_loss")), ("perplexity", ev.get("perplexity")),
             ("bits per byte", ev.get("bits_per_byte")), ("tokens", f"{ev.get('eval_tokens', 0):,}"),
             ("bytes", f"{ev.get('bytes', 0):,}")]

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-from gothic.checkpoint import RunState, TrainingCheckpoint, load_checkpoint_info, load_weights
+from gothic.checkpoint import RunState, TrainingCheckpoint, load_weights
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, BatchStream, TrainingData, load_training_data
 from gothic.errors import GothicError
@@ -350,7 +350,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
                     resume_run(run, start.checkpoint)
                     if dist.is_main:
                         adopt(start.checkpoint, out_dir)
-                        repaired = repair_copies(out_dir, load_checkpoint_info(out_dir / "latest.pt"))
+                        repaired = repair_copies(out_dir)
                         if log and repaired:
                             log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
                 if start.action != "complete":

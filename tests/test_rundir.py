@@ -139,7 +139,7 @@ def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoints(tra
         run(train_bins, tiny_tokenizer_path, tmp_path, on_step=poison)
     for name in ("latest.pt", "best.pt"):
         model, info = load_model(tmp_path / name)
-        assert info["step"] == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+        assert info.step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
     assert not (tmp_path / "final.pt").exists()
 
 
