@@ -41,7 +41,7 @@ import gothic_faults  # noqa: E402  (tests/faults is no package: the subprocesse
 
 BIN = Path(sys.executable).parent
 FAULTS = Path(__file__).resolve().parent / "faults"
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.subprocess  # every case runs a script or stage in its own process
 
 
 class Evil:

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, TINY_TEXT, venv_env
+
+pytestmark = pytest.mark.subprocess  # each benchmark script runs in its own process
 
 
 def run_bench(script: str, *args: str, results_dir: Path) -> dict:

@@ -380,7 +380,7 @@ def test_stage_writes_metrics_and_plot_files(train_bins, tiny_tokenizer_path, tm
 
 # --- DDP --------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.subprocess  # torchrun-style: two gloo ranks in their own processes
 def test_ddp_two_gloo_processes_match_one_process_on_the_same_global_batch(train_bins, tiny_tokenizer_path,
                                                                            tmp_path):
     """2 ranks x grad_accum 1 see the same global batches as 1 process x grad_accum 2."""
