@@ -202,10 +202,11 @@ def train_main(argv: list[str] | None = None) -> None:
         bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
                                                  args.out_dir / "bins")
         from gothic.progress import step_display
+        from gothic.runlog import TrainHooks
 
         with step_display("train", show=None if is_rank0 else False) as (log, progress):
             result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
-                           train_file=train_file, val_file=val_file, log=log if is_rank0 else None, progress=progress)
+                           train_file=train_file, val_file=val_file, hooks=TrainHooks(log, progress))
         if result.rank == 0:
             if args.metrics:
                 write_json(args.metrics, result.metrics)

@@ -18,6 +18,9 @@ decision of what to do with a folder's latest.pt is exact:
   continues smoothly from where it was, see gothic.optim.get_lr). With no checkpoint at all it is
   an error that says how to get one; a checkpoint of another run starts this one fresh, with a note.
 - `train.resume: false` starts fresh whatever is there.
+
+`run_folder` is a training session's whole use of the folder: checked and locked, the start
+planned, a continued run adopted and its copies repaired, and a complete run published.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,3 +205,30 @@ def publish(work_dir: Path, publish_dir: Path) -> None:
     for name in PUBLISHED:
         if (work_dir / name).is_file():
             copy_file(work_dir / name, publish_dir / name)
+
+
+@contextmanager
+def run_folder(work_dir: Path, identity: dict, train_cfg: TrainConfig, publish_dir: Path | None = None,
+               owner: bool = True, log: Callable[[str], None] | None = None) -> Iterator[Start]:
+    """One training session in work_dir: yields how to start (plan_start), and publishes the run into
+    publish_dir when the body returns.
+
+    The owner (rank 0 of a DDP run) checks that the folder takes checkpoints, holds its lock for the
+    whole session, brings a run to continue into it (adopt) and repairs its copies; the other ranks
+    only read the plan. log receives the notes (another run found, copies repaired).
+    """
+    log = log or (lambda _msg: None)
+    if owner:
+        check_writable(work_dir)
+    with RunDirLock(work_dir) if owner else nullcontext():
+        start = plan_start(work_dir, identity, train_cfg, publish_dir)
+        if start.note:
+            log(f"train: {start.note}")
+        if owner and start.checkpoint is not None:
+            adopt(start.checkpoint, work_dir)
+            repaired = repair_copies(work_dir)
+            if repaired:
+                log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
+        yield start
+        if owner and publish_dir is not None:
+            publish(work_dir, publish_dir)

@@ -13,6 +13,7 @@ from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
 from gothic.rundir import RunDirLock
+from gothic.runlog import TrainHooks
 from gothic.train import train
 
 from conftest import tiny_model_config, tiny_train_config
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def run(bins: Path, tokenizer: Path, out_dir: Path, publish_dir: Path | None = None, on_step=None,
         log: list | None = None, model: dict | None = None, **train_overrides):
     return train(tiny_model_config(**(model or {})), tiny_train_config(**train_overrides), bins, tokenizer, out_dir,
-                 publish_dir=publish_dir, on_step=on_step,
-                 log=log.append if log is not None else None)
+                 publish_dir=publish_dir,
+                 hooks=TrainHooks(log=log.append if log is not None else None, on_step=on_step))
 
 
 def never(step: int) -> None:

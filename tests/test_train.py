@@ -23,6 +23,7 @@ from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
 from gothic.optim import get_lr
+from gothic.runlog import TrainHooks
 from gothic.runtime import Precision
 from gothic.train import estimate_loss, train, train_step
 
@@ -142,13 +143,14 @@ def test_stopped_then_resumed_equals_uninterrupted_bitwise(train_bins, tiny_toke
     uninterrupted = train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, straight)
     if how == "ctrl_c":
         with pytest.raises(KeyboardInterrupt):
-            train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped, on_step=interrupt_by_signal(7))
+            train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped,
+                  hooks=TrainHooks(on_step=interrupt_by_signal(7)))
         assert load_checkpoint(stopped / "latest.pt")["step"] == 7
     else:
         keep = tmp_path / "at_eval.pt"
         with pytest.raises(Killed):
             train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped,
-                  on_step=kill_after_checkpoint(5, stopped, keep))
+                  hooks=TrainHooks(on_step=kill_after_checkpoint(5, stopped, keep)))
         (stopped / "latest.pt").write_bytes(keep.read_bytes())
         assert load_checkpoint(stopped / "latest.pt")["step"] == 4
     resumed = train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped)  # resume: auto
@@ -180,7 +182,7 @@ def test_continuing_to_a_larger_max_iters_has_no_learning_rate_jump(train_bins, 
     if stop_at < 8:
         with pytest.raises(KeyboardInterrupt):
             train(tiny_model_config(), cfg, train_bins, tiny_tokenizer_path, tmp_path,
-                  on_step=interrupt_by_signal(stop_at))
+                  hooks=TrainHooks(on_step=interrupt_by_signal(stop_at)))
     else:
         train(tiny_model_config(), cfg, train_bins, tiny_tokenizer_path, tmp_path)
     result = run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=16, log_interval=1, resume=True)
