@@ -423,8 +423,8 @@ class Engine:
 
     def token_steps(self, prompt_ids: list[int], settings: SamplingSettings, seeds: Sequence[int],
                     use_cache: bool = True) -> Iterator[torch.Tensor]:
-        """The token-level loop for len(seeds) samples of one (prepared) prompt."""
-        settings.validate()
+        """The token-level loop for len(seeds) samples of one (prepared) prompt; settings are validated
+        by the caller (stream, generate), once per call."""
         batch = torch.tensor([prompt_ids] * len(seeds), dtype=torch.long, device=self.device)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         return generate_tokens(self.model, batch, settings, generators, use_cache)

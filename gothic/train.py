@@ -169,7 +169,7 @@ def resume_run(run: Run, path: Path) -> None:
     if state.horizon != run.train_cfg.max_iters and state.step >= run.train_cfg.warmup_iters:
         # continued to another length: go on from the rate the old schedule had reached (get_lr)
         old_schedule = dataclasses.replace(run.train_cfg, max_iters=state.horizon)
-        state.lr_segment = (state.step, get_lr(state.step, old_schedule, state.lr_segment))
+        state.lr_segment = (state.step, old_schedule.learning_rate * get_lr(state.step, old_schedule, state.lr_segment))
     state.horizon = run.train_cfg.max_iters
     run.state, run.last_saved_step = state, state.step
 
