@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from gothic.config import (
     INFERENCE_DTYPES,
-    MAX_SEED,
     SamplingSettings,
     TokenizerConfig,
     TrainConfig,
@@ -24,6 +23,7 @@ from gothic.config import (
     check_device,
     load_params,
     params_from_dict,
+    seed_problem,
     set_values,
 )
 from gothic.errors import GothicError, run_main
@@ -58,8 +58,8 @@ def _check_device(device: str, flag: str = "--device") -> None:
 
 
 def _check_seed(seed: int | None) -> None:
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise GothicError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if problem := seed_problem(seed, "--seed"):
+        raise GothicError(problem)
 
 
 def tokenize_main(argv: list[str] | None = None) -> None:

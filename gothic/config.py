@@ -47,6 +47,19 @@ class ConfigError(GothicError, ValueError):
                          else f"{source}: {problems[0]}")
 
 
+def seed_problem(seed: int | None, name: str = "seed") -> str | None:
+    """The one seed rule (params, flags, the chat's /seed): why `seed` is refused, naming it `name`;
+    None for a good one (None itself means a random seed)."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        return f"{name} must be between 0 and {MAX_SEED}, got {seed}"
+    return None
+
+
+def _seed(errors: list[str], key: str, seed: int) -> None:
+    if problem := seed_problem(seed, key):
+        errors.append(problem)
+
+
 def _range(errors: list[str], key: str, value, lo=None, hi=None, lo_open=False) -> None:
     """Append an error when value lies outside [lo, hi] (or (lo, hi] with lo_open)."""
     if lo is not None and (value <= lo if lo_open else value < lo):
@@ -74,7 +87,7 @@ class PrepareConfig:
             if s not in SOURCES:
                 errors.append(f"prepare.sources: unknown source {s!r} (choose from {', '.join(SOURCES)})")
         _range(errors, "prepare.val_fraction", self.val_fraction, 0.0, 0.5, lo_open=True)
-        _range(errors, "prepare.seed", self.seed, 0, MAX_SEED)
+        _seed(errors, "prepare.seed", self.seed)
         if self.encoding_fallback not in ("none", "latin-1", "skip"):
             errors.append(f"prepare.encoding_fallback={self.encoding_fallback!r} must be none, latin-1 or skip")
         return errors
@@ -189,7 +202,7 @@ class TrainConfig:
         _range(errors, "train.beta1", self.beta1, 0.0, 1.0)
         _range(errors, "train.beta2", self.beta2, 0.0, 1.0)
         _range(errors, "train.grad_clip", self.grad_clip, 0.0)
-        _range(errors, "train.seed", self.seed, 0, MAX_SEED)
+        _seed(errors, "train.seed", self.seed)
         if self.optimizer not in ("adamw", "muon"):
             errors.append(f"train.optimizer={self.optimizer!r} must be adamw or muon")
         if self.dtype not in DTYPES:
@@ -287,7 +300,7 @@ class SampleConfig(SamplingSettings):
     def check(self) -> list[str]:
         errors = []
         _range(errors, "sample.num_samples", self.num_samples, 1)
-        _range(errors, "sample.seed", self.seed, 0, MAX_SEED)
+        _seed(errors, "sample.seed", self.seed)
         errors += self.problems({key: f"sample.{key}" for key in SAMPLING_LABELS})
         if self.dtype not in INFERENCE_DTYPES:
             errors.append(f"sample.dtype={self.dtype!r} must be one of {', '.join(INFERENCE_DTYPES)}")
