@@ -1,4 +1,5 @@
-"""Console scripts: gothic-tokenize, gothic-train, gothic-generate, gothic-chat.
+"""Console scripts: gothic-prepare, gothic-tokenize, gothic-train, gothic-generate, gothic-chat (gothic-export
+lives in gothic.cli_export).
 
 Each is an argparse adapter over the same core function its DVC stage calls; flags follow the
 seed toolkit. Every `*_main(argv=None)` can be called from tests with a list of arguments.

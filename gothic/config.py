@@ -118,9 +118,14 @@ class ModelConfig:
     block_size: int = 512
     """Context length in tokens."""
     n_layer: int = 8
+    """Transformer blocks."""
     n_head: int = 8
+    """Attention heads per block (n_embd must divide by it)."""
     n_embd: int = 512
+    """Width of the residual stream."""
     dropout: float = 0.0
+    """On the embeddings, the attention probabilities and the residual branches (nanoGPT's places); shapes
+    nothing, so a run may continue with another value."""
     bias: bool = True
     """Biases in Linear and LayerNorm layers (GPT-2 style)."""
     pos_embedding: str = "learned"
@@ -160,12 +165,17 @@ class TrainConfig:
     grad_accum: int = 4
     """Micro-batches per optimizer step (global batch = batch_size x grad_accum x world size)."""
     learning_rate: float = 3.0e-4
+    """Peak AdamW rate, reached after warmup (gothic.optim.get_lr scales every group's rate by the schedule)."""
     min_lr: float = 3.0e-5
+    """Where the cosine decay ends, at max_iters."""
     warmup_iters: int = 1000
+    """Steps of linear warmup from learning_rate / warmup_iters to learning_rate."""
     weight_decay: float = 0.1
     """Applied to weight matrices only, never to biases, norms or embeddings' positions."""
     beta1: float = 0.9
+    """AdamW's first-moment decay (Muon's momentum is its own)."""
     beta2: float = 0.95
+    """AdamW's second-moment decay."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables."""
     optimizer: str = "adamw"
@@ -177,6 +187,7 @@ class TrainConfig:
     eval_iters: int = 50
     """Batches per split in each periodic evaluation."""
     log_interval: int = 10
+    """Log the mean train loss (and TensorBoard's scalars) every this many steps."""
     dtype: str = "bfloat16"
     """Autocast dtype: bfloat16, float16 (with a GradScaler) or float32."""
     compile: bool | str = "auto"
@@ -184,6 +195,7 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
     seed: int = 1337
+    """Initial weights, batch order and dropout masks (each DDP rank adds its rank for the masks)."""
     resume: bool | str = "auto"
     """'auto': continue this very run from the run folder's latest.pt if it was stopped (same result as
     never stopping); true: also continue it to a new max_iters; false: always start fresh (gothic.rundir)."""
@@ -223,6 +235,7 @@ class EvaluateConfig:
     """Score at most this many val tokens, in evenly spaced windows (0: every token), so a large
     held-out split costs minutes, not hours. Below the cap every token is scored."""
     device: str = "auto"
+    """Where to score: 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
 
     def check(self) -> list[str]:
         errors = []
@@ -293,6 +306,7 @@ class SampleConfig(SamplingSettings):
     num_samples: int = 2
     """Continuations per prompt, drawn as one batch."""
     device: str = "auto"
+    """Where to generate: 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
     dtype: str = "auto"
     """What the weights are held and computed in: auto = bf16 where the device has bf16 units, else
     fp32 (gothic.runtime.inference_dtype); float32 makes samples match across machines."""
@@ -319,6 +333,8 @@ def check_device(device: str, key: str) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Params:
+    """params.yaml: one section per stage, each checked by its own `check`."""
+
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -161,12 +161,6 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json_text(obj))
-
-
-def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
-    """Atomically produce `path` with `writer(tmp_path)`."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
 
 
 def sha256_file(path: str | Path) -> str:

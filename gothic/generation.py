@@ -65,9 +65,6 @@ if TYPE_CHECKING:
 LEGACY_TOKENIZER = Path("data/tokenizer.json")
 """Where a format-1 checkpoint (which carries no tokenizer) finds its tokenizer by default."""
 
-FINISH_REASONS = ("eot", "stop", "length", "closed")
-
-
 # ---------------------------------------------------------------------------------------------
 # small helpers
 
