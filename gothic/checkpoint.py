@@ -234,17 +234,11 @@ class TrainingCheckpoint:
     def load_resumable(cls, path: Path) -> TrainingCheckpoint:
         """A checkpoint to continue training from (latest.pt); one without the state resuming needs
         (best.pt, final.pt, an older file) is a GothicError that says so."""
-        ckpt = load_checkpoint(path)
+        ckpt, info = _read(Path(path))
         missing = [key for key in RESUME_KEYS if key not in ckpt]
         if missing:
             raise GothicError(f"{path}: holds no training state ({', '.join(missing)}), so it cannot be resumed; "
                               "start fresh with train.resume: false")
-        return cls.from_dict(path, ckpt)
-
-    @classmethod
-    def from_dict(cls, path: str | Path, ckpt: dict) -> TrainingCheckpoint:
-        """A loaded checkpoint as this layout (what only latest.pt holds is None in best.pt and final.pt)."""
-        info = CheckpointInfo.from_dict(path, ckpt)
         return cls(model=ckpt["model"], model_config=info.model_config, vocab_size=info.vocab_size,
                    tokenizer_sha256=info.tokenizer_sha256, tokenizer=info.tokenizer, train_config=info.train_config,
                    run_identity=info.run_identity, state=RunState.from_dict(info, ckpt),
@@ -323,7 +317,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises GothicError, naming the file, when it is missing, truncated, not a gothic checkpoint,
     written by a newer gothic, or holds objects that would run code when unpickled.
     """
-    path = Path(path)
+    return _read(Path(path), map_location)[0]
+
+
+def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, CheckpointInfo]:
+    """load_checkpoint's work: the loaded dict, and its checked plain values."""
     if path.is_dir():
         raise GothicError(f"{path}: is a folder; pass a checkpoint file such as models/best.pt")
     if not path.is_file():
@@ -336,7 +334,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               "(only tensors and plain values are allowed); not a gothic checkpoint") from None
         raise GothicError(f"{path}: cannot be read ({_load_error_detail(e)}); the file is truncated or not a "
                           "checkpoint") from None
-    return _check_contents(path, ckpt)
+    return ckpt, _check_contents(path, ckpt)
 
 
 def _quiet_load(path: Path, **kwargs):
@@ -354,8 +352,8 @@ def read_info(path: str | Path) -> CheckpointInfo:
     try:
         ckpt = _quiet_load(path, map_location="cpu", mmap=True)
     except LOAD_ERRORS:
-        ckpt = load_checkpoint(path)  # the full load gives the precise error (or, for the legacy format, the data)
-    return CheckpointInfo.from_dict(path, _check_contents(path, ckpt))
+        return _read(path)[1]  # the full load gives the precise error (or, for the legacy format, the data)
+    return _check_contents(path, ckpt)
 
 
 def imports_objects(path: Path) -> bool:
@@ -401,21 +399,21 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _check_contents(path: Path, ckpt) -> dict:
-    """ckpt, once it is a gothic checkpoint this gothic reads with every plain value well typed."""
+def _check_contents(path: Path, ckpt) -> CheckpointInfo:
+    """ckpt's plain values, once it is a gothic checkpoint this gothic reads with every one well typed."""
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise GothicError(f"{path}: not a gothic checkpoint (no format_version); train one with gothic-train")
     version = ckpt["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise GothicError(f"{path}: checkpoint format {version!r} is newer than this gothic reads "
                           f"({FORMAT_VERSION}); upgrade gothic")
-    CheckpointInfo.from_dict(path, ckpt)
+    info = CheckpointInfo.from_dict(path, ckpt)
     if "model" not in ckpt:
         raise GothicError(f"{path}: checkpoint lacks model; the file is damaged")
     if not isinstance(ckpt["model"], dict):
         raise GothicError(f"{path}: model is a {type(ckpt['model']).__name__}, not a mapping; the file is damaged "
                           "or not from gothic")
-    return ckpt
+    return info
 
 
 def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
@@ -523,12 +521,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
-    ckpt = load_checkpoint(path)
+    ckpt, info = _read(path)
     cfg = model_config_from(path, ckpt)
     check_weights_fit(path, cfg, ckpt["vocab_size"], ckpt["model"])
     model = GPT(cfg, ckpt["vocab_size"])
     load_weights(model, ckpt.pop("model"), path)
-    return model.to(device).eval(), CheckpointInfo.from_dict(path, ckpt)
+    return model.to(device).eval(), info
 
 
 CHECKPOINT_NAMES = ("best", "latest", "final")
@@ -566,7 +564,7 @@ def summarize_checkpoint(path: Path) -> CheckpointSummary:
     except LOAD_ERRORS:
         return dataclasses.replace(base, error="unreadable")
     try:
-        info = CheckpointInfo.from_dict(path, _check_contents(path, ckpt))
+        info = _check_contents(path, ckpt)
     except GothicError:
         return dataclasses.replace(base, error="not a gothic checkpoint")
     return dataclasses.replace(base, step=info.step, val_loss=info.weights_val_loss)
