@@ -327,12 +327,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
     try:
         data = load_training_data(Path(bin_dir), Path(tokenizer_path), model_cfg.block_size, train_file, val_file)
         identity = run_identity(model_cfg, train_cfg, data.fingerprint)
-        with run_folder(Path(out_dir), identity, train_cfg, publish_dir, dist.is_main, hooks.log) \
-                as start, oom_as_error(model_cfg, train_cfg, device):
+        with run_folder(Path(out_dir), identity, train_cfg, publish_dir, dist.is_main, hooks.log) as folder, \
+                oom_as_error(model_cfg, train_cfg, device):
             run = build_run(model_cfg, train_cfg, data, Path(out_dir), dist, device, identity)
-            if start.checkpoint is not None:
-                resume_run(run, start.checkpoint)
-            if start.action != "complete":
+            if folder.start.checkpoint is not None:
+                resume_run(run, folder.start.checkpoint)
+                folder.adopt()
+            if folder.start.action != "complete":
                 train_session(run, hooks)
         return TrainResult(run_metrics(run.state, run.model), run.state.history, Path(out_dir), dist.rank)
     finally:
