@@ -187,15 +187,40 @@ class RunState:
                 "log_window": list(self.log_window), "history": self.history}
 
     @classmethod
-    def from_dict(cls, info: CheckpointInfo, ckpt: dict) -> RunState:
-        """The saved progress (info: the checked plain values of ckpt); history rows past the saved
-        step (logged after it) are dropped. lr_segment and log_window came after format 2 and may be absent."""
+    def from_dict(cls, path: Path, info: CheckpointInfo, ckpt: dict) -> RunState:
+        """The saved progress (info: the checked plain values of ckpt), its resume-only values checked
+        here; history rows past the saved step (logged after it) are dropped. lr_segment and
+        log_window came after format 2 and may be absent."""
         step = info.step
+        lr_segment, log_window = ckpt.get("lr_segment"), ckpt.get("log_window") or (0.0, 0)
+        history = ckpt["history"]
+        if lr_segment is not None and not _is_pair(lr_segment, int, Number):
+            raise _damaged(path, "lr_segment", "a (step, learning rate) pair")
+        if not _is_pair(log_window, Number, int):
+            raise _damaged(path, "log_window", "a (loss sum, steps) pair")
+        if not (isinstance(history, dict) and set(history) == {"train", "val"} and all(
+                isinstance(rows, list) and all(isinstance(r, dict) and _is_int(r.get("step")) for r in rows)
+                for rows in history.values())):
+            raise _damaged(path, "history", "train and val lists of rows with a step")
         return cls(step=step, best_val_loss=info.best_val_loss, best_step=info.best_step, val_loss=info.val_loss,
                    tokens_seen=info.tokens_seen, wall_time_s=info.wall_time_s, train_time_s=info.train_time_s,
-                   horizon=info.horizon, lr_segment=tuple(ckpt["lr_segment"]) if ckpt.get("lr_segment") else None,
-                   log_window=tuple(ckpt.get("log_window") or (0.0, 0)),
-                   history={k: [row for row in rows if row["step"] <= step] for k, rows in ckpt["history"].items()})
+                   horizon=info.horizon, lr_segment=tuple(lr_segment) if lr_segment else None,
+                   log_window=tuple(log_window),
+                   history={k: [row for row in rows if row["step"] <= step] for k, rows in history.items()})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pair(value, first: type, second: type) -> bool:
+    return (isinstance(value, list | tuple) and len(value) == 2 and not any(isinstance(v, bool) for v in value)
+            and isinstance(value[0], first) and isinstance(value[1], second))
+
+
+def _damaged(path: Path, key: str, expected: str) -> GothicError:
+    return GothicError(f"{path}: {key} is not {expected}; the file is damaged: start fresh with "
+                       "train.resume: false, or use a copy of the checkpoint")
 
 
 @dataclass
@@ -241,7 +266,7 @@ class TrainingCheckpoint:
                               "start fresh with train.resume: false")
         return cls(model=ckpt["model"], model_config=info.model_config, vocab_size=info.vocab_size,
                    tokenizer_sha256=info.tokenizer_sha256, tokenizer=info.tokenizer, train_config=info.train_config,
-                   run_identity=info.run_identity, state=RunState.from_dict(info, ckpt),
+                   run_identity=info.run_identity, state=RunState.from_dict(path, info, ckpt),
                    **{key: ckpt.get(key) for key in TRAINING_STATE_KEYS})
 
     def check_continues(self, path: Path, model_config: dict, optimizer: str, n_optimizers: int,
@@ -463,8 +488,19 @@ def check_weights_fit(path: Path, cfg: ModelConfig, vocab_size: int, state: dict
             raise refuse(f"{key}: {shape(key)} in the file, {expected.get(key)} expected")
 
 
+def first_nonfinite(state: dict) -> str | None:
+    """The name of the first weight holding NaN or an infinity (None: all finite)."""
+    return next((key for key, value in state.items()
+                 if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()),
+                None)
+
+
 def load_weights(model: GPT, state: dict, path: Path) -> None:
-    """Copy a state_dict into model; a shape or key mismatch is a GothicError naming the file."""
+    """Copy a state_dict into model; a shape or key mismatch, or a weight that is not finite (a diverged
+    run, a damaged file: it would give NaN losses and tracebacks downstream) is a GothicError naming the file."""
+    if (key := first_nonfinite(state)) is not None:
+        raise GothicError(f"{path}: the weights hold NaN or infinite values ({key}); the run that wrote it diverged "
+                          "or the file is damaged: use an earlier checkpoint or train again")
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:

@@ -231,7 +231,10 @@ class BatchStream:
         return {"seed": self.sampler.seed, "rank": 0, "batches_drawn": self.consumed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.consumed = int(state["batches_drawn"])
+        consumed = state["batches_drawn"]
+        if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
+            raise ValueError(f"batches_drawn {consumed!r} is not a count")
+        self.consumed = consumed
 
 
 def bins_for(data_dir: Path, train_file: str, val_file: str, tokenizer_path: Path,

@@ -110,6 +110,21 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     # a models/ the resume cases may damage without touching the good one
     shutil.copytree(root / "models", root / "resume_str")
     tampered(root / "resume_str" / "latest.pt", root / "resume_str" / "latest.pt", model_config="oops")
+    nan = torch.load(best, weights_only=True)
+    nan["model"]["wte.weight"][0, 0] = float("nan")
+    torch.save(nan, bad / "nan.pt")
+    # latest.pt with one piece of what only resuming reads damaged, each in a models/ copy of its own
+    latest = torch.load(root / "models" / "latest.pt", weights_only=True)
+    moment_shape = {**latest["optimizer"][0], "state": {**latest["optimizer"][0]["state"],
+                                                        0: {"step": torch.tensor(4.0), "exp_avg": torch.zeros(3),
+                                                            "exp_avg_sq": torch.zeros(3)}}}
+    for name, damage in {"opt_shape": {"optimizer": [moment_shape]}, "opt_list": {"optimizer": ["adam"]},
+                         "rng": {"rng": [{"python": "x"}]}, "rng_empty": {"rng": []},
+                         "sampler": {"sampler": {"batches_drawn": "eight"}},
+                         "history": {"history": {"train": [{"loss": 1.0}], "val": []}},
+                         "window": {"log_window": "lots"}, "horizon": {"horizon": "12"}}.items():
+        shutil.copytree(root / "models", root / f"resume_{name}")
+        torch.save({**latest, **damage}, root / f"resume_{name}" / "latest.pt")
     (root / "a_file").write_text("in the way\n", encoding="utf-8")
     return root
 
@@ -193,6 +208,22 @@ CASES = [
          code=1, fault="full:best.pt", may_change=("models/latest.pt",)),
     case("train-resume-config-str", f"{TRAIN} --out-dir resume_str --resume --max-iters 8",
          "model_config is a str"),
+    # --- a latest.pt whose resume state is damaged: one line before a step is trained ---
+    case("train-resume-moment-shape", f"{TRAIN} --out-dir resume_opt_shape --resume --max-iters 8",
+         "optimizer state does not fit the model (exp_avg of parameter 0 is (3,)", subprocess=True),
+    case("train-resume-optimizer-not-a-state", f"{TRAIN} --out-dir resume_opt_list --resume --max-iters 8",
+         "optimizer state does not fit the model (not a state of this optimizer)"),
+    case("train-resume-rng", f"{TRAIN} --out-dir resume_rng --resume --max-iters 8", "RNG state is damaged"),
+    case("train-resume-rng-empty", f"{TRAIN} --out-dir resume_rng_empty --resume --max-iters 8",
+         "RNG state is damaged"),
+    case("train-resume-sampler", f"{TRAIN} --out-dir resume_sampler --resume --max-iters 8",
+         "sampler or RNG state is damaged"),
+    case("train-resume-history", f"{TRAIN} --out-dir resume_history --resume --max-iters 8",
+         "history is not train and val lists of rows with a step"),
+    case("train-resume-log-window", f"{TRAIN} --out-dir resume_window --resume --max-iters 8",
+         "log_window is not a (loss sum, steps) pair"),
+    case("train-resume-horizon-str", f"{TRAIN} --out-dir resume_horizon --resume --max-iters 8",
+         "horizon is a str, not a whole number"),
     # --- checkpoints ---
     case("ckpt-missing", f"{GEN} --checkpoint models/nope.pt", "checkpoint not found"),
     case("ckpt-is-folder", f"{GEN} --checkpoint models", "is a folder"),
@@ -215,6 +246,10 @@ CASES = [
          "model_config was changed after the checkpoint was written"),
     case("ckpt-n-head-qk-norm", f"{GEN} --checkpoint bad/qk_nhead.pt",
          "_norm.weight: (8,) in the file, (16,) expected"),
+    case("ckpt-nan-weights", f"{GEN} --checkpoint bad/nan.pt", "bad/nan.pt: the weights hold NaN or infinite values"),
+    case("chat-nan-weights", "gothic-chat --checkpoint bad/nan.pt --tokenizer tok.json", "hold NaN or infinite"),
+    case("export-nan-weights", "gothic-export --checkpoint bad/nan.pt --out-dir nan_export", "hold NaN or infinite",
+         subprocess=True),
     case("ckpt-other-tokenizer", "gothic-generate --checkpoint models/best.pt --tokenizer other_tok.json",
          "300-token vocabulary"),
     case("tokenizer-missing", "gothic-generate --checkpoint models/best.pt --tokenizer none.json",
