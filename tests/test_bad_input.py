@@ -11,6 +11,7 @@ nothing). The chat, which must survive bad input rather than exit, gets its own 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -125,6 +126,19 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
                          "window": {"log_window": "lots"}, "horizon": {"horizon": "12"}}.items():
         shutil.copytree(root / "models", root / f"resume_{name}")
         torch.save({**latest, **damage}, root / f"resume_{name}" / "latest.pt")
+    # bins whose meta.json or .bin is damaged, each a copy of its own
+    meta = json.loads((root / "bin" / "meta.json").read_text())
+    for name, text in {"dtype": json.dumps({**meta, "dtype": "float64"}), "list": json.dumps([meta]),
+                       "no_splits": json.dumps({k: v for k, v in meta.items() if k != "splits"}),
+                       "tokens_str": json.dumps({**meta, "splits": {**meta["splits"], "val": {
+                           **meta["splits"]["val"], "tokens": "many"}}})}.items():
+        shutil.copytree(root / "bin", root / f"bin_{name}")
+        (root / f"bin_{name}" / "meta.json").write_text(text, encoding="utf-8")
+    shutil.copytree(root / "bin", root / "bin_odd")
+    with open(root / "bin_odd" / "train.bin", "ab") as f:
+        f.write(b"\x00")  # half a uint16 token
+    shutil.copytree(root / "bin", root / "bin_empty_val")
+    (root / "bin_empty_val" / "val.bin").write_bytes(b"")
     (root / "a_file").write_text("in the way\n", encoding="utf-8")
     return root
 
@@ -199,6 +213,12 @@ CASES = [
     # --- training inputs and outputs ---
     case("train-no-bins", "gothic-train --params params.yaml --data-dir nowhere --tokenizer tok.json", "nowhere"),
     case("train-no-tokenizer", f"{TRAIN} --tokenizer none.json", "none.json"),
+    case("meta-dtype", f"{TRAIN} --data-dir bin_dtype", "dtype 'float64' is not uint16 or uint32"),
+    case("meta-a-list", f"{TRAIN} --data-dir bin_list", "meta.json: bins of format None"),
+    case("meta-no-splits", f"{TRAIN} --data-dir bin_no_splits", "splits is not a mapping of train and val"),
+    case("meta-tokens-str", f"{TRAIN} --data-dir bin_tokens_str", "the val split has no token count"),
+    case("bin-half-a-token", f"{TRAIN} --data-dir bin_odd", "bytes is no whole number of uint16 tokens (or none); the file is cut"),
+    case("bin-empty-val", f"{TRAIN} --data-dir bin_empty_val", "val.bin: 0 bytes is no whole number"),
     case("train-out-dir-is-file", f"{TRAIN} --out-dir a_file", "cannot write checkpoints to a_file", code=1),
     case("train-out-dir-read-only", f"{TRAIN} --out-dir models", "Read-only file system", code=1,
          fault="readonly:{ws}/models"),
