@@ -40,7 +40,7 @@ from typing import BinaryIO
 import torch
 from tokenizers import Tokenizer
 
-from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig
+from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig, build_section
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path
 from gothic.model import GPT
@@ -451,11 +451,7 @@ def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
     if saved_digest is not None and saved_digest != config_digest(raw):
         raise GothicError(f"{path}: model_config was changed after the checkpoint was written (its checksum "
                           "differs); the file is damaged or edited: use the original")
-    try:
-        cfg = ModelConfig(**raw)
-    except TypeError as e:
-        raise GothicError(f"{path}: invalid model_config ({e})") from None
-    problems = cfg.check()
+    cfg, problems = build_section(ModelConfig, raw, "model")  # a string where a number belongs, too
     if problems:
         raise GothicError(f"{path}: invalid model_config: {'; '.join(problems)}")
     return cfg

@@ -99,6 +99,7 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     tampered(best, bad / "config_str.pt", model_config="n_layer=2")
     tampered(best, bad / "vocab_huge.pt", vocab_size=10**9)
     tampered(best, bad / "vocab_str.pt", vocab_size="300")
+    tampered(best, bad / "layers_str.pt", cfg_n_layer="2")
     tampered(best, bad / "block_huge.pt", cfg_block_size=10**9)
     tampered(best, bad / "nhead_3.pt", cfg_n_head=3)
     tampered(best, bad / "nhead_edited.pt", keep_digest=True, cfg_n_head=4)  # every weight keeps its shape
@@ -217,7 +218,8 @@ CASES = [
     case("meta-a-list", f"{TRAIN} --data-dir bin_list", "meta.json: bins of format None"),
     case("meta-no-splits", f"{TRAIN} --data-dir bin_no_splits", "splits is not a mapping of train and val"),
     case("meta-tokens-str", f"{TRAIN} --data-dir bin_tokens_str", "the val split has no token count"),
-    case("bin-half-a-token", f"{TRAIN} --data-dir bin_odd", "bytes is no whole number of uint16 tokens (or none); the file is cut"),
+    case("bin-half-a-token", f"{TRAIN} --data-dir bin_odd",
+         "bytes is no whole number of uint16 tokens (or none); the file is cut"),
     case("bin-empty-val", f"{TRAIN} --data-dir bin_empty_val", "val.bin: 0 bytes is no whole number"),
     case("train-out-dir-is-file", f"{TRAIN} --out-dir a_file", "cannot write checkpoints to a_file", code=1),
     case("train-out-dir-read-only", f"{TRAIN} --out-dir models", "Read-only file system", code=1,
@@ -259,6 +261,7 @@ CASES = [
     case("ckpt-config-str", f"{GEN} --checkpoint bad/config_str.pt", "model_config is a str"),
     case("ckpt-vocab-1e9", f"{GEN} --checkpoint bad/vocab_huge.pt", "vocab_size 1000000000", subprocess=True),
     case("ckpt-vocab-str", f"{GEN} --checkpoint bad/vocab_str.pt", "vocab_size is a str"),
+    case("ckpt-config-value-str", f"{GEN} --checkpoint bad/layers_str.pt", "model.n_layer: expected int, got '2'"),
     case("ckpt-block-1e9", f"{GEN} --checkpoint bad/block_huge.pt", "model.block_size=1000000000"),
     case("ckpt-layers-1e9", f"{GEN} --checkpoint bad/layers_huge.pt", "n_layer 1000000000"),
     case("ckpt-n-head-indivisible", f"{GEN} --checkpoint bad/nhead_3.pt", "divisible by model.n_head=3"),
