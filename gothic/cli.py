@@ -23,6 +23,7 @@ from gothic.config import (
     apply_overrides,
     check_device,
     load_params,
+    num_samples_problem,
     params_from_dict,
     seed_problem,
     set_values,
@@ -279,8 +280,8 @@ def generate_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        if args.num_samples < 1:
-            raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
+        if problem := num_samples_problem(args.num_samples, "--num-samples"):
+            raise GothicError(problem)
         _check_seed(args.seed)
         _check_device(args.device)
         flag_names = {field: flag for field, (flag, _) in GENERATE_FLAGS.items()}

@@ -33,6 +33,9 @@ MAX_BLOCK_SIZE = 65536
 MAX_SEED = 2**32 - 1
 # a reply or sample longer than this is a typo (days of CPU time), not a wish
 MAX_NEW_TOKENS = 1_000_000
+MAX_BATCH = 65_536
+"""Sequences in one micro-batch (train, evaluate) or samples drawn as one batch: 4,096 times the seed's
+16, and a bound on what a typo (batch_size: 10000000) would try to allocate."""
 SOURCES = ("builtin", "raw")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -53,6 +56,11 @@ def seed_problem(seed: int | None, name: str = "seed") -> str | None:
     if seed is not None and not 0 <= seed <= MAX_SEED:
         return f"{name} must be between 0 and {MAX_SEED}, got {seed}"
     return None
+
+
+def num_samples_problem(n: int, name: str = "number of samples") -> str | None:
+    """Why a count of samples drawn as one batch is refused (gothic-generate's, Engine.generate's)."""
+    return None if 1 <= n <= MAX_BATCH else f"{name} must be between 1 and {MAX_BATCH:,}, got {n}"
 
 
 def _seed(errors: list[str], key: str, seed: int) -> None:
@@ -204,6 +212,7 @@ class TrainConfig:
         errors = []
         for key in ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
             _range(errors, f"train.{key}", getattr(self, key), 1)
+        _range(errors, "train.batch_size", self.batch_size, hi=MAX_BATCH)
         _range(errors, "train.warmup_iters", self.warmup_iters, 0)
         _range(errors, "train.learning_rate", self.learning_rate, 0.0, lo_open=True)
         _range(errors, "train.muon_lr", self.muon_lr, 0.0, lo_open=True)
@@ -239,7 +248,7 @@ class EvaluateConfig:
 
     def check(self) -> list[str]:
         errors = []
-        _range(errors, "evaluate.batch_size", self.batch_size, 1)
+        _range(errors, "evaluate.batch_size", self.batch_size, 1, MAX_BATCH)
         _range(errors, "evaluate.max_tokens", self.max_tokens, 0)
         return errors + check_device(self.device, "evaluate.device")
 
@@ -313,7 +322,7 @@ class SampleConfig(SamplingSettings):
 
     def check(self) -> list[str]:
         errors = []
-        _range(errors, "sample.num_samples", self.num_samples, 1)
+        _range(errors, "sample.num_samples", self.num_samples, 1, MAX_BATCH)
         _seed(errors, "sample.seed", self.seed)
         errors += self.problems({key: f"sample.{key}" for key in SAMPLING_LABELS})
         if self.dtype not in INFERENCE_DTYPES:
@@ -356,6 +365,12 @@ def _type_ok(value, want) -> bool:
     return type(value) is want or (want is float and type(value) is int)
 
 
+def _shown(value, limit: int = 80) -> str:
+    """A value as a message quotes it: its repr, cut to `limit` characters (a wrong value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _type_name(want) -> str:
     if isinstance(want, types.UnionType):
         return " or ".join(_type_name(w) for w in typing.get_args(want))
@@ -370,7 +385,7 @@ def build_section(cls, raw, section: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        return None, [f"{section}: expected a mapping of keys, got {raw!r}"]
+        return None, [f"{section}: expected a mapping of keys, got {_shown(raw)}"]
     hints, errors, good = typing.get_type_hints(cls), [], {}
     for key in sorted(raw.keys() - hints.keys(), key=str):
         hint = difflib.get_close_matches(str(key), list(hints), n=1)
@@ -378,7 +393,7 @@ def build_section(cls, raw, section: str):
     for key in sorted(raw.keys() & hints.keys()):
         want, value = hints[key], raw[key]
         if not _type_ok(value, want):
-            errors.append(f"{section}.{key}: expected {_type_name(want)}, got {value!r}")
+            errors.append(f"{section}.{key}: expected {_type_name(want)}, got {_shown(value)}")
         elif isinstance(value, float) and not math.isfinite(value):
             # .nan passes every range check (all comparisons are False) and .inf trains to nan
             errors.append(f"{section}.{key}: expected a finite number, got {value!r}")
@@ -425,11 +440,41 @@ def parse_yaml(text: str):
     return YAML(typ="safe").load(text)  # the very call dvc.utils.serialize.parse_yaml makes
 
 
+MAX_PARAMS_BYTES = 1 << 20
+"""A params file is a few kilobytes: reading at most this much bounds a file that never ends (/dev/zero)."""
+MAX_PARAMS_NODES = 100_000
+"""Values in a params file with its YAML aliases expanded: a few hundred in practice, so a billion-laughs
+file (aliases of aliases) is refused before anything walks it."""
+
+
+def _expanded_nodes(value, budget: int) -> int:
+    """How many values `value` holds with shared (aliased) parts counted each time, counting stops past budget."""
+    count, stack = 0, [value]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def _read_bounded(path: Path) -> str:
+    with path.open("rb") as f:
+        data = f.read(MAX_PARAMS_BYTES + 1)
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError([f"larger than {MAX_PARAMS_BYTES >> 20} MiB, so not a params file (a params.yaml is a few "
+                           "kilobytes)"], str(path))
+    return data.decode("utf-8")
+
+
 def read_params_dict(path: str | Path = "params.yaml") -> dict:
-    """Parse a params file into a plain dict; a missing, empty or malformed file is a ConfigError."""
+    """Parse a params file into a plain dict; a missing, empty, malformed or oversized file is a ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_bounded(path)
     except FileNotFoundError:
         raise ConfigError(["file not found (run from the project root, or pass --params PATH)"], str(path)) from None
     except IsADirectoryError:
@@ -445,6 +490,9 @@ def read_params_dict(path: str | Path = "params.yaml") -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError([f"not valid YAML{where}: {problem}"], str(path)) from None
+    if _expanded_nodes(raw, MAX_PARAMS_NODES) > MAX_PARAMS_NODES:
+        raise ConfigError([f"holds more than {MAX_PARAMS_NODES:,} values once its YAML aliases are expanded (aliases "
+                           "of aliases?); write the values out"], str(path))
     if raw is None:
         # an empty file would silently train the built-in 26M-parameter, 10,000-step default
         raise ConfigError(["the file is empty (restore it: git checkout params.yaml)"], str(path))

@@ -54,7 +54,7 @@ import torch
 from tokenizers import Tokenizer, decoders
 
 from gothic.checkpoint import CheckpointInfo, TokenizerIdentity, check_same_tokenizer, load_model, resolve_tokenizer
-from gothic.config import SamplingSettings
+from gothic.config import SamplingSettings, num_samples_problem
 from gothic.errors import GothicError
 from gothic.runtime import inference_dtype, resolve_device
 from gothic.tokenizer import eot_id, load_tokenizer
@@ -441,8 +441,8 @@ class Engine:
                  seed: int | None = None, stop: Sequence[str] = (), use_cache: bool = True) -> list[Completion]:
         """num_samples continuations of one prompt, decoded as one batch (sample i uses seed + i)."""
         settings.validate()
-        if num_samples < 1:
-            raise GothicError(f"number of samples must be >= 1, got {num_samples}")
+        if problem := num_samples_problem(num_samples):
+            raise GothicError(problem)
         ids, _ = self.prepare_prompt(prompt)
         seed = new_seed() if seed is None else seed
         seeds = [seed + i for i in range(num_samples)]

@@ -85,6 +85,11 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     (root / "no_train.yaml").write_text(yaml.safe_dump({"model": params["model"]}), encoding="utf-8")
     (root / "dup.yaml").write_text("model:\n  n_layer: 2\n  n_layer: 3\n", encoding="utf-8")
     (root / "broken.yaml").write_text("train:\n  max_iters: [1, 2\n", encoding="utf-8")
+    items = ["lol"] + [f"*l{i - 1}" for i in range(1, 9)]  # each level: 10 aliases of the level below
+    laughs = "".join(f"l{i}: &l{i} [{', '.join([item] * 10)}]\n" for i, item in enumerate(items))
+    (root / "laughs.yaml").write_text(laughs + yaml.safe_dump({"model": params["model"]}) + "train:\n  max_iters: 4\n"
+                                      "prepare:\n  sources: *l8\n", encoding="utf-8")
+    (root / "zero.yaml").symlink_to("/dev/zero")
 
     bad = root / "bad"
     bad.mkdir()
@@ -195,6 +200,12 @@ CASES = [
     case("params-is-folder", "gothic-train --params bin", "is a folder"),
     case("params-bad-yaml", "gothic-train --params broken.yaml", "not valid YAML at line"),
     case("params-duplicate-key", "gothic-train --params dup.yaml", "duplicate key"),
+    case("params-billion-laughs", "gothic-train --params laughs.yaml",
+         "more than 100,000 values once its YAML aliases"),
+    case("params-dev-zero", "gothic-train --params zero.yaml", "larger than 1 MiB, so not a params file"),
+    case("set-batch-size-1e7", f"{TRAIN} --set train.batch_size=10000000",
+         "train.batch_size=10000000 must be <= 65536"),
+    case("set-num-samples-1e7", f"{TRAIN} --set sample.num_samples=10000000", "sample.num_samples=10000000 must be <="),
     case("stage-empty-params", "stages/prepare.py data/raw data/processed m.json", "the file is empty",
          fault=None),
     case("set-lr-inf", f"{TRAIN} --set train.learning_rate=.inf", "expected a finite number", subprocess=True),
@@ -290,7 +301,10 @@ CASES = [
     case("gen-max-tokens-huge", f"{GEN} --checkpoint models/best.pt --max-tokens 1000000000000",
          "--max-tokens must be at most"),
     case("gen-max-tokens-word", f"{GEN} --checkpoint models/best.pt --max-tokens lots", "--max-tokens"),
-    case("gen-num-samples-0", f"{GEN} --checkpoint models/best.pt --num-samples 0", "--num-samples must be >= 1"),
+    case("gen-num-samples-0", f"{GEN} --checkpoint models/best.pt --num-samples 0",
+         "--num-samples must be between 1 and 65,536, got 0"),
+    case("gen-num-samples-1e7", f"{GEN} --checkpoint models/best.pt --num-samples 10000000",
+         "--num-samples must be between 1 and 65,536"),
     case("gen-temperature-nan", f"{GEN} --checkpoint models/best.pt --temperature nan", "--temperature"),
     case("gen-temperature-negative", f"{GEN} --checkpoint models/best.pt --temperature -1", "temperature"),
     case("gen-top-p-0", f"{GEN} --checkpoint models/best.pt --top-p 0", "top-p"),
