@@ -78,7 +78,7 @@ INFO_FIELDS: dict[str, tuple[type, object]] = {
     "step": (int, REQUIRED),
     "best_val_loss": (Number, REQUIRED),
     "tokenizer": (str | None, None),  # format 1 carried no tokenizer
-    "train_config": (dict, dict),
+    "train_config": (dict, lambda _ckpt: {}),
     "run_identity": (dict | None, None),  # written since run keys came (gothic.rundir)
     "best_step": (int, -1),
     "val_loss": (Number, math.inf),
@@ -89,7 +89,7 @@ INFO_FIELDS: dict[str, tuple[type, object]] = {
 }
 """Every plain value a reader may ask of a checkpoint: its type, and what a file written before the
 key existed means by its absence (REQUIRED: the file is damaged without it; a callable computes the
-value from the file's other values; a type makes an empty one)."""
+value from the file's other values; anything else is the value)."""
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ def tokenize_main(argv: list[str] | None = None) -> None:
         if problems:  # the params checks, named by the flags
             flags = "; ".join(problems).replace("tokenizer.vocab_size", "--vocab-size")
             raise GothicError(flags.replace("tokenizer.min_frequency", "--min-frequency"))
+        if any(args.output.resolve() == f.resolve() for f in args.files):
+            raise GothicError(f"--output {args.output} is one of the --files: it would overwrite the text it learns "
+                              "from; write the tokenizer elsewhere (data/tokenizer.json)")
         from gothic.tokenizer import save_tokenizer, train_tokenizer
 
         tok = train_tokenizer(args.files, args.vocab_size, args.min_frequency)

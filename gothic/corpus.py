@@ -144,8 +144,10 @@ def raw_files(raw_dir: Path) -> list[Path]:
             if path.is_symlink() and not path.exists():
                 raise GothicError(f"{shown(path)}: broken symbolic link (its target {shown(os.readlink(path))} is "
                                   "missing); remove the link or restore the file")
-            if path.is_file():
-                found.append(path)
+            if not path.is_file():  # a link to a device, a pipe or a socket: nothing a book is kept in
+                raise GothicError(f"{shown(path)}: not a regular file (a device or a pipe?); remove it from "
+                                  f"{shown(raw_dir)}/")
+            found.append(path)
     return sorted(found)
 
 
@@ -164,8 +166,16 @@ def list_sources(cfg: PrepareConfig, raw_dir: Path) -> list[Source]:
     return sorted(sources, key=lambda s: s.name)
 
 
+MAX_DOCUMENT_BYTES = 1 << 30
+"""A document is read whole: a book is a few megabytes, and a larger file (a sparse 3 GB one, say) would
+first fill the memory."""
+
+
 def read_bytes(path: Path) -> bytes:
     try:
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise GothicError(f"{shown(path)}: larger than {MAX_DOCUMENT_BYTES >> 30} GiB; a document is read whole, "
+                              "so split it into several files")
         return path.read_bytes()
     except OSError as e:
         raise GothicError(f"{shown(path)}: cannot read this file ({e.strerror}); fix its permissions (chmod) or "
@@ -175,7 +185,7 @@ def read_bytes(path: Path) -> bytes:
 def decode_file(path: Path, encoding_fallback: str, data: bytes | None = None) -> str | None:
     """The file's text, or None to skip it; binary or non-UTF-8 files are errors naming the file."""
     data = read_bytes(path) if data is None else data
-    if b"\x00" in data[:8192]:
+    if b"\x00" in data:  # anywhere: NUL bytes would go into the corpus
         raise GothicError(f"{shown(path)}: looks like a binary file, not text; remove it from data/raw/")
     try:
         return data.decode("utf-8")
@@ -254,6 +264,9 @@ def prepare(cfg: PrepareConfig, raw_dir: Path, out_dir: Path, warn: Callable[[st
     Returns:
         metrics: documents, bytes and words per split.
     """
+    if "raw" in cfg.sources and Path(out_dir).resolve().is_relative_to(Path(raw_dir).resolve()):
+        raise GothicError(f"{shown(out_dir)} is inside {shown(raw_dir)}/, so the next run would read its own output as "
+                          "books; write the splits elsewhere (data/processed)")
     sources = list_sources(cfg, raw_dir)
     total = sum(s.path.stat().st_size for s in sources)
     if cfg.encoding_fallback == "skip":

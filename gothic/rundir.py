@@ -138,11 +138,14 @@ def check_params_unchanged(model_cfg: ModelConfig, train_cfg: TrainConfig, now_m
                       "you meant) and run again: the complete run is then published without training")
 
 
-def check_writable(out_dir: Path) -> None:
-    """Fail before training, not after an hour, when out_dir cannot take checkpoints."""
+def check_writable(out_dir: Path, create: bool = True) -> None:
+    """Fail before training, not after an hour, when out_dir cannot take checkpoints. Without create,
+    a folder that does not exist yet is left so: its nearest existing parent must take it."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
+        if create:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        probe = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:  # permissions, a file in the way, a read-only or full filesystem
         raise WriteError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
@@ -256,8 +259,9 @@ def run_folder(work_dir: Path, identity: dict, train_cfg: TrainConfig, publish_d
     """
     log = log or (lambda _msg: None)
     if owner:  # both folders, before an hour of training finds a read-only models/
-        for folder in (work_dir, publish_dir) if publish_dir is not None else (work_dir,):
-            check_writable(folder)
+        check_writable(work_dir)
+        if publish_dir is not None:
+            check_writable(publish_dir, create=False)  # created only when a complete run is published
     with RunDirLock(work_dir) if owner else nullcontext():
         start = plan_start(work_dir, identity, train_cfg, publish_dir)
         if start.note:

@@ -145,6 +145,14 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
         f.write(b"\x00")  # half a uint16 token
     shutil.copytree(root / "bin", root / "bin_empty_val")
     (root / "bin_empty_val" / "val.bin").write_bytes(b"")
+    # data/raw folders holding one file a book should not be
+    for name in ("nul_late", "device", "sparse"):
+        (root / f"raw_{name}").mkdir()
+        (root / f"raw_{name}" / "book.txt").write_text(GENERATION_TEXT * 20, encoding="utf-8")
+    (root / "raw_nul_late" / "odd.txt").write_bytes(GENERATION_TEXT.encode() * 400 + b"\x00binary")
+    (root / "raw_device" / "zero.txt").symlink_to("/dev/zero")
+    with open(root / "raw_sparse" / "huge.txt", "wb") as f:
+        f.truncate(3 << 30)  # 3 GB of nothing: a sparse file, no disk used
     (root / "a_file").write_text("in the way\n", encoding="utf-8")
     return root
 
@@ -320,6 +328,15 @@ CASES = [
          "--vocab-size=99999999999 must be <= 1048576"),
     case("tok-min-frequency-0", f"{TOK} --min-frequency 0 --output t.json", "--min-frequency=0 must be >= 1"),
     case("tok-output-is-folder", f"{TOK} --output bin", "cannot write bin: Is a directory"),
+    case("tok-output-is-an-input", f"{TOK} --output corpus.txt", "--output corpus.txt is one of the --files"),
+    case("prepare-nul-after-8k", "gothic-prepare --raw-dir raw_nul_late --sources raw --out-dir p1",
+         "odd.txt: looks like a binary file", subprocess=True),
+    case("prepare-link-to-device", "gothic-prepare --raw-dir raw_device --sources raw --out-dir p2",
+         "zero.txt: not a regular file (a device or a pipe?)", subprocess=True),
+    case("prepare-sparse-3gb", "gothic-prepare --raw-dir raw_sparse --sources raw --out-dir p3",
+         "huge.txt: larger than 1 GiB", subprocess=True),
+    case("prepare-into-raw", "gothic-prepare --raw-dir raw_device --sources raw --out-dir raw_device/out",
+         "is inside raw_device/, so the next run would read its own output", subprocess=True),
     case("tok-files-folder", "gothic-tokenize --files bin --output t.json", "bin"),
     case("tok-files-not-utf8", "gothic-tokenize --files models/best.pt --vocab-size 280 --output t.json",
          "valid UTF-8"),

@@ -178,6 +178,7 @@ def test_a_read_only_publish_folder_is_found_before_any_step(train_bins, tiny_to
     import tempfile
 
     models = tmp_path / "models"
+    models.mkdir()  # there from an earlier run, and read-only now
     real = tempfile.TemporaryFile
 
     def read_only_models(*args, dir=None, **kwargs):
