@@ -75,12 +75,11 @@ test: setup  ## run the test suite
 lint: setup  ## ruff
 	$(BIN)/ruff check gothic stages tests bench
 
-# `make compare`: experiments side by side in one terminal width, the params that differ and the
-# headline metrics; corpus statistics, step counts, speeds and code hashes stay in `dvc exp show`.
-COMPARE_DROP := (train|val)\.(documents|bytes|words)$$|vocab_size$$|val_(bytes|tokens)$$|bytes_per_token$$|.*step$$|train_loss$$|last_val_loss$$|tokens_seen$$|.*tokens_per_second$$|wall_time_s$$|model_params.*|eval_(tokens|bytes)$$|samples$$|new_tokens$$|distinct_[13]$$|longest_shared_ngram_mean$$|Created$$|Executor$$|.*\.py$$|train_bytes$$|trained_on_bytes$$|sampled$$|split_tokens$$|rev$$|data/|models/|metrics/|samples/|train\.resume$$
-
-compare: setup  ## experiments side by side, charts in compare/
-	$(RUN) dvc exp show --no-pager --only-changed --hide-queued --precision 4 --drop '$(COMPARE_DROP)' $(COMPARE_ARGS)
+# `make compare`: one column per experiment (so it reads at 80 columns), the headline metrics and the
+# params that differ, and dvc.yaml's charts of those experiments in dvc_plots/compare/ (gothic.compare).
+# Corpus statistics, step counts, speeds and code hashes stay in `dvc exp show`.
+compare: setup  ## experiments side by side, charts in dvc_plots/compare/
+	@$(RUN) python -m gothic.compare $(COMPARE_ARGS)
 
 chat: setup  ## talk to models/best.pt (CHAT_ARGS="--temp 1")
 	@$(BIN)/gothic-chat --checkpoint models/best.pt $(CHAT_ARGS)
@@ -88,8 +87,9 @@ chat: setup  ## talk to models/best.pt (CHAT_ARGS="--temp 1")
 tensorboard: setup  ## TensorBoard on the training logs (live while training runs)
 	$(BIN)/tensorboard --logdir checkpoints/logs
 
+# DVC's charts (dvc.yaml's plots section) as PNG and self-contained HTML: they open offline
 plots: setup  ## loss, learning-rate, per-book charts: dvc_plots/*.png
-	$(BIN)/dvc plots show
+	@$(RUN) python -m gothic.plots dvc_plots
 
 clean:  ## remove pipeline outputs (keeps .venv and the DVC cache)
 	rm -rf data/processed data/tokenizer.json data/bin models checkpoints logs dvc_plots
