@@ -26,21 +26,50 @@ from gothic.files import atomic_path, write_text
 WIDTH, HEIGHT = 640, 360
 
 
-def render(spec: dict, out_dir: Path, name: str) -> Path:
-    """Write out_dir/name.png (WIDTH x HEIGHT) and out_dir/name.html (self-contained); return the PNG's path."""
+def render(spec: dict, out_dir: Path, name: str, html_page: bool = True) -> Path:
+    """Write out_dir/name.png (WIDTH x HEIGHT) and, with html_page, out_dir/name.html (self-contained,
+    interactive; about 1 MB of inlined Vega); return the PNG's path."""
     import vl_convert
 
     spec = {**spec, "width": WIDTH, "height": HEIGHT, "autosize": {"type": "fit", "contains": "padding"}}
     try:
         png = vl_convert.vegalite_to_png(spec, scale=1)
-        page = vl_convert.vegalite_to_html(spec, bundle=True)
+        page = vl_convert.vegalite_to_html(spec, bundle=True) if html_page else None
     except ValueError as e:  # vl-convert's error for a spec Vega-Lite rejects
         raise GothicError(f"cannot render the chart {name!r}: {str(e).splitlines()[0]}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / f"{name}.png") as tmp:
         tmp.write_bytes(png)
-    write_text(out_dir / f"{name}.html", page)
+    if page is not None:
+        write_text(out_dir / f"{name}.html", page)
     return out_dir / f"{name}.png"
+
+
+SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+
+
+def loss_curve_spec(history: dict) -> dict | None:
+    """A run's train and validation loss against step, from a checkpoint's history; None without rows."""
+    rows = [{"step": r["step"], "loss": r["train_loss"], "split": "train"} for r in history.get("train", [])]
+    rows += [{"step": r["step"], "loss": r["val_loss"], "split": "validation"} for r in history.get("val", [])]
+    if not rows:
+        return None
+    return {"$schema": SCHEMA, "title": "Loss", "data": {"values": rows}, "mark": {"type": "line", "point": True},
+            "encoding": {"x": {"field": "step", "type": "quantitative"},
+                         "y": {"field": "loss", "type": "quantitative", "title": "loss (nats per token)",
+                               "scale": {"zero": False}},
+                         "color": {"field": "split", "type": "nominal", "title": None}}}
+
+
+def documents_spec(documents: list[dict]) -> dict | None:
+    """Held-out bits per byte of each document (metrics/eval.json's list), as bars; None without any."""
+    rows = [{"document": d["name"], "bits_per_byte": d["bits_per_byte"]} for d in documents if "name" in d]
+    if not rows:
+        return None
+    return {"$schema": SCHEMA, "title": "Held-out bits per byte", "data": {"values": rows}, "mark": "bar",
+            "encoding": {"y": {"field": "document", "type": "nominal", "sort": None, "title": None},
+                         "x": {"field": "bits_per_byte", "type": "quantitative",
+                               "title": "bits per byte (lower is better)"}}}
 
 
 def file_name(title: str) -> str:
