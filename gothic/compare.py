@@ -23,6 +23,7 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gothic.errors import GothicError, run_main
 
@@ -101,32 +102,37 @@ def column_groups(columns: list[Column], labels: list[str], fields: list[str], w
     return groups
 
 
-def table(title: str, columns: list[Column], fields: list[str], label_width: int) -> Table:
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    t.add_column("", style="bold", no_wrap=True, min_width=label_width)  # so both tables' columns line up
+def table(columns: list[Column], metrics: list[str], params: list[str]) -> Table:
+    """One table, so a column stays one experiment's: the metrics, then (below a rule) the params that differ."""
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    t.add_column("metrics", style="bold", no_wrap=True)
     for col in columns:
         t.add_column(col.name, justify="right", max_width=VALUE_WIDTH, overflow="fold")
-    for field in fields:
+    for field in metrics:
         t.add_row(field, *[col.values[field].replace(MISSING, "-") for col in columns])
+    if params:
+        t.add_section()
+        t.add_row(Text("params that differ", style="italic"), style="not bold")
+        for field in params:
+            t.add_row(field, *[col.values[field] for col in columns])
     return t
 
 
 def print_tables(columns: list[Column], metrics: list[str], params: list[str], console: Console) -> list[Column]:
-    """Print the metrics and the params that differ; return the columns shown."""
+    """Print the metrics and the params that differ, as many columns at a time as fit; return the columns shown."""
     shown, notes = choose(columns, metrics)
     if not shown:
         raise GothicError("no experiment has results yet: run one first (make demo, or dvc exp run)")
     differing = [p for p in params if len({col.values[p] for col in shown}) > 1]
     labels = metrics + differing
-    for group in column_groups(shown, labels, labels, console.width):
-        label_width = max(map(len, labels))
-        console.print(table("metrics", group, metrics, label_width))
-        if differing:
-            console.print(table("params that differ", group, differing, label_width))
+    groups = column_groups(shown, labels, labels, console.width)
+    for group in groups:
+        console.print(table(group, metrics, differing))
+        console.print()
     if not differing:
-        console.print("(every experiment shown has the same params)")
+        console.print("Every experiment shown has the same params.")
     for note in notes:
-        console.print(note, highlight=False)
+        console.print(note)
     return shown
 
 
