@@ -60,7 +60,8 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup  ## the pipeline on the built-in corpus, CPU profile (~10 min)
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make demo: this folder is not a git repository (a ZIP download?), and DVC records experiments in git: run  git init -q && git add -A && git -c user.name=me -c user.email=me@example.com commit -qm gothic  first, or git clone the repository" >&2; exit 2; }
-	$(GIT_IDENTITY) $(RUN) dvc exp run $(DEMO_PARAMS)
+	@# gothic.dvc_run is dvc without the "No file hash info found" warnings of a first run (nothing to check out yet)
+	$(GIT_IDENTITY) $(RUN) python -m gothic.dvc_run exp run $(DEMO_PARAMS)
 	@echo "Done. Talk to the model: make chat   Metrics: $(BIN)/dvc metrics show"
 
 demo-params:  ## print the demo profile's -S overrides
