@@ -32,7 +32,7 @@ DROP = "|".join((
     r"(train|val)\.(documents|bytes|words)$", r"vocab_size$", r"val_(bytes|tokens)$", r"bytes_per_token$",
     r".*step$", r"train_loss$", r"last_val_loss$", r"tokens_seen$", r".*tokens_per_second$", r"wall_time_s$",
     r"model_params.*", r"eval_(tokens|bytes)$", r"samples$", r"new_tokens$", r"distinct_[13]$",
-    r"longest_shared_ngram_mean$", r"Created$", r"Executor$", r"State$", r"parent$", r".*\.py$", r"train_bytes$",
+    r"longest_shared_ngram_mean$", r"Created$", r"Executor$", r".*\.py$", r"train_bytes$",
     r"trained_on_bytes$", r"sampled$", r"split_tokens$", r"data/", r"models/", r"metrics/", r"samples/",
     r"train\.resume$"))
 CHARTS_DIR = Path("dvc_plots/compare")
@@ -46,6 +46,7 @@ class Column:
 
     name: str
     values: dict[str, str]
+    state: str = ""  # dvc exp show's State: Failed, Running, ... ('' for a finished one)
 
     def has_results(self, metrics: list[str]) -> bool:
         return any(self.values[m] not in (MISSING, "") for m in metrics)
@@ -68,8 +69,9 @@ def read_columns(text: str) -> tuple[list[Column], list[str], list[str]]:
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows:
         return [], [], []
-    fields = [f for f in rows[0] if f not in ("Experiment", "rev", "typ")]
-    columns = [Column(row["Experiment"] or row["rev"], {f: row[f] or "" for f in fields}) for row in rows]
+    fields = [f for f in rows[0] if f not in ("Experiment", "rev", "typ", "State", "parent")]
+    columns = [Column(row["Experiment"] or row["rev"], {f: row[f] or "" for f in fields}, row.get("State") or "")
+               for row in rows]
     return columns, [f for f in fields if "." not in f], [f for f in fields if "." in f]
 
 
@@ -79,7 +81,8 @@ def choose(columns: list[Column], metrics: list[str]) -> tuple[list[Column], lis
     for col in columns:
         twin = next((c.name for c in columns if c is not col and c.values == col.values), None)
         if not col.has_results(metrics):
-            notes.append(f"{col.name}: no results (not run in this repository)")
+            why = {"Failed": "its run failed", "Running": "still running"}.get(col.state, "not run here")
+            notes.append(f"{col.name}: no results ({why})")
         elif col.name == "workspace" and twin:  # the experiment last run or applied
             notes.append(f"workspace: the same as {twin}")
         else:
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     from gothic.plots import dvc_specs, render_all
 
     pngs = render_all(dvc_specs([col.name for col in shown]), CHARTS_DIR)
-    console.print(f"charts: {', '.join(p.name for p in pngs)} in {CHARTS_DIR}/ (open index.html)")
+    console.print(f"charts of these experiments: {CHARTS_DIR}/index.html ({len(pngs)} PNGs, each also as HTML)")
 
 
 if __name__ == "__main__":

@@ -24,14 +24,16 @@ def exp_show_csv(n_experiments: int) -> str:
                                      f"{2.1 - i / 100:.4g}", "0.9", "0"), strict=True))
         params = {**SAME, "train.seed": str(1000 + i), "model.n_embd": str(128 * (1 + i % 2)),
                   "sample.prompts": PROMPTS if i % 3 else "['Castle']"}
-        rows.append({"Experiment": f"exp-{i}-run", "rev": f"{i:07x}", "typ": "branch_commit", **figures, **params})
+        rows.append({"Experiment": f"exp-{i}-run", "rev": f"{i:07x}", "typ": "branch_commit", "State": "",
+                     **figures, **params})
     workspace = {**rows[0], "Experiment": "", "rev": "workspace", "typ": "baseline"}
     never_run = {**{k: "!" for k in rows[0]}, **SAME, "Experiment": "", "rev": "main", "typ": "baseline",
-                 "train.seed": "1337", "model.n_embd": "512", "sample.prompts": PROMPTS}
+                 "State": "", "train.seed": "1337", "model.n_embd": "512", "sample.prompts": PROMPTS}
+    failed = {**never_run, "Experiment": "broken", "rev": "fffffff", "typ": "branch_commit", "State": "Failed"}
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]))
     writer.writeheader()
-    writer.writerows([workspace, never_run, *rows])
+    writer.writerows([workspace, never_run, *rows, failed])
     return out.getvalue()
 
 
@@ -51,7 +53,8 @@ def test_every_line_fits_and_every_experiment_and_difference_shows(width):
     for label in ("train.seed", "model.n_embd", "sample.prompts", *METRICS):
         assert any(line.startswith(label) for line in lines), label
     assert not any(line.startswith(tuple(SAME)) for line in lines)  # the same everywhere: not a difference
-    assert "workspace: the same as exp-0-run" in text and "main: no results" in text
+    assert "workspace: the same as exp-0-run" in text and "main: no results (not run here)" in text
+    assert "broken: no results (its run failed)" in text and "fffffff" not in text
     assert "2.03" in text and "1007" in text  # the last experiment's figures are there, not cut off
 
 
