@@ -33,7 +33,7 @@ DEMO_PARAMS ?= -S model.n_layer=4 -S model.n_head=4 -S model.n_embd=256 -S model
 	-S train.batch_size=8 -S train.grad_accum=1 -S train.max_iters=900 -S train.warmup_iters=45 \
 	-S train.weight_decay=1.0 -S train.eval_interval=150 -S train.eval_iters=10
 
-.PHONY: help setup demo demo-params repro test lint tensorboard plots compare chat clean
+.PHONY: help setup demo demo-params repro test test-slow test-all lint tensorboard plots compare chat clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,8 +70,16 @@ demo-params:  ## print the demo profile's -S overrides
 repro: setup  ## dvc repro with params.yaml as it is
 	$(RUN) dvc repro
 
-test: setup  ## run the test suite
-	$(RUN) python -m pytest
+# Two lanes (pyproject.toml's markers): `make test` after every change, `make test-all` before a commit
+# and in CI. The slow lane runs on every core (pytest-xdist: the tests share nothing).
+PYTEST := $(RUN) python -m pytest -q
+test: setup  ## fast lane: no dvc runs, subprocesses, ptys (under a minute)
+	$(PYTEST) -m "not slow"
+
+test-slow: setup  ## the slow lane alone, on every core
+	$(PYTEST) -m slow -n auto --durations=15
+
+test-all: lint test test-slow  ## lint, the fast lane, then the slow lane (CI runs this)
 
 lint: setup  ## ruff
 	$(BIN)/ruff check gothic stages tests bench

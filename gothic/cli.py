@@ -1,4 +1,5 @@
-"""Console scripts: gothic-tokenize, gothic-train, gothic-generate, gothic-chat.
+"""Console scripts: gothic-prepare, gothic-tokenize, gothic-train, gothic-generate, gothic-chat (gothic-export
+lives in gothic.cli_export).
 
 Each is an argparse adapter over the same core function its DVC stage calls; flags follow the
 seed toolkit. Every `*_main(argv=None)` can be called from tests with a list of arguments.
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from gothic.config import (
     INFERENCE_DTYPES,
-    MAX_SEED,
     SamplingSettings,
     TokenizerConfig,
     TrainConfig,
@@ -24,6 +24,7 @@ from gothic.config import (
     check_device,
     load_params,
     params_from_dict,
+    seed_problem,
     set_values,
 )
 from gothic.errors import GothicError, run_main
@@ -58,8 +59,8 @@ def _check_device(device: str, flag: str = "--device") -> None:
 
 
 def _check_seed(seed: int | None) -> None:
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise GothicError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if problem := seed_problem(seed, "--seed"):
+        raise GothicError(problem)
 
 
 def tokenize_main(argv: list[str] | None = None) -> None:
@@ -202,10 +203,11 @@ def train_main(argv: list[str] | None = None) -> None:
         bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
                                                  args.out_dir / "bins")
         from gothic.progress import step_display
+        from gothic.runlog import TrainHooks
 
         with step_display("train", show=None if is_rank0 else False) as (log, progress):
             result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
-                           train_file=train_file, val_file=val_file, log=log if is_rank0 else None, progress=progress)
+                           train_file=train_file, val_file=val_file, hooks=TrainHooks(log, progress))
         if result.rank == 0:
             if args.metrics:
                 write_json(args.metrics, result.metrics)

@@ -47,6 +47,19 @@ class ConfigError(GothicError, ValueError):
                          else f"{source}: {problems[0]}")
 
 
+def seed_problem(seed: int | None, name: str = "seed") -> str | None:
+    """The one seed rule (params, flags, the chat's /seed): why `seed` is refused, naming it `name`;
+    None for a good one (None itself means a random seed)."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        return f"{name} must be between 0 and {MAX_SEED}, got {seed}"
+    return None
+
+
+def _seed(errors: list[str], key: str, seed: int) -> None:
+    if problem := seed_problem(seed, key):
+        errors.append(problem)
+
+
 def _range(errors: list[str], key: str, value, lo=None, hi=None, lo_open=False) -> None:
     """Append an error when value lies outside [lo, hi] (or (lo, hi] with lo_open)."""
     if lo is not None and (value <= lo if lo_open else value < lo):
@@ -74,7 +87,7 @@ class PrepareConfig:
             if s not in SOURCES:
                 errors.append(f"prepare.sources: unknown source {s!r} (choose from {', '.join(SOURCES)})")
         _range(errors, "prepare.val_fraction", self.val_fraction, 0.0, 0.5, lo_open=True)
-        _range(errors, "prepare.seed", self.seed, 0, MAX_SEED)
+        _seed(errors, "prepare.seed", self.seed)
         if self.encoding_fallback not in ("none", "latin-1", "skip"):
             errors.append(f"prepare.encoding_fallback={self.encoding_fallback!r} must be none, latin-1 or skip")
         return errors
@@ -105,9 +118,14 @@ class ModelConfig:
     block_size: int = 512
     """Context length in tokens."""
     n_layer: int = 8
+    """Transformer blocks."""
     n_head: int = 8
+    """Attention heads per block (n_embd must divide by it)."""
     n_embd: int = 512
+    """Width of the residual stream."""
     dropout: float = 0.0
+    """On the embeddings, the attention probabilities and the residual branches (nanoGPT's places); shapes
+    nothing, so a run may continue with another value."""
     bias: bool = True
     """Biases in Linear and LayerNorm layers (GPT-2 style)."""
     pos_embedding: str = "learned"
@@ -147,12 +165,17 @@ class TrainConfig:
     grad_accum: int = 4
     """Micro-batches per optimizer step (global batch = batch_size x grad_accum x world size)."""
     learning_rate: float = 3.0e-4
+    """Peak AdamW rate, reached after warmup (gothic.optim.get_lr scales every group's rate by the schedule)."""
     min_lr: float = 3.0e-5
+    """Where the cosine decay ends, at max_iters."""
     warmup_iters: int = 1000
+    """Steps of linear warmup from learning_rate / warmup_iters to learning_rate."""
     weight_decay: float = 0.1
     """Applied to weight matrices only, never to biases, norms or embeddings' positions."""
     beta1: float = 0.9
+    """AdamW's first-moment decay (Muon's momentum is its own)."""
     beta2: float = 0.95
+    """AdamW's second-moment decay."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables."""
     optimizer: str = "adamw"
@@ -164,6 +187,7 @@ class TrainConfig:
     eval_iters: int = 50
     """Batches per split in each periodic evaluation."""
     log_interval: int = 10
+    """Log the mean train loss (and TensorBoard's scalars) every this many steps."""
     dtype: str = "bfloat16"
     """Autocast dtype: bfloat16, float16 (with a GradScaler) or float32."""
     compile: bool | str = "auto"
@@ -171,6 +195,7 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
     seed: int = 1337
+    """Initial weights, batch order and dropout masks (each DDP rank adds its rank for the masks)."""
     resume: bool | str = "auto"
     """'auto': continue this very run from the run folder's latest.pt if it was stopped (same result as
     never stopping); true: also continue it to a new max_iters; false: always start fresh (gothic.rundir)."""
@@ -189,7 +214,7 @@ class TrainConfig:
         _range(errors, "train.beta1", self.beta1, 0.0, 1.0)
         _range(errors, "train.beta2", self.beta2, 0.0, 1.0)
         _range(errors, "train.grad_clip", self.grad_clip, 0.0)
-        _range(errors, "train.seed", self.seed, 0, MAX_SEED)
+        _seed(errors, "train.seed", self.seed)
         if self.optimizer not in ("adamw", "muon"):
             errors.append(f"train.optimizer={self.optimizer!r} must be adamw or muon")
         if self.dtype not in DTYPES:
@@ -210,6 +235,7 @@ class EvaluateConfig:
     """Score at most this many val tokens, in evenly spaced windows (0: every token), so a large
     held-out split costs minutes, not hours. Below the cap every token is scored."""
     device: str = "auto"
+    """Where to score: 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
 
     def check(self) -> list[str]:
         errors = []
@@ -280,6 +306,7 @@ class SampleConfig(SamplingSettings):
     num_samples: int = 2
     """Continuations per prompt, drawn as one batch."""
     device: str = "auto"
+    """Where to generate: 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
     dtype: str = "auto"
     """What the weights are held and computed in: auto = bf16 where the device has bf16 units, else
     fp32 (gothic.runtime.inference_dtype); float32 makes samples match across machines."""
@@ -287,7 +314,7 @@ class SampleConfig(SamplingSettings):
     def check(self) -> list[str]:
         errors = []
         _range(errors, "sample.num_samples", self.num_samples, 1)
-        _range(errors, "sample.seed", self.seed, 0, MAX_SEED)
+        _seed(errors, "sample.seed", self.seed)
         errors += self.problems({key: f"sample.{key}" for key in SAMPLING_LABELS})
         if self.dtype not in INFERENCE_DTYPES:
             errors.append(f"sample.dtype={self.dtype!r} must be one of {', '.join(INFERENCE_DTYPES)}")
@@ -306,6 +333,8 @@ def check_device(device: str, key: str) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Params:
+    """params.yaml: one section per stage, each checked by its own `check`."""
+
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

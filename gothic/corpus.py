@@ -214,17 +214,6 @@ def _cleaned(job: tuple[Source, str]) -> tuple[bytes, int]:
     return text.encode("utf-8"), len(text.split())
 
 
-def load_documents(cfg: PrepareConfig, raw_dir: Path) -> list[Document]:
-    """Every document of the configured sources, cleaned, sorted by name (all in memory: for
-    small corpora and tests; `prepare` streams)."""
-    docs = []
-    for source in list_sources(cfg, raw_dir):
-        text = clean_source(source, cfg.encoding_fallback)
-        if text is not None:
-            docs.append(Document(source.name, text))
-    return docs
-
-
 def split_documents(docs: list, val_fraction: float, seed: int) -> tuple[list, list]:
     """Hold out whole documents: a seeded shuffle, then the first round(n * val_fraction) (>= 1) go to val.
 
@@ -239,22 +228,6 @@ def split_documents(docs: list, val_fraction: float, seed: int) -> tuple[list, l
     n_val = min(len(order) - 1, max(1, round(len(order) * val_fraction)))
     val, train = order[:n_val], order[n_val:]
     return sorted(train, key=lambda d: d.name), sorted(val, key=lambda d: d.name)
-
-
-def join_documents(docs: list[Document]) -> str:
-    return EOT.join(d.text for d in docs)
-
-
-def read_documents(path: Path) -> list[str]:
-    """The documents of a split text written by `prepare`."""
-    if not path.is_file():
-        raise GothicError(f"{path}: not found; run the prepare stage first (`dvc repro prepare`)")
-    return path.read_text(encoding="utf-8").split(EOT)
-
-
-def split_stats(docs: list[Document]) -> dict:
-    return {"documents": len(docs), "bytes": sum(len(d.text.encode("utf-8")) for d in docs),
-            "words": sum(len(d.text.split()) for d in docs)}
 
 
 def held_out_warning(metrics: dict, val_fraction: float) -> str | None:

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
-from gothic.config import ModelConfig, to_dict
+from gothic.checkpoint import load_model, resolve_tokenizer
+from gothic.config import ModelConfig, SamplingSettings, to_dict
 from gothic.errors import GothicError
 from gothic.files import write_json, write_text
 from gothic.model import GPT, ROPE_BASE
@@ -192,10 +192,19 @@ class ExportResult:
     reason: str
     max_logit_diff: float | None  # None: transformers is not installed, so it was not checked
 
+    def summary(self) -> str:
+        """The one line that says what was written and whether transformers computes the same model."""
+        if self.architecture is None:
+            return (f"wrote {self.out_dir}/ with gothic's own tensor names: no transformers architecture computes "
+                    f"this model exactly ({self.reason})")
+        checked = ("not checked: transformers is not installed" if self.max_logit_diff is None
+                   else f"logits match gothic's to {self.max_logit_diff:.1e}")
+        return f"wrote {self.out_dir}/ as transformers' {self.architecture} ({checked})"
+
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_dir: str | Path | None = None,
                       samples: str | Path | None = None, tokenizer_path: str | Path | None = None,
-                      sampling: dict | None = None, sources: list[str] | None = None,
+                      sampling: SamplingSettings | None = None, sources: list[str] | None = None,
                       verify: bool = True) -> ExportResult:
     """Write the export folder for a checkpoint; with verify (and transformers installed), load it
     back with transformers and measure the largest logit difference from gothic's.
@@ -206,7 +215,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         metrics_dir: where metrics/corpus.json, eval.json and train.json are, for the model card.
         samples: samples/samples.md, quoted in the model card.
         tokenizer_path: the tokenizer.json for a format-1 checkpoint that carries none.
-        sampling: generation_config.json's sampling defaults (temperature, top_k, top_p).
+        sampling: generation_config.json's sampling defaults (the sample stage's; None: params.yaml's defaults).
         sources: prepare.sources, for the licence line of the model card.
     """
     try:
@@ -215,10 +224,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         raise GothicError(f"gothic-export needs safetensors: {EXTRA_HINT}") from None
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     model, info = load_model(checkpoint, device="cpu")
-    tokenizer_json = _tokenizer_json(checkpoint, info, tokenizer_path)
-    from tokenizers import Tokenizer
-
-    eot = Tokenizer.from_str(tokenizer_json).token_to_id(EOT)
+    tokenizer, tokenizer_json = resolve_tokenizer(checkpoint, info, tokenizer_path)
+    eot = tokenizer.token_to_id(EOT)
     hf = to_hf(model, eot)
     # built in a temporary folder beside out_dir, then swapped in: never a half-written export
     try:
@@ -227,10 +234,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
     except OSError as e:
         raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
     try:
-        metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info["step"])}
+        metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info.step)}
         save_file(hf.tensors, str(tmp / "model.safetensors"), metadata=metadata)
         write_json(tmp / "config.json", hf.config)
-        write_json(tmp / "generation_config.json", generation_config(eot, sampling or {}))
+        write_json(tmp / "generation_config.json", generation_config(eot, sampling or SamplingSettings()))
         write_text(tmp / "tokenizer.json", tokenizer_json)
         write_json(tmp / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
@@ -255,24 +262,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
     return ExportResult(out_dir, hf.architecture, hf.reason, diff)
 
 
-def _tokenizer_json(checkpoint: Path, info: dict, tokenizer_path: str | Path | None) -> str:
-    if tokenizer_path is not None:
-        from gothic.tokenizer import load_tokenizer, tokenizer_sha256
-
-        tok = load_tokenizer(tokenizer_path)
-        check_same_tokenizer(info, checkpoint, tok.get_vocab_size(), tokenizer_sha256(tokenizer_path),
-                             str(tokenizer_path))
-        return Path(tokenizer_path).read_bytes().decode("utf-8")
-    if checkpoint_tokenizer(checkpoint, info) is None:
-        raise GothicError(f"{checkpoint} is an older checkpoint that carries no tokenizer: pass --tokenizer PATH")
-    return info["tokenizer"]
-
-
-def generation_config(eot: int, sampling: dict) -> dict:
+def generation_config(eot: int, sampling: SamplingSettings) -> dict:
     """Sampling defaults as gothic-generate's (or the sample stage's) for transformers' generate()."""
-    values = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, **sampling}
-    return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": values["temperature"] > 0,
-            "temperature": values["temperature"] or 1.0, "top_k": values["top_k"], "top_p": values["top_p"]}
+    return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": not sampling.greedy,
+            "temperature": sampling.temperature or 1.0, "top_k": sampling.top_k, "top_p": sampling.top_p,
+            "repetition_penalty": sampling.repetition_penalty}
 
 
 # --- checking against transformers ------------------------------------------------------------

@@ -9,10 +9,12 @@ Hugging Face Hub reads to list and search a model, written by huggingface_hub's 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from gothic.checkpoint import CheckpointInfo
 from gothic.model import GPT
 from gothic.plots import documents_spec, loss_curve_spec, render
 
@@ -25,11 +27,11 @@ SOURCE_LICENCES = {
 MAX_SAMPLES_CHARS = 4000
 
 
-def model_card(model: GPT, info: dict, architecture: str | None, reason: str, max_diff: float | None,
+def model_card(model: GPT, info: CheckpointInfo, architecture: str | None, reason: str, max_diff: float | None,
                metrics_dir: Path | None, samples: Path | None, folder: str, sources: list[str] | None = None,
                figures_dir: Path | None = None) -> str:
     """The card's text; with figures_dir, its loss curve and per-document chart are rendered there as PNGs."""
-    cfg, train_cfg = model.cfg, info.get("train_config") or {}
+    cfg, train_cfg = model.cfg, info.train_config
     metrics = {name: _read_json(metrics_dir / f"{name}.json") if metrics_dir else {}
                for name in ("corpus", "eval", "train")}
     params = model.num_params(non_embedding=False)
@@ -39,7 +41,7 @@ def model_card(model: GPT, info: dict, architecture: str | None, reason: str, ma
              "## Architecture\n", _architecture(cfg, architecture, reason, max_diff, params, model),
              "## Training data\n", _data(metrics["corpus"], sources),
              "## Training\n", _training(info, train_cfg) + figure(
-                 figures_dir, "loss", loss_curve_spec(info.get("history") or {}), "train and validation loss"),
+                 figures_dir, "loss", loss_curve_spec(info.history), "train and validation loss"),
              "## Evaluation\n", _evaluation(metrics["eval"], info) + figure(
                  figures_dir, "held_out_bits_per_byte", documents_spec(metrics["eval"].get("documents") or []),
                  "held-out bits per byte of each document"),
@@ -89,19 +91,19 @@ def _data(corpus: dict, sources: list[str] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _training(info: dict, train_cfg: dict) -> str:
+def _training(info: CheckpointInfo, train_cfg: dict) -> str:
     keys = ("optimizer", "learning_rate", "batch_size", "grad_accum", "max_iters", "dtype", "seed")
-    rows = [("step", info.get("step")), ("tokens seen", f"{info.get('tokens_seen', 0):,}"),
-            ("wall time (s)", round(float(info.get("wall_time_s", 0.0)), 1))]
+    rows = [("step", info.step), ("tokens seen", f"{info.tokens_seen:,}"),
+            ("wall time (s)", round(info.wall_time_s, 1))]
     rows += [(k, train_cfg[k]) for k in keys if k in train_cfg]
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
-def _evaluation(ev: dict, info: dict) -> str:
+def _evaluation(ev: dict, info: CheckpointInfo) -> str:
     if not ev:
-        best = info.get("best_val_loss")
+        best = info.best_val_loss
         return f"Validation loss during training: {best:.4f} (metrics/eval.json was not available).\n" \
-            if isinstance(best, float) else "No evaluation figures were available.\n"
+            if math.isfinite(best) else "No evaluation figures were available.\n"
     rows = [("val loss (nats/token)", ev.get("val_loss")), ("perplexity", ev.get("perplexity")),
             ("bits per byte", ev.get("bits_per_byte")), ("tokens", f"{ev.get('eval_tokens', 0):,}"),
             ("bytes", f"{ev.get('bytes', 0):,}")]

@@ -115,7 +115,9 @@ LrSegment = tuple[int, float]
 
 
 def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
+    """The schedule's multiplier of the peak rates for optimizer step `step` (0-based): linear warmup,
+    then cosine to min_lr (the multiplier min_lr / learning_rate). Every param group's rate is its
+    base_lr times this, so AdamW's rate is learning_rate times it.
 
     Warmup reaches learning_rate at step warmup_iters - 1 (step 0 already moves, at lr/warmup);
     the cosine runs from warmup_iters to max_iters, where it lands on min_lr and stays.
@@ -125,6 +127,12 @@ def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> flo
     there) to min_lr at the new max_iters. So it never jumps: a run stopped mid-decay finishes its
     decay over the new length, and a finished run goes on at min_lr.
     """
+    # the rates are computed as absolute AdamW rates and divided once, so the multiplier has exactly
+    # the bits the schedule always had (a checkpoint's lr_segment holds an absolute rate)
+    return _absolute_lr(step, cfg, segment) / cfg.learning_rate
+
+
+def _absolute_lr(step: int, cfg: TrainConfig, segment: LrSegment | None) -> float:
     if segment is not None and step >= segment[0]:
         start, start_lr = segment
         if step >= cfg.max_iters:
@@ -141,8 +149,8 @@ def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> flo
 
 def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig,
            segment: LrSegment | None = None) -> float:
-    """Apply the schedule for `step` to every group (relative to its base_lr); returns the AdamW lr."""
-    factor = get_lr(step, cfg, segment) / cfg.learning_rate
+    """Apply the schedule for `step` to every group (its base_lr times get_lr); returns the AdamW lr."""
+    factor = get_lr(step, cfg, segment)
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * factor

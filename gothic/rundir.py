@@ -18,6 +18,9 @@ decision of what to do with a folder's latest.pt is exact:
   continues smoothly from where it was, see gothic.optim.get_lr). With no checkpoint at all it is
   an error that says how to get one; a checkpoint of another run starts this one fresh, with a note.
 - `train.resume: false` starts fresh whatever is there.
+
+`run_folder` is a training session's whole use of the folder: checked and locked, the start
+planned, a continued run adopted and its copies repaired, and a complete run published.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from gothic.checkpoint import load_checkpoint_info, release_state, save_checkpoint
+from gothic.checkpoint import CheckpointInfo, TrainingCheckpoint, read_info
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path, remove_stale_temps
@@ -81,12 +86,12 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
         return Start("fresh")
     key = run_key(identity)
 
-    def same_run(info: dict) -> bool:
-        return info.get("run_identity") is not None and run_key(info["run_identity"]) == key
+    def same_run(info: CheckpointInfo) -> bool:
+        return info.run_identity is not None and run_key(info.run_identity) == key
 
     candidates = [work_dir / "latest.pt"] + ([fallback_dir / "latest.pt"] if fallback_dir else [])
     # plain values only (mmap): even a large checkpoint is inspected at once
-    found = {p: load_checkpoint_info(p) for p in candidates if p.is_file()}
+    found = {p: read_info(p) for p in candidates if p.is_file()}
     # this run's checkpoint, wherever it is (after `dvc exp apply`, models/ may hold it while
     # checkpoints/ holds a later experiment); else the first one, to say what it is
     path = next((p for p, info in found.items() if same_run(info)), next(iter(found), None))
@@ -101,11 +106,11 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
         return Start("fresh")
     info = found[path]
     if not same_run(info):
-        if mode is True and info.get("run_identity") is None:
+        if mode is True and info.run_identity is None:
             return Start("continue", path, f"{path}: an older checkpoint without a run key; continuing it")
-        difference = describe_difference(info.get("run_identity") or {}, identity)
+        difference = describe_difference(info.run_identity or {}, identity)
         return Start("fresh", note=f"{path} is another run ({difference}); training this one from scratch")
-    step, horizon = int(info["step"]), int(info.get("horizon", info["step"]))
+    step, horizon = info.step, info.horizon
     if horizon != train_cfg.max_iters and mode == "auto":
         return Start("fresh", note=(f"{path} is this run trained to max_iters {horizon}, not "
                                     f"{train_cfg.max_iters}; training from scratch (train.resume: true "
@@ -179,23 +184,23 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def repair_copies(work_dir: Path, latest: dict) -> list[str]:
+def repair_copies(work_dir: Path) -> list[str]:
     """Make best.pt and final.pt agree with latest.pt after a stop between writing it and copying it.
 
     latest.pt is always written first; best.pt and final.pt are taken from it at the same step.
     So when latest.pt says its own step is the best (or the last), a best.pt (final.pt) of another
     step is a copy that the stop prevented. Returns the names repaired.
     """
-    step, repaired = int(latest["step"]), []
-    wanted = {"best.pt": int(latest.get("best_step", -1)) == step,
-              "final.pt": step >= int(latest.get("horizon", step + 1))}
+    latest = read_info(work_dir / "latest.pt")
+    wanted = {"best.pt": latest.best_step == latest.step, "final.pt": latest.step >= latest.horizon}
+    repaired = []
     for name, should_be_latest in wanted.items():
         if not should_be_latest:
             continue
-        info = load_checkpoint_info(work_dir / name) if (work_dir / name).is_file() else None
-        if info is None or int(info["step"]) != step or info.get("run_identity") != latest.get("run_identity"):
-            # what save_run writes: latest.pt without the state only resuming needs
-            save_checkpoint(work_dir / name, release_state(latest))
+        info = read_info(work_dir / name) if (work_dir / name).is_file() else None
+        if info is None or info.step != latest.step or info.run_identity != latest.run_identity:
+            # what training writes there: latest.pt without the state only resuming needs
+            TrainingCheckpoint.load_resumable(work_dir / "latest.pt").save(work_dir / name, resumable=False)
             repaired.append(name)
     return repaired
 
@@ -214,3 +219,30 @@ def publish(work_dir: Path, publish_dir: Path) -> None:
     for name in PUBLISHED:
         if (work_dir / name).is_file():
             copy_file(work_dir / name, publish_dir / name)
+
+
+@contextmanager
+def run_folder(work_dir: Path, identity: dict, train_cfg: TrainConfig, publish_dir: Path | None = None,
+               owner: bool = True, log: Callable[[str], None] | None = None) -> Iterator[Start]:
+    """One training session in work_dir: yields how to start (plan_start), and publishes the run into
+    publish_dir when the body returns.
+
+    The owner (rank 0 of a DDP run) checks that the folder takes checkpoints, holds its lock for the
+    whole session, brings a run to continue into it (adopt) and repairs its copies; the other ranks
+    only read the plan. log receives the notes (another run found, copies repaired).
+    """
+    log = log or (lambda _msg: None)
+    if owner:
+        check_writable(work_dir)
+    with RunDirLock(work_dir) if owner else nullcontext():
+        start = plan_start(work_dir, identity, train_cfg, publish_dir)
+        if start.note:
+            log(f"train: {start.note}")
+        if owner and start.checkpoint is not None:
+            adopt(start.checkpoint, work_dir)
+            repaired = repair_copies(work_dir)
+            if repaired:
+                log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
+        yield start
+        if owner and publish_dir is not None:
+            publish(work_dir, publish_dir)

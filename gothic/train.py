@@ -30,14 +30,14 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-from gothic.checkpoint import RunState, TrainingCheckpoint, load_checkpoint_info, load_weights
+from gothic.checkpoint import RunState, TrainingCheckpoint, load_weights
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, BatchStream, TrainingData, load_training_data
 from gothic.errors import GothicError
 from gothic.model import GPT
 from gothic.optim import build_optimizers, get_lr, set_lr
-from gothic.rundir import RunDirLock, adopt, check_writable, plan_start, publish, repair_copies, run_identity
-from gothic.runlog import NullLog, RunLog, StepProgress, Window, run_metrics
+from gothic.rundir import run_folder, run_identity
+from gothic.runlog import Reporter, RunLog, TrainHooks, Window, run_metrics
 from gothic.runtime import (
     SINGLE_PROCESS,
     Dist,
@@ -54,7 +54,6 @@ from gothic.runtime import (
     wrap_model,
 )
 
-Log = Callable[[str], None]
 Batch = tuple[Tensor, Tensor]
 
 
@@ -171,7 +170,7 @@ def resume_run(run: Run, path: Path) -> None:
     if state.horizon != run.train_cfg.max_iters and state.step >= run.train_cfg.warmup_iters:
         # continued to another length: go on from the rate the old schedule had reached (get_lr)
         old_schedule = dataclasses.replace(run.train_cfg, max_iters=state.horizon)
-        state.lr_segment = (state.step, get_lr(state.step, old_schedule, state.lr_segment))
+        state.lr_segment = (state.step, old_schedule.learning_rate * get_lr(state.step, old_schedule, state.lr_segment))
     state.horizon = run.train_cfg.max_iters
     run.state, run.last_saved_step = state, state.step
 
@@ -254,7 +253,7 @@ def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
         ckpt.save(run.out_dir / name, resumable=False)
 
 
-def evaluate_and_save(run: Run, run_log: RunLog, window: Window, final: bool) -> None:
+def evaluate_and_save(run: Run, run_log: Reporter, window: Window, final: bool) -> None:
     cfg, state = run.train_cfg, run.state
     state.val_loss = estimate_loss(run.model, run.data.val, cfg.batch_size, cfg.eval_iters, cfg.seed,
                                    run.precision, run.dist)
@@ -266,8 +265,8 @@ def evaluate_and_save(run: Run, run_log: RunLog, window: Window, final: bool) ->
     save_run(run, window, (("best.pt",) if is_best else ()) + (("final.pt",) if final else ()))
 
 
-def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextManager], run_log: RunLog,
-             stop: StopRequest, on_step: Callable[[int], None] | None) -> None:
+def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextManager], run_log: Reporter,
+             stop: StopRequest) -> None:
     """Train to max_iters (state.train_time_s adds the seconds spent in training steps).
 
     On a stop request, saves latest.pt at the step just finished and raises KeyboardInterrupt.
@@ -290,8 +289,7 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
             state.train_time_s += seconds
             check_finite(run, "train", loss)
             run_log.train_row(loss, lr, steps * step_tokens / max(seconds, 1e-9))
-        if on_step is not None:
-            on_step(state.step)
+        run_log.after_step()
         stopping = stop.agreed(run.dist, run.device)
         window.pause()
         if state.step % cfg.eval_interval == 0 or is_last:
@@ -307,9 +305,7 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, tokenizer_path: str | Path,
           out_dir: str | Path, *, publish_dir: str | Path | None = None, train_file: str = "train.bin",
-          val_file: str = "val.bin", log: Log | None = None, progress: StepProgress | None = None,
-          on_step: Callable[[int], None] | None = None,
-          on_log: Callable[[RunState], None] | None = None) -> TrainResult:
+          val_file: str = "val.bin", hooks: TrainHooks | None = None) -> TrainResult:
     """Train a GPT on the bins in bin_dir, or continue the run in out_dir (train_cfg.resume, gothic.rundir).
 
     Args:
@@ -320,14 +316,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
         publish_dir: where a complete run's best.pt, final.pt and latest.pt are copied (the stage's
             `models/`); also where a run to continue is looked for when out_dir has none.
         train_file, val_file: names of the split bins inside bin_dir.
-        log: receives one-line messages (rank 0 only); None is silent.
-        progress: called (rank 0) with (step, max_iters, status) after every step; with it, the
-            train rows update the status instead of logging a line each (gothic.progress.step_display
-            makes a rich bar of it for the stage and the CLI).
-        on_step: called with the step number after every optimizer step (tests use it to
-            interrupt a run).
-        on_log: called (rank 0) with the run state after each logged train or val row
-            (gothic.live.LiveMetrics keeps the DVC metrics and plot files current).
+        hooks: how the caller hears from the run (log lines, progress, steps, logged rows), on rank 0;
+            None is silent.
     Returns:
         TrainResult with the metrics for metrics/train.json and the history for the plots.
     Raises:
@@ -336,48 +326,32 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
         KeyboardInterrupt: after a stop request (Ctrl+C, SIGTERM), once latest.pt holds the last step.
     """
     dist, device = init_distributed(train_cfg.device)
-    log, progress = (log, progress) if dist.is_main else (None, None)
+    hooks = hooks if hooks is not None and dist.is_main else TrainHooks()  # only rank 0 reports
     publish_dir = Path(publish_dir) if publish_dir is not None else None
     try:
         data = load_training_data(Path(bin_dir), Path(tokenizer_path), model_cfg.block_size, train_file, val_file)
-        out_dir = Path(out_dir)
-        if dist.is_main:
-            check_writable(out_dir)
         identity = run_identity(model_cfg, train_cfg, data.fingerprint)
-        with RunDirLock(out_dir) if dist.is_main else nullcontext():
-            start = plan_start(out_dir, identity, train_cfg, publish_dir)
-            if log and start.note:
-                log(f"train: {start.note}")
-            with oom_as_error(model_cfg, train_cfg, device):
-                run = build_run(model_cfg, train_cfg, data, out_dir, dist, device, identity)
-                if start.checkpoint is not None:
-                    resume_run(run, start.checkpoint)
-                    if dist.is_main:
-                        adopt(start.checkpoint, out_dir)
-                        repaired = repair_copies(out_dir, load_checkpoint_info(out_dir / "latest.pt"))
-                        if log and repaired:
-                            log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
-                if start.action != "complete":
-                    train_session(run, log, progress, on_step, on_log)
-            if publish_dir is not None and dist.is_main:
-                publish(out_dir, publish_dir)
-        return TrainResult(run_metrics(run.state, run.model), run.state.history, out_dir, dist.rank)
+        with run_folder(Path(out_dir), identity, train_cfg, publish_dir, dist.is_main, hooks.log) \
+                as start, oom_as_error(model_cfg, train_cfg, device):
+            run = build_run(model_cfg, train_cfg, data, Path(out_dir), dist, device, identity)
+            if start.checkpoint is not None:
+                resume_run(run, start.checkpoint)
+            if start.action != "complete":
+                train_session(run, hooks)
+        return TrainResult(run_metrics(run.state, run.model), run.state.history, Path(out_dir), dist.rank)
     finally:
         if dist.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
 
 
-def train_session(run: Run, log: Log | None, progress: StepProgress | None,
-                  on_step: Callable[[int], None] | None,
-                  on_log: Callable[[RunState], None] | None = None) -> None:
-    """Train from run.state.step to max_iters with the progress display and TensorBoard logs."""
+def train_session(run: Run, hooks: TrainHooks) -> None:
+    """Train from run.state.step to max_iters, reporting through hooks (rank 0) and TensorBoard."""
     module, no_sync = wrap_model(run.model, run.dist, run.device, run.train_cfg.compile)
-    if log:
-        log(startup_line(run))
-    run_log = RunLog(run.out_dir, run.state, run.train_cfg.max_iters, log, progress, on_log) \
-        if run.dist.is_main else NullLog()
+    if hooks.log is not None:
+        hooks.log(startup_line(run))
+    run_log = RunLog(run.out_dir, run.state, run.train_cfg.max_iters, hooks) if run.dist.is_main else Reporter()
     try:
         with StopRequest() as stop:
-            run_loop(run, module, no_sync, run_log, stop, on_step)
+            run_loop(run, module, no_sync, run_log, stop)
     finally:
         run_log.close()

@@ -7,7 +7,6 @@ export/ is declared under `artifacts:` in dvc.yaml, so `dvc push` shares it thro
 
 import sys
 
-from gothic.cli_export import describe
 from gothic.config import load_params
 from gothic.errors import GothicError, run_main
 from gothic.export import TOLERANCE, export_checkpoint
@@ -15,13 +14,12 @@ from gothic.export import TOLERANCE, export_checkpoint
 
 def main(checkpoint_path: str, metrics_dir: str, samples_path: str, out_dir: str) -> None:
     params = load_params("params.yaml")
-    s = params.sample
     result = export_checkpoint(checkpoint_path, out_dir, metrics_dir=metrics_dir, samples=samples_path,
-                               sampling={"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p},
+                               sampling=params.sample,
                                sources=list(params.prepare.sources))
     if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
         raise GothicError(f"the exported model's logits differ from gothic's by {result.max_logit_diff:.1e}")
-    print(f"export: {describe(result)}")
+    print(f"export: {result.summary()}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from gothic.errors import run_main
 from gothic.files import write_json
 from gothic.live import LiveMetrics
 from gothic.progress import step_display
-from gothic.runlog import write_curves
+from gothic.runlog import TrainHooks, write_curves
 from gothic.train import train
 
 
@@ -29,8 +29,8 @@ def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metr
     # then once more from the final result
     with step_display("train", show=None if os.environ.get("RANK", "0") == "0" else False) as (log, progress):
         result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(work_dir),
-                       publish_dir=Path(models_dir), log=log, progress=progress,
-                       on_log=LiveMetrics(metrics_path, plots_dir))
+                       publish_dir=Path(models_dir),
+                       hooks=TrainHooks(log, progress, on_log=LiveMetrics(metrics_path, plots_dir)))
     if result.rank != 0:  # the stage under torchrun: one writer
         return
     write_json(metrics_path, result.metrics)

@@ -13,6 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CORPUS = ROOT.parent / "shared" / "corpus" / "gothic"
 
+SLOW_KINDS = ("dvc", "subprocess", "pty")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """What a test is (dvc, subprocess, pty) puts it in the slow lane: `make test` leaves it out."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 # A few paragraphs of public-domain-style prose, enough for a 300-token BPE.
 TINY_TEXT = (
     "The castle stood upon the hill, dark against the evening sky. No light burned in its windows,\n"
@@ -30,10 +40,9 @@ def shared_corpus() -> Path:
     return SHARED_CORPUS
 
 
-@pytest.fixture
-def raw_dir(tmp_path: Path) -> Path:
-    """data/raw with three small books (one with a Gutenberg header and CRLF line ends)."""
-    raw = tmp_path / "raw"
+def make_raw_dir(parent: Path) -> Path:
+    """parent/raw with three small books (one with a Gutenberg header and CRLF line ends)."""
+    raw = parent / "raw"
     raw.mkdir()
     header = "The Project Gutenberg EBook of X\r\n\r\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\r\n"
     footer = ("\r\nEnd of the Project Gutenberg EBook of X\r\n\r\n"
@@ -44,6 +53,11 @@ def raw_dir(tmp_path: Path) -> Path:
     (raw / "nested").mkdir()
     (raw / "nested" / "gamma.txt").write_text(TINY_TEXT[::-1] * 20, encoding="utf-8")
     return raw
+
+
+@pytest.fixture
+def raw_dir(tmp_path: Path) -> Path:
+    return make_raw_dir(tmp_path)
 
 
 def committed_text(name: str) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from conftest import ROOT, TINY_TEXT, has_dvc
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_dvc() or shutil.which("make") is None,
+pytestmark = [pytest.mark.dvc, pytest.mark.skipif(not has_dvc() or shutil.which("make") is None,
                                                    reason="needs dvc and make")]
 
 VENV = Path(sys.executable).parent.parent

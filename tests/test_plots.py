@@ -57,7 +57,7 @@ TSVS = {"train_loss.tsv": "step\ttrain_loss\n1\t6.0\n2\t5.1\n3\t4.6\n",
         "learning_rate.tsv": "step\tlr\n1\t0.001\n2\t0.002\n3\t0.001\n"}
 
 
-@pytest.mark.slow
+@pytest.mark.dvc
 @pytest.mark.skipif(not has_dvc() or shutil.which("git") is None, reason="needs dvc and git")
 def test_make_plots_renders_every_chart_of_dvc_yaml(tmp_path):
     (tmp_path / "dvc.yaml").write_text(committed_text("dvc.yaml"))
@@ -79,7 +79,7 @@ def test_make_plots_renders_every_chart_of_dvc_yaml(tmp_path):
     assert 'src="loss.png"' in (tmp_path / "out" / "index.html").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_help_fits_80_columns():
     proc = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True)

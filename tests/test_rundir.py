@@ -17,6 +17,7 @@ from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
 from gothic.rundir import RunDirLock
+from gothic.runlog import TrainHooks
 from gothic.train import train
 
 from conftest import tiny_model_config, tiny_train_config, venv_env
@@ -27,8 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def run(bins: Path, tokenizer: Path, out_dir: Path, publish_dir: Path | None = None, on_step=None,
         log: list | None = None, model: dict | None = None, **train_overrides):
     return train(tiny_model_config(**(model or {})), tiny_train_config(**train_overrides), bins, tokenizer, out_dir,
-                 publish_dir=publish_dir, on_step=on_step,
-                 log=log.append if log is not None else None)
+                 publish_dir=publish_dir,
+                 hooks=TrainHooks(log=log.append if log is not None else None, on_step=on_step))
 
 
 def never(step: int) -> None:
@@ -134,7 +135,7 @@ def test_training_imports_on_a_platform_without_fcntl(monkeypatch):
     with pytest.raises(ImportError):
         import fcntl  # noqa: F401
     train_module = importlib.import_module("gothic.train")
-    assert train_module.RunDirLock is importlib.import_module("gothic.rundir").RunDirLock
+    assert train_module.run_folder is importlib.import_module("gothic.rundir").run_folder  # which takes the lock
 
 
 def test_the_lock_names_its_holder_and_is_released_with_it(tmp_path):
@@ -148,7 +149,7 @@ def test_the_lock_names_its_holder_and_is_released_with_it(tmp_path):
         pass
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     code = ("import sys, time; from pathlib import Path; from gothic.rundir import RunDirLock\n"
             "with RunDirLock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)")
@@ -182,7 +183,7 @@ def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoints(tra
         run(train_bins, tiny_tokenizer_path, tmp_path, on_step=poison)
     for name in ("latest.pt", "best.pt"):
         model, info = load_model(tmp_path / name)
-        assert info["step"] == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+        assert info.step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
     assert not (tmp_path / "final.pt").exists()
 
 

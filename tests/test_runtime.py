@@ -7,6 +7,7 @@ import torch
 
 import gothic.runtime
 from gothic.errors import GothicError
+from gothic.runlog import TrainHooks
 from gothic.runtime import inference_dtype, resolve_precision
 from gothic.train import train
 
@@ -62,7 +63,7 @@ def test_the_startup_line_says_why_auto_trains_on_the_cpu(monkeypatch, train_bin
     lines: list[str] = []
     for device in ("auto", "cpu"):
         train(tiny_model_config(), tiny_train_config(device=device, max_iters=1, resume=False), train_bins,
-              tiny_tokenizer_path, tmp_path / device, log=lines.append)
+              tiny_tokenizer_path, tmp_path / device, hooks=TrainHooks(log=lines.append))
     auto, cpu = [line for line in lines if line.startswith("train: cpu")]
     assert auto.startswith("train: cpu (an NVIDIA driver is installed but ")
     assert cpu.startswith("train: cpu | ")  # asked for the CPU: nothing to explain
