@@ -54,7 +54,7 @@ def loss_curve_spec(history: dict) -> dict | None:
     rows += [{"step": r["step"], "loss": r["val_loss"], "split": "validation"} for r in history.get("val", [])]
     if not rows:
         return None
-    return {"$schema": SCHEMA, "title": "Loss", "data": {"values": rows}, "mark": {"type": "line", "point": True},
+    return {"$schema": SCHEMA, "title": "Loss", "data": {"values": rows}, "mark": "line",
             "encoding": {"x": {"field": "step", "type": "quantitative"},
                          "y": {"field": "loss", "type": "quantitative", "title": "loss (nats per token)",
                                "scale": {"zero": False}},
