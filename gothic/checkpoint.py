@@ -40,7 +40,7 @@ from typing import BinaryIO
 import torch
 from tokenizers import Tokenizer
 
-from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig
+from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig, build_section
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path
 from gothic.model import GPT
@@ -190,15 +190,40 @@ class RunState:
                 "log_window": list(self.log_window), "history": self.history}
 
     @classmethod
-    def from_dict(cls, info: CheckpointInfo, ckpt: dict) -> RunState:
-        """The saved progress (info: the checked plain values of ckpt); history rows past the saved
-        step (logged after it) are dropped. lr_segment and log_window came after format 2 and may be absent."""
+    def from_dict(cls, path: Path, info: CheckpointInfo, ckpt: dict) -> RunState:
+        """The saved progress (info: the checked plain values of ckpt), its resume-only values checked
+        here; history rows past the saved step (logged after it) are dropped. lr_segment and
+        log_window came after format 2 and may be absent."""
         step = info.step
+        lr_segment, log_window = ckpt.get("lr_segment"), ckpt.get("log_window") or (0.0, 0)
+        history = ckpt["history"]
+        if lr_segment is not None and not _is_pair(lr_segment, int, Number):
+            raise _damaged(path, "lr_segment", "a (step, learning rate) pair")
+        if not _is_pair(log_window, Number, int):
+            raise _damaged(path, "log_window", "a (loss sum, steps) pair")
+        if not (isinstance(history, dict) and set(history) == {"train", "val"} and all(
+                isinstance(rows, list) and all(isinstance(r, dict) and _is_int(r.get("step")) for r in rows)
+                for rows in history.values())):
+            raise _damaged(path, "history", "train and val lists of rows with a step")
         return cls(step=step, best_val_loss=info.best_val_loss, best_step=info.best_step, val_loss=info.val_loss,
                    tokens_seen=info.tokens_seen, wall_time_s=info.wall_time_s, train_time_s=info.train_time_s,
-                   horizon=info.horizon, lr_segment=tuple(ckpt["lr_segment"]) if ckpt.get("lr_segment") else None,
-                   log_window=tuple(ckpt.get("log_window") or (0.0, 0)),
-                   history={k: [row for row in rows if row["step"] <= step] for k, rows in ckpt["history"].items()})
+                   horizon=info.horizon, lr_segment=tuple(lr_segment) if lr_segment else None,
+                   log_window=tuple(log_window),
+                   history={k: [row for row in rows if row["step"] <= step] for k, rows in history.items()})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pair(value, first: type, second: type) -> bool:
+    return (isinstance(value, list | tuple) and len(value) == 2 and not any(isinstance(v, bool) for v in value)
+            and isinstance(value[0], first) and isinstance(value[1], second))
+
+
+def _damaged(path: Path, key: str, expected: str) -> GothicError:
+    return GothicError(f"{path}: {key} is not {expected}; the file is damaged: start fresh with "
+                       "train.resume: false, or use a copy of the checkpoint")
 
 
 @dataclass
@@ -237,20 +262,14 @@ class TrainingCheckpoint:
     def load_resumable(cls, path: Path) -> TrainingCheckpoint:
         """A checkpoint to continue training from (latest.pt); one without the state resuming needs
         (best.pt, final.pt, an older file) is a GothicError that says so."""
-        ckpt = load_checkpoint(path)
+        ckpt, info = _read(Path(path))
         missing = [key for key in RESUME_KEYS if key not in ckpt]
         if missing:
             raise GothicError(f"{path}: holds no training state ({', '.join(missing)}), so it cannot be resumed; "
                               "start fresh with train.resume: false")
-        return cls.from_dict(path, ckpt)
-
-    @classmethod
-    def from_dict(cls, path: str | Path, ckpt: dict) -> TrainingCheckpoint:
-        """A loaded checkpoint as this layout (what only latest.pt holds is None in best.pt and final.pt)."""
-        info = CheckpointInfo.from_dict(path, ckpt)
         return cls(model=ckpt["model"], model_config=info.model_config, vocab_size=info.vocab_size,
                    tokenizer_sha256=info.tokenizer_sha256, tokenizer=info.tokenizer, train_config=info.train_config,
-                   run_identity=info.run_identity, state=RunState.from_dict(info, ckpt),
+                   run_identity=info.run_identity, state=RunState.from_dict(path, info, ckpt),
                    **{key: ckpt.get(key) for key in TRAINING_STATE_KEYS})
 
     def check_continues(self, path: Path, model_config: dict, optimizer: str, n_optimizers: int,
@@ -326,7 +345,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises GothicError, naming the file, when it is missing, truncated, not a gothic checkpoint,
     written by a newer gothic, or holds objects that would run code when unpickled.
     """
-    path = Path(path)
+    return _read(Path(path), map_location)[0]
+
+
+def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, CheckpointInfo]:
+    """load_checkpoint's work: the loaded dict, and its checked plain values."""
     if path.is_dir():
         raise GothicError(f"{path}: is a folder; pass a checkpoint file such as models/best.pt")
     if not path.is_file():
@@ -339,7 +362,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               "(only tensors and plain values are allowed); not a gothic checkpoint") from None
         raise GothicError(f"{path}: cannot be read ({_load_error_detail(e)}); the file is truncated or not a "
                           "checkpoint") from None
-    return _check_contents(path, ckpt)
+    return ckpt, _check_contents(path, ckpt)
 
 
 def _quiet_load(path: Path, **kwargs):
@@ -357,8 +380,8 @@ def read_info(path: str | Path) -> CheckpointInfo:
     try:
         ckpt = _quiet_load(path, map_location="cpu", mmap=True)
     except LOAD_ERRORS:
-        ckpt = load_checkpoint(path)  # the full load gives the precise error (or, for the legacy format, the data)
-    return CheckpointInfo.from_dict(path, _check_contents(path, ckpt))
+        return _read(path)[1]  # the full load gives the precise error (or, for the legacy format, the data)
+    return _check_contents(path, ckpt)
 
 
 def imports_objects(path: Path) -> bool:
@@ -404,21 +427,21 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _check_contents(path: Path, ckpt) -> dict:
-    """ckpt, once it is a gothic checkpoint this gothic reads with every plain value well typed."""
+def _check_contents(path: Path, ckpt) -> CheckpointInfo:
+    """ckpt's plain values, once it is a gothic checkpoint this gothic reads with every one well typed."""
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise GothicError(f"{path}: not a gothic checkpoint (no format_version); train one with gothic-train")
     version = ckpt["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise GothicError(f"{path}: checkpoint format {version!r} is newer than this gothic reads "
                           f"({FORMAT_VERSION}); upgrade gothic")
-    CheckpointInfo.from_dict(path, ckpt)
+    info = CheckpointInfo.from_dict(path, ckpt)
     if "model" not in ckpt:
         raise GothicError(f"{path}: checkpoint lacks model; the file is damaged")
     if not isinstance(ckpt["model"], dict):
         raise GothicError(f"{path}: model is a {type(ckpt['model']).__name__}, not a mapping; the file is damaged "
                           "or not from gothic")
-    return ckpt
+    return info
 
 
 def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
@@ -431,11 +454,7 @@ def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
     if saved_digest is not None and saved_digest != config_digest(raw):
         raise GothicError(f"{path}: model_config was changed after the checkpoint was written (its checksum "
                           "differs); the file is damaged or edited: use the original")
-    try:
-        cfg = ModelConfig(**raw)
-    except TypeError as e:
-        raise GothicError(f"{path}: invalid model_config ({e})") from None
-    problems = cfg.check()
+    cfg, problems = build_section(ModelConfig, raw, "model")  # a string where a number belongs, too
     if problems:
         raise GothicError(f"{path}: invalid model_config: {'; '.join(problems)}")
     return cfg
@@ -468,8 +487,19 @@ def check_weights_fit(path: Path, cfg: ModelConfig, vocab_size: int, state: dict
             raise refuse(f"{key}: {shape(key)} in the file, {expected.get(key)} expected")
 
 
+def first_nonfinite(state: dict) -> str | None:
+    """The name of the first weight holding NaN or an infinity (None: all finite)."""
+    return next((key for key, value in state.items()
+                 if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()),
+                None)
+
+
 def load_weights(model: GPT, state: dict, path: Path) -> None:
-    """Copy a state_dict into model; a shape or key mismatch is a GothicError naming the file."""
+    """Copy a state_dict into model; a shape or key mismatch, or a weight that is not finite (a diverged
+    run, a damaged file: it would give NaN losses and tracebacks downstream) is a GothicError naming the file."""
+    if (key := first_nonfinite(state)) is not None:
+        raise GothicError(f"{path}: the weights hold NaN or infinite values ({key}); the run that wrote it diverged "
+                          "or the file is damaged: use an earlier checkpoint or train again")
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
@@ -526,12 +556,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
-    ckpt = load_checkpoint(path)
+    ckpt, info = _read(path)
     cfg = model_config_from(path, ckpt)
     check_weights_fit(path, cfg, ckpt["vocab_size"], ckpt["model"])
     model = GPT(cfg, ckpt["vocab_size"])
     load_weights(model, ckpt.pop("model"), path)
-    return model.to(device).eval(), CheckpointInfo.from_dict(path, ckpt)
+    return model.to(device).eval(), info
 
 
 CHECKPOINT_NAMES = ("best", "latest", "final")
@@ -569,7 +599,7 @@ def summarize_checkpoint(path: Path) -> CheckpointSummary:
     except LOAD_ERRORS:
         return dataclasses.replace(base, error="unreadable")
     try:
-        info = CheckpointInfo.from_dict(path, _check_contents(path, ckpt))
+        info = _check_contents(path, ckpt)
     except GothicError:
         return dataclasses.replace(base, error="not a gothic checkpoint")
     return dataclasses.replace(base, step=info.step, val_loss=info.weights_val_loss)

@@ -364,8 +364,9 @@ def _type_name(want) -> str:
     return want.__name__
 
 
-def _build(cls, raw, section: str):
-    """Build one section's dataclass; return (instance or None, problems)."""
+def build_section(cls, raw, section: str):
+    """Build one section's dataclass from a parsed mapping (params.yaml's, or a checkpoint's saved
+    config), typed strictly and range-checked; return (instance or None, problems)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -407,7 +408,7 @@ def params_from_dict(raw, source: str = "params.yaml") -> Params:
         hint = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
         errors.append(f"{key}: unknown section" + (f" (did you mean {hint[0]}?)" if hint else ""))
     for name in SECTIONS:
-        cfg, problems = _build(SECTIONS[name], raw.get(name), name)
+        cfg, problems = build_section(SECTIONS[name], raw.get(name), name)
         errors += problems
         built[name] = cfg
     if errors:

@@ -109,6 +109,32 @@ def build_optimizers(model: GPT, cfg: TrainConfig, device: torch.device) -> list
     return [adamw, muon]
 
 
+def state_mismatch(opt: torch.optim.Optimizer, state) -> str | None:
+    """Why a saved optimizer state does not fit opt's parameters (None: it fits): its groups, and every
+    tensor's shape and dtype against the parameter it belongs to (the step counter is a scalar)."""
+    if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+            and isinstance(state.get("param_groups"), list) and len(state["param_groups"]) == len(opt.param_groups)):
+        return "not a state of this optimizer"
+    params = {}
+    for saved, group in zip(state["param_groups"], opt.param_groups, strict=True):
+        ids = saved.get("params") if isinstance(saved, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(group["params"]):
+            return "its parameter groups differ"
+        params.update(zip(ids, group["params"], strict=True))
+    for index, values in state["state"].items():
+        if index not in params or not isinstance(values, dict):
+            return f"state for an unknown parameter {index!r}"
+        p = params[index]
+        for name, value in values.items():
+            if not isinstance(value, torch.Tensor):
+                return f"{name} of parameter {index} is a {type(value).__name__}"
+            want = (torch.Size([]), torch.float32) if name == "step" else (p.shape, p.dtype)
+            if (value.shape, value.dtype) != want:
+                return (f"{name} of parameter {index} is {tuple(value.shape)} {value.dtype}, "
+                        f"expected {tuple(want[0])} {want[1]}")
+    return None
+
+
 # --- learning-rate schedule -------------------------------------------------------------------
 
 LrSegment = tuple[int, float]

@@ -20,7 +20,7 @@ decision of what to do with a folder's latest.pt is exact:
 - `train.resume: false` starts fresh whatever is there.
 
 `run_folder` is a training session's whole use of the folder: checked and locked, the start
-planned, a continued run adopted and its copies repaired, and a complete run published.
+planned, a continued run adopted and its copies repaired (once it loaded), a complete run published.
 """
 
 from __future__ import annotations
@@ -221,15 +221,36 @@ def publish(work_dir: Path, publish_dir: Path) -> None:
             copy_file(work_dir / name, publish_dir / name)
 
 
+@dataclass
+class RunFolder:
+    """One training session's use of its folder (run_folder): how to start, and the adoption of a run
+    to continue once its checkpoint has loaded."""
+
+    work_dir: Path
+    start: Start
+    owner: bool
+    log: Callable[[str], None]
+
+    def adopt(self) -> None:
+        """Bring the run being continued into the folder (from a published models/) and repair its
+        copies; only once its checkpoint loaded, so a damaged one replaces nothing here."""
+        if not self.owner or self.start.checkpoint is None:
+            return
+        adopt(self.start.checkpoint, self.work_dir)
+        repaired = repair_copies(self.work_dir)
+        if repaired:
+            self.log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
+
+
 @contextmanager
 def run_folder(work_dir: Path, identity: dict, train_cfg: TrainConfig, publish_dir: Path | None = None,
-               owner: bool = True, log: Callable[[str], None] | None = None) -> Iterator[Start]:
-    """One training session in work_dir: yields how to start (plan_start), and publishes the run into
-    publish_dir when the body returns.
+               owner: bool = True, log: Callable[[str], None] | None = None) -> Iterator[RunFolder]:
+    """One training session in work_dir: yields its RunFolder (how to start: plan_start), and
+    publishes the run into publish_dir when the body returns.
 
     The owner (rank 0 of a DDP run) checks that the folder takes checkpoints, holds its lock for the
-    whole session, brings a run to continue into it (adopt) and repairs its copies; the other ranks
-    only read the plan. log receives the notes (another run found, copies repaired).
+    whole session, and adopts a run to continue (RunFolder.adopt); the other ranks only read the
+    plan. log receives the notes (another run found, copies repaired).
     """
     log = log or (lambda _msg: None)
     if owner:
@@ -238,11 +259,6 @@ def run_folder(work_dir: Path, identity: dict, train_cfg: TrainConfig, publish_d
         start = plan_start(work_dir, identity, train_cfg, publish_dir)
         if start.note:
             log(f"train: {start.note}")
-        if owner and start.checkpoint is not None:
-            adopt(start.checkpoint, work_dir)
-            repaired = repair_copies(work_dir)
-            if repaired:
-                log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
-        yield start
+        yield RunFolder(work_dir, start, owner, log)
         if owner and publish_dir is not None:
             publish(work_dir, publish_dir)

@@ -30,12 +30,12 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-from gothic.checkpoint import RunState, TrainingCheckpoint, load_weights
+from gothic.checkpoint import RunState, TrainingCheckpoint, first_nonfinite, load_weights
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, BatchStream, TrainingData, load_training_data
 from gothic.errors import GothicError
 from gothic.model import GPT
-from gothic.optim import build_optimizers, get_lr, set_lr
+from gothic.optim import build_optimizers, get_lr, set_lr, state_mismatch
 from gothic.rundir import run_folder, run_identity
 from gothic.runlog import Reporter, RunLog, TrainHooks, Window, run_metrics
 from gothic.runtime import (
@@ -156,15 +156,21 @@ def resume_run(run: Run, path: Path) -> None:
     ckpt.check_continues(path, to_dict(run.model_cfg), run.train_cfg.optimizer, len(run.optimizers),
                          run.data.vocab_size, run.data.tokenizer_sha256)
     load_weights(run.model, ckpt.model, path)
-    try:
-        for opt, state in zip(run.optimizers, ckpt.optimizer, strict=True):
-            opt.load_state_dict(state)
-    except (ValueError, KeyError) as e:
-        raise GothicError(f"{path}: optimizer state does not fit ({e})") from None
+    for opt, state in zip(run.optimizers, ckpt.optimizer, strict=True):
+        # checked first: a moment of the wrong shape reaches the fused kernel unchecked, and crashes it
+        if problem := state_mismatch(opt, state):
+            raise GothicError(f"{path}: optimizer state does not fit the model ({problem}); the file is damaged: "
+                              "start fresh with train.resume: false")
+        opt.load_state_dict(state)
     if run.precision.scaler is not None and ckpt.scaler:
         run.precision.scaler.load_state_dict(ckpt.scaler)
-    run.stream.load_state_dict(ckpt.sampler)
-    restore_rng_state(ckpt.rng[run.dist.rank] if run.dist.rank < len(ckpt.rng) else ckpt.rng[0], run.device)
+    try:
+        run.stream.load_state_dict(ckpt.sampler)
+        rng = ckpt.rng[run.dist.rank] if run.dist.rank < len(ckpt.rng) else ckpt.rng[0]
+        restore_rng_state(rng, run.device)  # raises on a malformed state before anything is trained
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise GothicError(f"{path}: the sampler or RNG state is damaged ({type(e).__name__}); start fresh with "
+                          "train.resume: false") from None
     state = ckpt.state
     run.wall_offset = state.wall_time_s
     if state.horizon != run.train_cfg.max_iters and state.step >= run.train_cfg.warmup_iters:
@@ -217,14 +223,18 @@ def startup_line(run: Run) -> str:
             f"{run.model_cfg.block_size}{ranks}) | {start}, to step {cfg.max_iters}")
 
 
-def check_finite(run: Run, what: str, value: float) -> None:
-    """Stop a diverged run before it writes a checkpoint: the ones on disk stay the last good ones."""
-    if math.isfinite(value):
-        return
+def diverged(run: Run, what: str) -> GothicError:
+    """The one line that stops a diverged run before it writes a checkpoint: the ones on disk stay the
+    last good ones."""
     kept = (f"the checkpoints in {run.out_dir} keep step {run.last_saved_step}" if run.last_saved_step is not None
             else "no checkpoint was written")
-    raise GothicError(f"training diverged at step {run.state.step}: the {what} loss is {value}; {kept}. Lower "
-                      "train.learning_rate (or raise train.warmup_iters, or set train.grad_clip) and train again")
+    return GothicError(f"training diverged at step {run.state.step}: {what}; {kept}. Lower train.learning_rate "
+                       "(or raise train.warmup_iters, or set train.grad_clip) and train again")
+
+
+def check_finite(run: Run, what: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise diverged(run, f"the {what} loss is {value}")
 
 
 def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
@@ -237,6 +247,8 @@ def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
     run.update_wall_time()
     run.state.log_window = window.snapshot(run.dist)
     check_finite(run, "train", run.state.log_window[0])
+    if (key := first_nonfinite(run.model.state_dict())) is not None:  # a diverged model is never written
+        raise diverged(run, f"the weight {key} holds NaN or infinite values")
     rng_states = gather_rng_states(run.dist, run.device)
     run.last_saved_step = run.state.step
     if not run.dist.is_main:
@@ -331,12 +343,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
     try:
         data = load_training_data(Path(bin_dir), Path(tokenizer_path), model_cfg.block_size, train_file, val_file)
         identity = run_identity(model_cfg, train_cfg, data.fingerprint)
-        with run_folder(Path(out_dir), identity, train_cfg, publish_dir, dist.is_main, hooks.log) \
-                as start, oom_as_error(model_cfg, train_cfg, device):
+        with run_folder(Path(out_dir), identity, train_cfg, publish_dir, dist.is_main, hooks.log) as folder, \
+                oom_as_error(model_cfg, train_cfg, device):
             run = build_run(model_cfg, train_cfg, data, Path(out_dir), dist, device, identity)
-            if start.checkpoint is not None:
-                resume_run(run, start.checkpoint)
-            if start.action != "complete":
+            if folder.start.checkpoint is not None:
+                resume_run(run, folder.start.checkpoint)
+                folder.adopt()
+            if folder.start.action != "complete":
                 train_session(run, hooks)
         return TrainResult(run_metrics(run.state, run.model), run.state.history, Path(out_dir), dist.rank)
     finally:

@@ -197,3 +197,19 @@ def test_resume_finds_this_run_in_the_published_folder_when_the_work_folder_hold
     result = run(train_bins, tiny_tokenizer_path, work, models, log=log, max_iters=8, resume=True)
     assert any("resuming at step 4, to step 8" in line for line in log), log
     assert result.metrics["step"] == 8 and load_checkpoint(models / "final.pt")["step"] == 8
+
+
+def test_a_published_run_that_fails_to_load_replaces_nothing_in_the_work_folder(train_bins, tiny_tokenizer_path,
+                                                                                 tmp_path):
+    """A run to continue is copied into the work folder only once its checkpoint has loaded: a damaged
+    models/latest.pt is one line, and the work folder's checkpoint (another run's) stays as it was."""
+    work, models = tmp_path / "checkpoints", tmp_path / "models"
+    run(train_bins, tiny_tokenizer_path, work, models, max_iters=4)  # A, published
+    run(train_bins, tiny_tokenizer_path, work, tmp_path / "elsewhere", max_iters=4, seed=8)  # B, in the work folder
+    ckpt = torch.load(models / "latest.pt", weights_only=True)
+    ckpt["optimizer"] = ckpt["optimizer"][:0]  # plans as A's checkpoint, fails to resume
+    torch.save(ckpt, models / "latest.pt")
+    before = sha256_file(work / "latest.pt")
+    with pytest.raises(GothicError, match="optimizer"):
+        run(train_bins, tiny_tokenizer_path, work, models, max_iters=8, resume=True)
+    assert sha256_file(work / "latest.pt") == before
