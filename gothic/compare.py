@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     from gothic.plots import dvc_specs, render_all
 
     pngs = render_all(dvc_specs([col.name for col in shown]), CHARTS_DIR)
-    console.print(f"charts of these experiments: {CHARTS_DIR}/index.html ({len(pngs)} PNGs, each also as HTML)")
+    console.print(f"charts: {CHARTS_DIR}/index.html ({len(pngs)} PNGs, each also as HTML)")
 
 
 if __name__ == "__main__":
