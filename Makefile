@@ -97,7 +97,7 @@ tensorboard: setup  ## TensorBoard on the training logs (live while training run
 	$(BIN)/tensorboard --logdir checkpoints/logs
 
 # DVC's charts (dvc.yaml's plots section) as PNG and self-contained HTML: they open offline
-plots: setup  ## loss, learning-rate, per-book charts: dvc_plots/*.png
+plots: setup  ## loss, learning-rate, per-document charts: dvc_plots/*.png
 	@$(RUN) python -m gothic.plots dvc_plots
 
 clean:  ## remove pipeline outputs (keeps .venv and the DVC cache)
