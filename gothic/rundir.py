@@ -65,7 +65,7 @@ def describe_difference(saved: dict, wanted: dict) -> str:
     for section in ("model", "train"):
         old, new = saved.get(section, {}), wanted[section]
         diffs += [f"{section}.{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
-    if saved.get("data") != wanted["data"]:
+    if saved.get("data") != wanted.get("data"):
         diffs.append("the token bins changed")
     return "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "") or "an older checkpoint format"
 
@@ -121,6 +121,22 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
     if step == train_cfg.max_iters:
         return Start("complete", path, f"{path}: this run is complete at step {step}; nothing to train")
     return Start("continue", path)
+
+
+def check_params_unchanged(model_cfg: ModelConfig, train_cfg: TrainConfig, now_model: ModelConfig,
+                           now_train: TrainConfig, work_dir: Path) -> None:
+    """Refuse to publish a run that params.yaml no longer describes: DVC records the stage's outputs
+    under the params it reads when the stage ends (a `dvc exp apply` or a second `dvc exp run` may
+    have rewritten the file meanwhile), so weights trained with other values would be recorded
+    under these. Every model and train value counts, not only the run key's."""
+    trained = {"model": to_dict(model_cfg), "train": to_dict(train_cfg)}
+    now = {"model": to_dict(now_model), "train": to_dict(now_train)}
+    if trained == now:
+        return
+    raise GothicError(f"params.yaml changed while this run trained ({describe_difference(trained, now)}), so its "
+                      f"checkpoints are not published to be recorded under those params; they stay in {work_dir}. "
+                      "Restore the params it trained with (git checkout params.yaml, or dvc exp apply the experiment "
+                      "you meant) and run again: the complete run is then published without training")
 
 
 def check_writable(out_dir: Path) -> None:
@@ -253,8 +269,9 @@ def run_folder(work_dir: Path, identity: dict, train_cfg: TrainConfig, publish_d
     plan. log receives the notes (another run found, copies repaired).
     """
     log = log or (lambda _msg: None)
-    if owner:
-        check_writable(work_dir)
+    if owner:  # both folders, before an hour of training finds a read-only models/
+        for folder in (work_dir, publish_dir) if publish_dir is not None else (work_dir,):
+            check_writable(folder)
     with RunDirLock(work_dir) if owner else nullcontext():
         start = plan_start(work_dir, identity, train_cfg, publish_dir)
         if start.note:

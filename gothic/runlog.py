@@ -40,6 +40,9 @@ class TrainHooks:
     """The step number after every optimizer step (tests interrupt a run there)."""
     on_log: Callable[[RunState], None] | None = None
     """The run state after each logged train or val row (gothic.live.LiveMetrics: DVC's metrics and plots)."""
+    before_publish: Callable[[], None] | None = None
+    """Called once the run is complete, before it is published; a GothicError there publishes nothing
+    (the train stage checks that params.yaml still describes the run: gothic.rundir.check_params_unchanged)."""
 
 
 class Reporter:

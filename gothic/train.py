@@ -351,6 +351,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
                 folder.adopt()
             if folder.start.action != "complete":
                 train_session(run, hooks)
+            if hooks.before_publish is not None:
+                hooks.before_publish()
         return TrainResult(run_metrics(run.state, run.model), run.state.history, Path(out_dir), dist.rank)
     finally:
         if dist.enabled and torch_dist.is_initialized():

@@ -213,3 +213,22 @@ def test_a_published_run_that_fails_to_load_replaces_nothing_in_the_work_folder(
     with pytest.raises(GothicError, match="optimizer"):
         run(train_bins, tiny_tokenizer_path, work, models, max_iters=8, resume=True)
     assert sha256_file(work / "latest.pt") == before
+
+
+def test_a_read_only_publish_folder_is_found_before_any_step(train_bins, tiny_tokenizer_path, tmp_path,
+                                                             monkeypatch):
+    import errno
+    import tempfile
+
+    models = tmp_path / "models"
+    real = tempfile.TemporaryFile
+
+    def read_only_models(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == models:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only_models)
+    steps: list[int] = []
+    with pytest.raises(GothicError, match="cannot write checkpoints to .*models: Read-only file system"):
+        run(train_bins, tiny_tokenizer_path, tmp_path / "ckpt", models, on_step=steps.append)
+    assert steps == []
