@@ -86,6 +86,7 @@ INFO_FIELDS: dict[str, tuple[type, object]] = {
     "wall_time_s": (Number, 0.0),
     "train_time_s": (Number, 0.0),
     "horizon": (int, _schedule_end),
+    "history": (dict, lambda ckpt: {"train": [], "val": []}),  # the logged rows: the model card's loss curve
 }
 """Every plain value a reader may ask of a checkpoint: its type, and what a file written before the
 key existed means by its absence (REQUIRED: the file is damaged without it; a callable computes the
@@ -123,6 +124,8 @@ class CheckpointInfo:
     train_time_s: float
     horizon: int
     """The max_iters the learning-rate schedule was heading for: the run is complete there."""
+    history: dict
+    """The run's logged rows up to step: {"train": [{step, train_loss, lr, ...}], "val": [{step, val_loss}]}."""
 
     @classmethod
     def from_dict(cls, path: str | Path, ckpt: dict) -> CheckpointInfo:

@@ -247,7 +247,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
 
         write_text(tmp / "README.md", model_card(model, info, hf.architecture, hf.reason, diff,
                                                  Path(metrics_dir) if metrics_dir else None,
-                                                 Path(samples) if samples else None, out_dir.name, sources))
+                                                 Path(samples) if samples else None, out_dir.name, sources,
+                                                 figures_dir=tmp))
         tmp.chmod(0o755)  # mkdtemp makes 0700, and safetensors writes 0600: shared files should be readable
         for path in tmp.iterdir():
             path.chmod(0o644)

@@ -1,7 +1,9 @@
 """The README.md model card of an exported model: data, parameters, evaluation, samples, how to load it.
 
-Built only from what the pipeline already wrote (the checkpoint's metadata and metrics/*.json,
-samples/samples.md), so the card of an experiment describes that experiment.
+Built only from what the pipeline already wrote (the checkpoint's metadata and history,
+metrics/*.json, samples/samples.md), so the card of an experiment describes that experiment. Its
+YAML front matter (licence, library, pipeline tag, language, evaluation results) is what the
+Hugging Face Hub reads to list and search a model, written by huggingface_hub's own ModelCard.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import json
 import math
 from pathlib import Path
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
 from gothic.checkpoint import CheckpointInfo
 from gothic.model import GPT
+from gothic.plots import documents_spec, loss_curve_spec, render
 
 # what gothic knows of the licence of each corpus source (prepare.sources)
 SOURCE_LICENCES = {
@@ -23,7 +28,9 @@ MAX_SAMPLES_CHARS = 4000
 
 
 def model_card(model: GPT, info: CheckpointInfo, architecture: str | None, reason: str, max_diff: float | None,
-               metrics_dir: Path | None, samples: Path | None, folder: str, sources: list[str] | None = None) -> str:
+               metrics_dir: Path | None, samples: Path | None, folder: str, sources: list[str] | None = None,
+               figures_dir: Path | None = None) -> str:
+    """The card's text; with figures_dir, its loss curve and per-document chart are rendered there as PNGs."""
     cfg, train_cfg = model.cfg, info.train_config
     metrics = {name: _read_json(metrics_dir / f"{name}.json") if metrics_dir else {}
                for name in ("corpus", "eval", "train")}
@@ -33,11 +40,14 @@ def model_card(model: GPT, info: CheckpointInfo, architecture: str | None, reaso
              "of books.\n",
              "## Architecture\n", _architecture(cfg, architecture, reason, max_diff, params, model),
              "## Training data\n", _data(metrics["corpus"], sources),
-             "## Training\n", _training(info, train_cfg),
-             "## Evaluation\n", _evaluation(metrics["eval"], info),
+             "## Training\n", _training(info, train_cfg) + figure(
+                 figures_dir, "loss", loss_curve_spec(info.history), "train and validation loss"),
+             "## Evaluation\n", _evaluation(metrics["eval"], info) + figure(
+                 figures_dir, "held_out_bits_per_byte", documents_spec(metrics["eval"].get("documents") or []),
+                 "held-out bits per byte of each document"),
              "## Samples\n", _samples(samples),
              "## How to use\n", _usage(architecture, folder)]
-    return "\n".join(parts)
+    return with_front_matter("\n".join(parts), card_data(architecture, metrics["eval"], sources))
 
 
 def _read_json(path: Path) -> dict:
@@ -131,3 +141,36 @@ print(tok.decode(model.generate(**tok("The night was", return_tensors="pt"), max
 ```
 
 """ + gothic + "\n" + gguf)
+
+
+# The front matter and the figures: what the Hub reads, and the pictures the card shows.
+
+def card_data(architecture: str | None, ev: dict, sources: list[str] | None) -> ModelCardData:
+    """The Hub's metadata for this model. No `datasets`: the corpus is a local folder, not a Hub dataset."""
+    builtin_only = bool(sources) and set(sources) == {"builtin"}
+    # the weights are the code's (MIT) output from public-domain plays; other text brings its own licence terms
+    licence = {"license": "mit"} if builtin_only else {"license": "other", "license_name": "training-text-licences"}
+    results = [EvalResult(task_type="text-generation", dataset_type="text", dataset_split="validation",
+                          dataset_name="held-out documents of the training corpus", metric_type=kind,
+                          metric_name=label, metric_value=ev[key])
+               for key, kind, label in (("bits_per_byte", "bits_per_byte", "bits per byte"),
+                                        ("perplexity", "perplexity", "perplexity"),
+                                        ("val_loss", "loss", "loss (nats per token)"))
+               if isinstance(ev.get(key), int | float)]
+    return ModelCardData(
+        model_name="gothic-gpt", library_name="transformers" if architecture else "gothic",
+        pipeline_tag="text-generation", language=["en"] if sources and "builtin" in sources else None,
+        tags=["gothic", "gpt", "trained-from-scratch"], metrics=["perplexity", "bits_per_byte"] if results else None,
+        eval_results=results or None, **licence)
+
+
+def with_front_matter(body: str, data: ModelCardData) -> str:
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def figure(folder: Path | None, name: str, spec: dict | None, alt: str) -> str:
+    """Render spec to folder/name.png and return the markdown that shows it ('' without a folder or data)."""
+    if folder is None or spec is None:
+        return ""
+    render(spec, folder, name, html_page=False)
+    return f"\n![{alt}]({name}.png)\n"

@@ -25,7 +25,6 @@ planned, a continued run adopted and its copies repaired (once it loaded), a com
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -35,6 +34,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from gothic.checkpoint import CheckpointInfo, TrainingCheckpoint, read_info
 from gothic.config import ModelConfig, TrainConfig, to_dict
@@ -154,24 +155,39 @@ def check_writable(out_dir: Path, create: bool = True) -> None:
 class RunDirLock:
     """An exclusive lock on a run folder, so two trainings never write the same checkpoints.
 
-    flock is released by the kernel when the process dies, so a killed run never leaves it stale.
+    filelock takes an OS lock (flock on Linux and macOS, LockFileEx on Windows), which the kernel
+    releases when the process dies, so a killed run never leaves it stale; its soft fallback (a
+    marker file that a killed run would leave behind) is turned off.
     """
+
+    # Windows locks byte 0 of the file and refuses reads of it to other processes: the holder's pid follows it
+    HOLDER_OFFSET = 1
 
     def __init__(self, work_dir: Path):
         self.path = work_dir / LOCK_NAME
-        self.fd: int | None = None
+        self._lock = FileLock(self.path, timeout=0, thread_local=False, fallback_to_soft=False,
+                              preserve_lock_file=True, on_acquired=self._write_holder)
+
+    @classmethod
+    def _write_holder(cls, fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, b"\n" + str(os.getpid()).encode())
+
+    def holder(self) -> str:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.HOLDER_OFFSET)
+                return f.read(32).decode(errors="replace").strip() or "?"
+        except OSError:
+            return "?"
 
     def __enter__(self) -> RunDirLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise GothicError(f"{self.path.parent} is in use by another training run (pid {owner}); wait for it "
-                              "to finish, or give this one another folder (--out-dir)") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+            self._lock.acquire()
+        except Timeout:
+            raise GothicError(f"{self.path.parent} is in use by another training run (pid {self.holder()}); wait for "
+                              "it to finish, or give this one another folder (--out-dir)") from None
         # a run killed inside a write leaves its temporary file (gothic.files.atomic_path); the next
         # write of that file removes it, but best.pt or final.pt may not be written again this run
         for name in PUBLISHED:
@@ -179,9 +195,7 @@ class RunDirLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
+        self._lock.release()
 
 
 def copy_file(src: Path, dst: Path) -> None:

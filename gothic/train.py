@@ -44,6 +44,7 @@ from gothic.runtime import (
     Precision,
     StopRequest,
     all_reduce,
+    cuda_fallback_note,
     gather_rng_states,
     init_distributed,
     oom_as_error,
@@ -213,7 +214,10 @@ def startup_line(run: Run) -> str:
     compiled = "on" if should_compile(cfg.compile, run.device) else "off"
     ranks = f" x {run.dist.world_size} ranks" if run.dist.enabled else ""
     start = f"resuming at step {run.state.step}" if run.state.step else "from scratch"
-    return (f"train: {run.device} | {run.precision.describe()} | compile {compiled} | "
+    # only where auto chose the CPU: an explicit device: cpu is what the user wants
+    fallback = cuda_fallback_note() if cfg.device == "auto" and run.device.type == "cpu" else ""
+    device = f"{run.device} ({fallback})" if fallback else str(run.device)
+    return (f"train: {device} | {run.precision.describe()} | compile {compiled} | "
             f"{m.num_params(non_embedding=False) / 1e6:.2f}M params ({m.num_params() / 1e6:.2f}M non-embedding) | "
             f"{tokens_per_step(run):,} tokens/step ({cfg.batch_size} x {cfg.grad_accum} x "
             f"{run.model_cfg.block_size}{ranks}) | {start}, to step {cfg.max_iters}")

@@ -145,7 +145,7 @@ def uniform_gpt(vocab_size: int, block_size: int = 32):
 
 
 def save_tiny_checkpoint(path: Path, model, tokenizer_path: Path, step: int = 7, best_val_loss: float = 9.0,
-                         carry_tokenizer: bool = False) -> Path:
+                         carry_tokenizer: bool = False, history: dict | None = None) -> Path:
     """Write `model` as a gothic checkpoint (what generation and evaluation read) tied to a tokenizer;
     with carry_tokenizer, the tokenizer travels inside as training writes it, else (as in format 1)
     it must be given separately."""
@@ -157,7 +157,8 @@ def save_tiny_checkpoint(path: Path, model, tokenizer_path: Path, step: int = 7,
     TrainingCheckpoint(model=model.state_dict(), model_config=dataclasses.asdict(model.cfg),
                        vocab_size=model.vocab_size, tokenizer_sha256=tokenizer_sha256(tokenizer_path),
                        tokenizer=tokenizer_path.read_bytes().decode("utf-8") if carry_tokenizer else None,
-                       state=RunState(step=step, best_val_loss=best_val_loss)).save(path, resumable=False)
+                       state=RunState(step=step, best_val_loss=best_val_loss,
+                                      **({"history": history} if history else {}))).save(path, resumable=False)
     return path
 
 

@@ -361,10 +361,12 @@ def test_models_table(session):
 def test_params_shows_model_and_sampling(session):
     screen = drive(session, ["Hi", "/params"], width=120)
     model = session.engine.model
-    for expected in (f"{model.num_params(non_embedding=False):,}", "2 × 2 heads", "64 tokens", "300 tokens",
+    counts = f"{model.num_params(non_embedding=False):,} ({model.num_params():,} non-embedding)"
+    for expected in (counts, "2 × 2 heads", "64 tokens", "300 tokens",
                      "9.0000", "temperature", "0.8", "max tokens", "last reply", "first text after",
                      f"cpu ({'bf16' if session.engine.dtype == torch.bfloat16 else 'fp32'})"):
         assert expected in screen, expected
+    assert "position" not in screen  # the count leaves out every lookup table, not only position embeddings
 
 
 def test_reset_forgets_the_conversation(session):

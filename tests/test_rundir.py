@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ from gothic.rundir import RunDirLock
 from gothic.runlog import TrainHooks
 from gothic.train import train
 
-from conftest import tiny_model_config, tiny_train_config
+from conftest import tiny_model_config, tiny_train_config, venv_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,6 +125,45 @@ def test_a_busy_run_folder_is_refused_with_one_line(train_bins, tiny_tokenizer_p
     with RunDirLock(tmp_path), pytest.raises(GothicError, match=r"in use by another training run \(pid \d+\)"):
         run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)
     run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)  # released: trains
+
+
+def test_training_imports_on_a_platform_without_fcntl(monkeypatch):
+    """Windows has no fcntl: gothic.train (and the lock it takes) must import there all the same."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` now raises ImportError, as on Windows
+    for name in ("gothic.rundir", "gothic.train"):
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError):
+        import fcntl  # noqa: F401
+    train_module = importlib.import_module("gothic.train")
+    assert train_module.run_folder is importlib.import_module("gothic.rundir").run_folder  # which takes the lock
+
+
+def test_the_lock_names_its_holder_and_is_released_with_it(tmp_path):
+    holder = RunDirLock(tmp_path)
+    with holder, pytest.raises(GothicError) as refused:
+        with RunDirLock(tmp_path):
+            pass
+    assert str(refused.value) == (f"{tmp_path} is in use by another training run (pid {os.getpid()}); wait for it "
+                                  "to finish, or give this one another folder (--out-dir)")
+    with RunDirLock(tmp_path):  # released on exit
+        pass
+
+
+@pytest.mark.subprocess
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    code = ("import sys, time; from pathlib import Path; from gothic.rundir import RunDirLock\n"
+            "with RunDirLock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env=venv_env())
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(GothicError, match=rf"\(pid {proc.pid}\)"):
+            RunDirLock(tmp_path).__enter__()
+    finally:
+        proc.kill()
+        proc.wait()
+    with RunDirLock(tmp_path):  # the kernel released the dead process's lock
+        pass
 
 
 def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoints(train_bins, tiny_tokenizer_path,

@@ -148,8 +148,7 @@ def params_table(session: ChatSession) -> Table:
         ("checkpoint", str(session.checkpoint_path)),
         ("step", str(info.step)),
         ("val loss", _loss(info.weights_val_loss)),
-        ("parameters", f"{model.num_params(non_embedding=False):,} ({model.num_params():,} without position "
-                       "embeddings)"),
+        ("parameters", f"{model.num_params(non_embedding=False):,} ({model.num_params():,} non-embedding)"),
         ("layers", f"{cfg.n_layer} × {cfg.n_head} heads, {cfg.n_embd} dims"),
         ("context", f"{cfg.block_size} tokens"),
         ("vocab", f"{model.vocab_size} tokens"),
