@@ -402,7 +402,7 @@ def test_stage_publishes_nothing_when_params_yaml_changed_while_it_trained(train
             "metrics/train_plots")
     with pytest.raises(GothicError, match=r"params.yaml changed while this run trained \(train.seed 7 -> 3\)"):
         stage["main"](*args)
-    assert not any((tmp_path / "models").iterdir()) and (tmp_path / "checkpoints" / "final.pt").is_file()
+    assert not (tmp_path / "models").exists() and (tmp_path / "checkpoints" / "final.pt").is_file()
     monkeypatch.setattr(train_module, "train_session", session)
     write_params(tmp_path / "params.yaml", max_iters=4)
     trained = sha256_file(tmp_path / "checkpoints" / "final.pt")
