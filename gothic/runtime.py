@@ -47,6 +47,20 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         raise GothicError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
 
 
+def use_fast_cuda_matmuls(device: torch.device) -> None:
+    """On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (10-bit mantissa inputs,
+    float32 accumulation, as nanoGPT and litgpt train): what autocast leaves in float32, and the
+    whole model under train.dtype float32. A no-op elsewhere, so CPU results never change."""
+    if device.type != "cuda":
+        return
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def capture_rng_state(device: torch.device) -> dict:
     """This process's random generator states, as tensors and plain values."""
     _, mt_keys, mt_pos, has_gauss, gauss = np.random.get_state()
