@@ -23,7 +23,7 @@ from gothic.data import load_training_data
 from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
-from gothic.optim import get_lr
+from gothic.optim import get_lr, orthogonalize, orthogonalize_all
 from gothic.runlog import TrainHooks
 from gothic.runtime import Precision
 from gothic.train import estimate_loss, micro_batches, train, train_step
@@ -279,6 +279,18 @@ def test_muon_moves_hidden_matrices_with_orthogonal_steps(train_bins, tiny_token
 
 
 # --- bad input: one clear error, nothing lost -----------------------------------------------------
+
+def test_batched_newton_schulz_orthogonalises_each_matrix_as_alone():
+    """CUDA's path stacks same-shaped updates; each comes out as orthogonalize gives it alone, in order."""
+    torch.manual_seed(0)
+    updates = [torch.randn(shape) for shape in [(96, 32), (32, 32), (96, 32), (32, 128), (32, 32)]]
+    alone = orthogonalize_all(updates, batched=False)
+    assert all(a.equal(orthogonalize(u)) for a, u in zip(alone, updates, strict=True))
+    for a, b in zip(alone, orthogonalize_all(updates, batched=True), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    singular = torch.linalg.svdvals(alone[0])
+    assert singular.min() > 0.5 and singular.max() < 1.5  # Newton-Schulz's band around 1
+
 
 def test_missing_bins_are_an_error(tiny_tokenizer_path, tmp_path):
     with pytest.raises(GothicError, match="meta.json: not found"):
