@@ -268,7 +268,9 @@ def oom_as_error(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.d
         if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in text \
                 and "can't allocate memory" not in text:
             raise
+        passes = train_cfg.micro_batch or train_cfg.batch_size
         raise GothicError(
-            f"out of memory on {device} at train.batch_size={train_cfg.batch_size}, "
-            f"model.block_size={model_cfg.block_size}: lower train.batch_size (raise train.grad_accum to "
-            "keep the global batch), or lower model.block_size / the model size") from None
+            f"out of memory on {device} in passes of {passes} sequences (train.micro_batch={train_cfg.micro_batch}, "
+            f"train.batch_size={train_cfg.batch_size}), model.block_size={model_cfg.block_size}: set a smaller "
+            "train.micro_batch (the same run in smaller passes), or lower train.batch_size (raise "
+            "train.grad_accum to keep the global batch), or lower model.block_size / the model size") from None

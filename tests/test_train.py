@@ -357,7 +357,8 @@ def test_out_of_memory_names_the_knobs(train_bins, tiny_tokenizer_path, tmp_path
     def no_memory(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     monkeypatch.setattr(GPT, "forward", no_memory)
-    with pytest.raises(GothicError, match=r"out of memory .* lower train.batch_size .*train.grad_accum.*block_size"):
+    with pytest.raises(GothicError, match=r"out of memory .* smaller train.micro_batch .* lower train.batch_size "
+                                          r".*train.grad_accum.*block_size"):
         run_training(train_bins, tiny_tokenizer_path, tmp_path)
 
 
