@@ -135,7 +135,10 @@ def test_gpu_check_runs_every_section_at_tiny_size_on_the_cpu(tmp_path):
     assert sections["fp16"]["runs_as"] == "float16 autocast + GradScaler" and sections["fp16"]["finite"]
     assert sections["generate"]["tokens/s"] > 0 and sections["generate"]["x_no_cache"] > 0
     assert sections["ddp"]["backend"] == "gloo" and sections["ddp"]["same_weights_as_without_ddp"]
-    assert sections["resume"]["stop_saved_and_raised"] and sections["resume"]["bit_exact"]  # CPU: bit for bit
+    assert sections["ddp"]["plain_runs_identical"] and sections["ddp"]["max_abs_diff_ddp_vs_plain"] == 0.0
+    resume = sections["resume"]
+    assert resume["stop_saved_and_raised"] and resume["bit_exact"] and resume["two_straight_runs_bit_exact"]  # CPU
+    assert sections["throughput"]["seed_micro_batch_peak_gb"] is None  # torch.cuda's peak: CUDA only
     real = sections["real_run"]
     assert [s["exit_code"] for s in real["sessions"]] == [130, 0] and real["resumed_to_the_end"]
     assert 0 < real["held_out_bits_per_byte"] < 20 and len(real["held_out_books"]) == 1
