@@ -49,7 +49,7 @@ from gothic.config import ModelConfig, SamplingSettings, TrainConfig
 from gothic.model import GPT
 from gothic.optim import build_optimizers
 from gothic.runtime import resolve_precision, use_fast_cuda_matmuls
-from gothic.train import micro_batches, train_step
+from gothic.train import split_passes, train_step
 
 from common import RESULTS_DIR, machine, matmul_tflops, print_table
 
@@ -170,7 +170,7 @@ def time_steps(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.dev
     batches = random_batches(shape, train_cfg.grad_accum, device)
 
     def step():
-        return train_step(module, micro_batches(batches, train_cfg.micro_batch), optimizers, precision,
+        return train_step(module, split_passes(batches, train_cfg.micro_batch), optimizers, precision,
                           train_cfg.grad_clip)
 
     start = time.perf_counter()

@@ -81,7 +81,7 @@ def train_step(model: nn.Module, micro_batches: list[Batch], optimizers: list[to
     return total
 
 
-def micro_batches(batches: list[Batch], size: int) -> list[Batch]:
+def split_passes(batches: list[Batch], size: int) -> list[Batch]:
     """The step's batches cut into forward/backward passes of `size` sequences (train.micro_batch;
     0 keeps the batches as drawn). Same sequences in the same order, so the same mean loss."""
     if size == 0 or size == batches[0][0].size(0):
@@ -286,7 +286,7 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
     with closing(StepBatches(run.stream, cfg.grad_accum, run.device)) as step_batches:
         while state.step < cfg.max_iters:
             lr = set_lr(run.optimizers, state.step, cfg, state.lr_segment)
-            passes = micro_batches(step_batches.next(), cfg.micro_batch)
+            passes = split_passes(step_batches.next(), cfg.micro_batch)
             window.add(train_step(module, passes, run.optimizers, run.precision, cfg.grad_clip, no_sync))
             state.step += 1
             state.tokens_seen += step_tokens

@@ -26,7 +26,7 @@ from gothic.model import GPT
 from gothic.optim import get_lr, orthogonalize, orthogonalize_all
 from gothic.runlog import TrainHooks
 from gothic.runtime import Precision
-from gothic.train import estimate_loss, micro_batches, train, train_step
+from gothic.train import estimate_loss, split_passes, train, train_step
 
 from conftest import ROOT, tiny_model_config, tiny_train_config, venv_env
 
@@ -95,10 +95,10 @@ def test_grad_accumulation_equals_one_batch_of_k_times_b():
 def test_micro_batch_cuts_the_step_into_passes_with_the_same_sequences():
     torch.manual_seed(0)
     batches = [tuple(torch.randint(0, 50, (4, 8)) for _ in range(2)) for _ in range(2)]
-    assert micro_batches(batches, 0) is batches and micro_batches(batches, 4) is batches  # as drawn
-    passes = micro_batches(batches, 8)
+    assert split_passes(batches, 0) is batches and split_passes(batches, 4) is batches  # as drawn
+    passes = split_passes(batches, 8)
     assert len(passes) == 1 and passes[0][0].equal(torch.cat([batches[0][0], batches[1][0]]))
-    passes = micro_batches(batches, 2)
+    passes = split_passes(batches, 2)
     assert [p[0].shape for p in passes] == [(2, 8)] * 4 and passes[3][1].equal(batches[1][1][2:])
 
 
