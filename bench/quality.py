@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import multiprocessing
+import re
 import shutil
 import subprocess
 import tempfile
@@ -68,8 +69,12 @@ PROFILES: dict[str, dict] = {
 @functools.cache
 def demo_profile() -> dict:
     """`make demo-params` (`-S key=value ...`) as {key: value}, values read as DVC reads them."""
-    words = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "demo-params"], check=True,
-                           capture_output=True, text=True).stdout.split()
+    try:
+        words = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(ROOT), "demo-params"], check=True,
+                               capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:  # no make (a bare GPU image): the Makefile's assignment, its continuations joined
+        text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+        words = re.search(r"^DEMO_PARAMS \?= (.*)$", text, re.M).group(1).split()
     return dict(parse_overrides([w for w in words if w != "-S"]))
 
 

@@ -174,8 +174,10 @@ def train_main(argv: list[str] | None = None) -> None:
     _add_params_flags(parser)
     shorthands = {  # flag dest -> (params key, what it sets)
         "max_iters": ("train.max_iters", "total optimizer steps"),
-        "batch_size": ("train.batch_size", "sequences per micro-batch"),
-        "grad_accum": ("train.grad_accum", "micro-batches per optimizer step"),
+        "batch_size": ("train.batch_size", "sequences per batch"),
+        "grad_accum": ("train.grad_accum", "batches per optimizer step"),
+        "micro_batch": ("train.micro_batch", "sequences per forward/backward pass, a divisor of batch size x "
+                        "grad accum: the same optimisation in larger passes, for a GPU with room (0 = batch size)"),
         "lr": ("train.learning_rate", "peak learning rate"),
     }
     for dest, (key, what) in shorthands.items():

@@ -171,7 +171,12 @@ class TrainConfig:
     batch_size: int = 16
     """Sequences per micro-batch."""
     grad_accum: int = 4
-    """Micro-batches per optimizer step (global batch = batch_size x grad_accum x world size)."""
+    """Batches per optimizer step (global batch = batch_size x grad_accum x world size)."""
+    micro_batch: int = 0
+    """Sequences per forward/backward pass; 0: batch_size. The step's batch_size x grad_accum sequences
+    (the same ones, in the same order) are cut into passes of this many, so a GPU with room takes
+    fewer, larger passes with the same optimisation: e.g. 64 with the seed's 16 x 4. Must divide
+    batch_size x grad_accum. Changes rounding only: a run may continue with another value."""
     learning_rate: float = 3.0e-4
     """Peak AdamW rate, reached after warmup (gothic.optim.get_lr scales every group's rate by the schedule)."""
     min_lr: float = 3.0e-5
@@ -214,6 +219,11 @@ class TrainConfig:
             _range(errors, f"train.{key}", getattr(self, key), 1)
         _range(errors, "train.batch_size", self.batch_size, hi=MAX_BATCH)
         _range(errors, "train.warmup_iters", self.warmup_iters, 0)
+        _range(errors, "train.micro_batch", self.micro_batch, 0)
+        step_batch = self.batch_size * self.grad_accum
+        if isinstance(self.micro_batch, int) and self.micro_batch > 0 and step_batch % self.micro_batch:
+            errors.append(f"train.micro_batch={self.micro_batch} must divide train.batch_size x train.grad_accum = "
+                          f"{step_batch} (or be 0, one pass per batch_size sequences)")
         _range(errors, "train.learning_rate", self.learning_rate, 0.0, lo_open=True)
         _range(errors, "train.muon_lr", self.muon_lr, 0.0, lo_open=True)
         _range(errors, "train.min_lr", self.min_lr, 0.0)

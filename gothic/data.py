@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["split_into_pieces", "binarize", "encode_documents", "load_meta", "load_split", "BatchSampler",
-           "BatchStream",
+           "BatchStream", "StepBatches",
            "TrainingData", "load_training_data", "data_fingerprint"]
 
 META_VERSION = 1
@@ -261,9 +261,18 @@ class BatchStream:
         self.consumed = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.consumed + self.rank
-        self.consumed += self.world_size
-        return self.sampler.batch(n)
+        (batch,) = self.batches_at(self.consumed, 1)
+        self.skip(1)
+        return batch
+
+    def batches_at(self, position: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The `count` batches this rank takes next once `position` batches are consumed (the stream
+        does not move: a prefetch draws ahead with it)."""
+        return [self.sampler.batch(position + i * self.world_size + self.rank) for i in range(count)]
+
+    def skip(self, count: int) -> None:
+        """Move past this rank's next `count` batches (and the other ranks' beside them)."""
+        self.consumed += count * self.world_size
 
     def state_dict(self) -> dict:
         return {"seed": self.sampler.seed, "rank": 0, "batches_drawn": self.consumed}
@@ -273,6 +282,45 @@ class BatchStream:
         if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
             raise ValueError(f"batches_drawn {consumed!r} is not a count")
         self.consumed = consumed
+
+
+class StepBatches:
+    """Each optimizer step's `count` batches from a BatchStream, on the training device.
+
+    On CUDA a background thread draws the next step's batches into pinned memory while the GPU
+    trains on this step's, and they are copied without blocking the host; elsewhere each step's are
+    drawn when asked for. The batches are the same either way (batch n is a function of n), and
+    the stream's position counts only the steps taken, so a checkpoint never records a prefetch.
+    """
+
+    def __init__(self, stream: BatchStream, count: int, device: torch.device, prefetch: bool | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.stream, self.count, self.device = stream, count, device
+        prefetch = device.type == "cuda" if prefetch is None else prefetch
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
+        self.pending = None  # (stream position, future of its batches)
+
+    def _draw(self, position: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.stream.batches_at(position, self.count)
+        if self.device.type != "cuda":
+            return batches
+        return [(x.pin_memory(), y.pin_memory()) for x, y in batches]  # pinned: the copy can run async
+
+    def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        position = self.stream.consumed
+        if self.pending is not None and self.pending[0] == position:
+            batches = self.pending[1].result()
+        else:  # the first step, or the stream was moved (a resume)
+            batches = self._draw(position)
+        self.stream.skip(self.count)
+        if self.pool is not None:
+            self.pending = (self.stream.consumed, self.pool.submit(self._draw, self.stream.consumed))
+        return [(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in batches]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def bins_for(data_dir: Path, train_file: str, val_file: str, tokenizer_path: Path,

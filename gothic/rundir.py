@@ -43,7 +43,8 @@ from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path, remove_stale_temps
 
 # train.* fields that do not change the trajectory: a run may continue with other values of these
-NOT_IN_RUN_KEY = ("max_iters", "eval_interval", "eval_iters", "log_interval", "compile", "device", "resume")
+NOT_IN_RUN_KEY = ("max_iters", "eval_interval", "eval_iters", "log_interval", "compile", "device", "resume",
+                  "micro_batch")
 LOCK_NAME = ".lock"
 PUBLISHED = ("best.pt", "final.pt", "latest.pt")
 

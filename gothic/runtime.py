@@ -72,6 +72,20 @@ def cuda_fallback_note() -> str:
             "for an older CUDA (pytorch.org/get-started/previous-versions)")
 
 
+def use_fast_cuda_matmuls(device: torch.device) -> None:
+    """On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (10-bit mantissa inputs,
+    float32 accumulation, as nanoGPT and litgpt train): what autocast leaves in float32, and the
+    whole model under train.dtype float32. A no-op elsewhere, so CPU results never change."""
+    if device.type != "cuda":
+        return
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def capture_rng_state(device: torch.device) -> dict:
     """This process's random generator states, as tensors and plain values."""
     _, mt_keys, mt_pos, has_gauss, gauss = np.random.get_state()
@@ -279,7 +293,9 @@ def oom_as_error(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.d
         if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in text \
                 and "can't allocate memory" not in text:
             raise
+        passes = train_cfg.micro_batch or train_cfg.batch_size
         raise GothicError(
-            f"out of memory on {device} at train.batch_size={train_cfg.batch_size}, "
-            f"model.block_size={model_cfg.block_size}: lower train.batch_size (raise train.grad_accum to "
-            "keep the global batch), or lower model.block_size / the model size") from None
+            f"out of memory on {device} in passes of {passes} sequences (train.micro_batch={train_cfg.micro_batch}, "
+            f"train.batch_size={train_cfg.batch_size}), model.block_size={model_cfg.block_size}: set a smaller "
+            "train.micro_batch (the same run in smaller passes), or lower train.batch_size (raise "
+            "train.grad_accum to keep the global batch), or lower model.block_size / the model size") from None

@@ -21,7 +21,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from gothic.checkpoint import RunState, TrainingCheckpoint, first_nonfinite, load_weights
 from gothic.config import ModelConfig, TrainConfig, to_dict
-from gothic.data import BatchSampler, BatchStream, TrainingData, load_training_data
+from gothic.data import BatchSampler, BatchStream, StepBatches, TrainingData, load_training_data
 from gothic.errors import GothicError
 from gothic.model import GPT
 from gothic.optim import build_optimizers, get_lr, set_lr, state_mismatch
@@ -51,6 +51,7 @@ from gothic.runtime import (
     resolve_precision,
     restore_rng_state,
     should_compile,
+    use_fast_cuda_matmuls,
     wrap_model,
 )
 
@@ -79,6 +80,15 @@ def train_step(model: nn.Module, micro_batches: list[Batch], optimizers: list[to
         total += loss.detach()
     _update(model, optimizers, precision.scaler, grad_clip)
     return total
+
+
+def split_passes(batches: list[Batch], size: int) -> list[Batch]:
+    """The step's batches cut into forward/backward passes of `size` sequences (train.micro_batch;
+    0 keeps the batches as drawn). Same sequences in the same order, so the same mean loss."""
+    if size == 0 or size == batches[0][0].size(0):
+        return batches
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    return list(zip(x.split(size), y.split(size), strict=True))
 
 
 def _update(model: nn.Module, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler | None,
@@ -217,10 +227,12 @@ def startup_line(run: Run) -> str:
     # only where auto chose the CPU: an explicit device: cpu is what the user wants
     fallback = cuda_fallback_note() if cfg.device == "auto" and run.device.type == "cpu" else ""
     device = f"{run.device} ({fallback})" if fallback else str(run.device)
+    size = cfg.micro_batch or cfg.batch_size
+    passes = f", in passes of {size}" if size != cfg.batch_size else ""
     return (f"train: {device} | {run.precision.describe()} | compile {compiled} | "
             f"{m.num_params(non_embedding=False) / 1e6:.2f}M params ({m.num_params() / 1e6:.2f}M non-embedding) | "
             f"{tokens_per_step(run):,} tokens/step ({cfg.batch_size} x {cfg.grad_accum} x "
-            f"{run.model_cfg.block_size}{ranks}) | {start}, to step {cfg.max_iters}")
+            f"{run.model_cfg.block_size}{ranks}{passes}) | {start}, to step {cfg.max_iters}")
 
 
 def diverged(run: Run, what: str) -> GothicError:
@@ -284,35 +296,35 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
     On a stop request, saves latest.pt at the step just finished and raises KeyboardInterrupt.
     """
     cfg, state = run.train_cfg, run.state
-    step_tokens = tokens_per_step(run)
     window = Window(run.device)
     window.restore(*state.log_window, run.dist)
-    while state.step < cfg.max_iters:
-        lr = set_lr(run.optimizers, state.step, cfg, state.lr_segment)
-        batches = [tuple(t.to(run.device, non_blocking=True) for t in run.stream.next_batch())
-                   for _ in range(cfg.grad_accum)]
-        window.add(train_step(module, batches, run.optimizers, run.precision, cfg.grad_clip, no_sync))
-        state.step += 1
-        state.tokens_seen += step_tokens
-        run_log.step()
-        is_last = state.step == cfg.max_iters
-        if state.step % cfg.log_interval == 0 or is_last:
-            loss, steps, seconds = window.close(run.dist)
-            state.train_time_s += seconds
-            check_finite(run, "train", loss)
-            run_log.train_row(loss, lr, steps * step_tokens / max(seconds, 1e-9))
-        run_log.after_step()
-        stopping = stop.agreed(run.dist, run.device)
-        window.pause()
-        if state.step % cfg.eval_interval == 0 or is_last:
-            evaluate_and_save(run, run_log, window, final=is_last)
-        elif stopping:
-            save_run(run, window, ())
-        if stopping and not is_last:
-            run_log.log(f"stopped at step {state.step}: saved {run.out_dir / 'latest.pt'}; run the same command "
-                        "again to continue (train.resume: auto)")
-            raise KeyboardInterrupt
-        window.resume()
+    step_tokens = tokens_per_step(run)
+    with closing(StepBatches(run.stream, cfg.grad_accum, run.device)) as step_batches:
+        while state.step < cfg.max_iters:
+            lr = set_lr(run.optimizers, state.step, cfg, state.lr_segment)
+            passes = split_passes(step_batches.next(), cfg.micro_batch)
+            window.add(train_step(module, passes, run.optimizers, run.precision, cfg.grad_clip, no_sync))
+            state.step += 1
+            state.tokens_seen += step_tokens
+            run_log.step()
+            is_last = state.step == cfg.max_iters
+            if state.step % cfg.log_interval == 0 or is_last:
+                loss, steps, seconds = window.close(run.dist)
+                state.train_time_s += seconds
+                check_finite(run, "train", loss)
+                run_log.train_row(loss, lr, steps * step_tokens / max(seconds, 1e-9))
+            run_log.after_step()
+            stopping = stop.agreed(run.dist, run.device)
+            window.pause()
+            if state.step % cfg.eval_interval == 0 or is_last:
+                evaluate_and_save(run, run_log, window, final=is_last)
+            elif stopping:
+                save_run(run, window, ())
+            if stopping and not is_last:
+                run_log.log(f"stopped at step {state.step}: saved {run.out_dir / 'latest.pt'}; run the same command "
+                            "again to continue (train.resume: auto)")
+                raise KeyboardInterrupt
+            window.resume()
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, tokenizer_path: str | Path,
@@ -338,6 +350,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
         KeyboardInterrupt: after a stop request (Ctrl+C, SIGTERM), once latest.pt holds the last step.
     """
     dist, device = init_distributed(train_cfg.device)
+    use_fast_cuda_matmuls(device)
     hooks = hooks if hooks is not None and dist.is_main else TrainHooks()  # only rank 0 reports
     publish_dir = Path(publish_dir) if publish_dir is not None else None
     try:

@@ -115,3 +115,30 @@ def test_quality_in_steps_trains_exactly_as_gothic_train(train_bins, tiny_tokeni
     trained = torch.load(tmp_path / "final.pt", weights_only=True)["model"]
     assert curve[-1]["step"] == 6
     assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+
+
+def test_gpu_check_runs_every_section_at_tiny_size_on_the_cpu(tmp_path):
+    """bench/gpu.py --tiny: the one-call GPU check, on the CPU in seconds, so it cannot rot before a GPU is lent."""
+    corpus = tmp_path / "books"
+    corpus.mkdir()
+    for i in range(4):  # four small "books", one held out
+        (corpus / f"book{i}.txt").write_text(TINY_TEXT * 3 + f"\nThe end of book {i}.\n", encoding="utf-8")
+    run_bench("gpu.py", "--tiny", "--corpus", str(corpus), "--compile-modes", "off", results_dir=tmp_path / "out")
+    result = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert result["size"] == "tiny" and result["machine"]["device"] == "cpu" and result["machine"]["torch"]
+    sections = result["sections"]
+    assert list(sections) == ["peak", "throughput", "demo", "fp16", "generate", "ddp", "data", "resume", "real_run"]
+    assert {name: entry["status"] for name, entry in sections.items()} == dict.fromkeys(sections, "ok")
+    rows = sections["throughput"]["rows"]
+    assert [r["micro_batch"] for r in rows] == [2, 4] and all(r["tokens/s"] > 0 and r["MFU %"] > 0 for r in rows)
+    assert all(r["10000 steps min"] > 0 for r in rows) and sections["demo"]["settings"]["optimizer"] == "muon"
+    assert sections["fp16"]["runs_as"] == "float16 autocast + GradScaler" and sections["fp16"]["finite"]
+    assert sections["generate"]["tokens/s"] > 0 and sections["generate"]["x_no_cache"] > 0
+    assert sections["ddp"]["backend"] == "gloo" and sections["ddp"]["same_weights_as_without_ddp"]
+    assert sections["ddp"]["plain_runs_identical"] and sections["ddp"]["max_abs_diff_ddp_vs_plain"] == 0.0
+    resume = sections["resume"]
+    assert resume["stop_saved_and_raised"] and resume["bit_exact"] and resume["two_straight_runs_bit_exact"]  # CPU
+    assert sections["throughput"]["seed_micro_batch_peak_gb"] is None  # torch.cuda's peak: CUDA only
+    real = sections["real_run"]
+    assert [s["exit_code"] for s in real["sessions"]] == [130, 0] and real["resumed_to_the_end"]
+    assert 0 < real["held_out_bits_per_byte"] < 20 and len(real["held_out_books"]) == 1

@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from gothic.config import PrepareConfig
 from gothic.corpus import prepare
 from gothic.data import (
     BatchSampler,
     BatchStream,
+    StepBatches,
     bin_dtype,
     binarize,
     encode_documents,
@@ -133,6 +135,25 @@ def test_stream_ranks_take_turns_through_one_numbered_stream(built):
         for stream in ranks:
             assert stream.next_batch()[0].equal(single.next_batch()[0])
     assert ranks[1].state_dict()["batches_drawn"] == single.state_dict()["batches_drawn"] == 4
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_step_batches_draw_the_stream_in_order_and_count_only_steps_taken(built, prefetch):
+    """With or without the background prefetch (CUDA's), each step gets the stream's next batches,
+    the stream's position is the steps taken, and a stream moved by a resume is followed."""
+    sampler = BatchSampler(load_split(built[2], "train"), block_size=8, batch_size=4, seed=3)
+    plain, stream = BatchStream(sampler), BatchStream(sampler)
+    steps = StepBatches(stream, 2, torch.device("cpu"), prefetch=prefetch)
+    try:
+        for _ in range(3):
+            expected = [plain.next_batch() for _ in range(2)]
+            got = steps.next()
+            assert all(x.equal(ex) and y.equal(ey) for (x, y), (ex, ey) in zip(got, expected, strict=True))
+            assert stream.state_dict() == plain.state_dict()
+        stream.load_state_dict({"batches_drawn": 1})  # as resume_run does
+        assert steps.next()[0][0].equal(sampler.batch(1)[0])
+    finally:
+        steps.close()
 
 
 def test_split_smaller_than_block_is_an_error(built):

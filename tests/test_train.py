@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -22,10 +23,10 @@ from gothic.data import load_training_data
 from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
-from gothic.optim import get_lr
+from gothic.optim import get_lr, orthogonalize, orthogonalize_all
 from gothic.runlog import TrainHooks
 from gothic.runtime import Precision
-from gothic.train import estimate_loss, train, train_step
+from gothic.train import estimate_loss, split_passes, train, train_step
 
 from conftest import ROOT, tiny_model_config, tiny_train_config, venv_env
 
@@ -89,6 +90,41 @@ def test_grad_accumulation_equals_one_batch_of_k_times_b():
         models.append(model)
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_micro_batch_cuts_the_step_into_passes_with_the_same_sequences():
+    torch.manual_seed(0)
+    batches = [tuple(torch.randint(0, 50, (4, 8)) for _ in range(2)) for _ in range(2)]
+    assert split_passes(batches, 0) is batches and split_passes(batches, 4) is batches  # as drawn
+    passes = split_passes(batches, 8)
+    assert len(passes) == 1 and passes[0][0].equal(torch.cat([batches[0][0], batches[1][0]]))
+    passes = split_passes(batches, 2)
+    assert [p[0].shape for p in passes] == [(2, 8)] * 4 and passes[3][1].equal(batches[1][1][2:])
+
+
+@pytest.mark.parametrize("micro_batch", [2, 8])
+def test_micro_batch_trains_the_same_run_to_rounding_and_may_change_on_resume(train_bins, tiny_tokenizer_path,
+                                                                              tmp_path, micro_batch):
+    """Passes of another size see the same sequences: the weights agree to float rounding, and a
+    run stopped at one micro_batch continues at another (train.micro_batch is not in the run key)."""
+    as_drawn = run_training(train_bins, tiny_tokenizer_path, tmp_path / "a", max_iters=6)
+    assert run_training(train_bins, tiny_tokenizer_path, tmp_path / "same", max_iters=6, micro_batch=4).metrics \
+        == as_drawn.metrics | {"wall_time_s": ANY, "train_tokens_per_second": ANY}
+    assert_bitwise_equal(weights(tmp_path / "same" / "final.pt"), weights(tmp_path / "a" / "final.pt"))
+    run_training(train_bins, tiny_tokenizer_path, tmp_path / "b", max_iters=6, micro_batch=micro_batch)
+    a, b = weights(tmp_path / "a" / "final.pt"), weights(tmp_path / "b" / "final.pt")
+    assert any(not a[key].equal(b[key]) for key in a)  # other passes really ran: other rounding
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4, msg=key)
+    continued = run_training(train_bins, tiny_tokenizer_path, tmp_path / "b", max_iters=8, micro_batch=4, resume=True)
+    assert continued.metrics["step"] == 8
+
+
+def test_micro_batch_must_divide_the_step_batch():
+    errors = TrainConfig(batch_size=16, grad_accum=4, micro_batch=24).check()
+    assert errors == ["train.micro_batch=24 must divide train.batch_size x train.grad_accum = 64 "
+                      "(or be 0, one pass per batch_size sequences)"]
+    assert TrainConfig(batch_size=16, grad_accum=4, micro_batch=64).check() == []
 
 
 # --- learning, checkpoints, resume --------------------------------------------------------------
@@ -244,6 +280,18 @@ def test_muon_moves_hidden_matrices_with_orthogonal_steps(train_bins, tiny_token
 
 # --- bad input: one clear error, nothing lost -----------------------------------------------------
 
+def test_batched_newton_schulz_orthogonalises_each_matrix_as_alone():
+    """CUDA's path stacks same-shaped updates; each comes out as orthogonalize gives it alone, in order."""
+    torch.manual_seed(0)
+    updates = [torch.randn(shape) for shape in [(96, 32), (32, 32), (96, 32), (32, 128), (32, 32)]]
+    alone = orthogonalize_all(updates, batched=False)
+    assert all(a.equal(orthogonalize(u)) for a, u in zip(alone, updates, strict=True))
+    for a, b in zip(alone, orthogonalize_all(updates, batched=True), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    singular = torch.linalg.svdvals(alone[0])
+    assert singular.min() > 0.5 and singular.max() < 1.5  # Newton-Schulz's band around 1
+
+
 def test_missing_bins_are_an_error(tiny_tokenizer_path, tmp_path):
     with pytest.raises(GothicError, match="meta.json: not found"):
         run_training(tmp_path / "no_bins", tiny_tokenizer_path, tmp_path / "models")
@@ -309,7 +357,8 @@ def test_out_of_memory_names_the_knobs(train_bins, tiny_tokenizer_path, tmp_path
     def no_memory(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     monkeypatch.setattr(GPT, "forward", no_memory)
-    with pytest.raises(GothicError, match=r"out of memory .* lower train.batch_size .*train.grad_accum.*block_size"):
+    with pytest.raises(GothicError, match=r"out of memory .* smaller train.micro_batch .* lower train.batch_size "
+                                          r".*train.grad_accum.*block_size"):
         run_training(train_bins, tiny_tokenizer_path, tmp_path)
 
 
