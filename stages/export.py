@@ -1,4 +1,5 @@
-"""DVC stage `export`: models/best.pt + metrics + samples -> export/ (a folder transformers loads, with a model card).
+"""DVC stage `export`: models/best.pt + metrics + samples -> export/ (a folder transformers loads and/or a GGUF
+for llama.cpp with an Ollama Modelfile, as params.yaml's export.formats says, with a model card).
 
     python stages/export.py models/best.pt metrics samples/samples.md export
 
@@ -15,10 +16,12 @@ from gothic.export import TOLERANCE, export_checkpoint
 
 def main(checkpoint_path: str, metrics_dir: str, samples_path: str, out_dir: str) -> None:
     params = load_params("params.yaml")
-    s = params.sample
+    s, e = params.sample, params.export
+    sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+                "repetition_penalty": s.repetition_penalty, "max_new_tokens": s.max_new_tokens}
     result = export_checkpoint(checkpoint_path, out_dir, metrics_dir=metrics_dir, samples=samples_path,
-                               sampling={"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p},
-                               sources=list(params.prepare.sources))
+                               sampling=sampling, sources=list(params.prepare.sources),
+                               formats=tuple(e.formats), gguf_type=e.gguf_type)
     if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
         raise GothicError(f"the exported model's logits differ from gothic's by {result.max_logit_diff:.1e}")
     print(f"export: {describe(result)}")

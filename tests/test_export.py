@@ -123,7 +123,7 @@ def test_model_card_quotes_data_evaluation_and_samples(tmp_path, tiny_tokenizer_
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in (tmp_path / "out").iterdir()), "others must read the files"
     for expected in ("11 documents, 123,456 bytes", "1 documents, 7,890 bytes", "0.987654", "bits per byte",
                      "The night was dark and full of dread.", "public domain", "GPT2LMHeadModel",
-                     "AutoModelForCausalLM.from_pretrained(\"out\")", "convert_hf_to_gguf.py",
+                     "AutoModelForCausalLM.from_pretrained(\"out\")", "gothic-export --format gguf",
                      f"{model.num_params(non_embedding=False):,}"):
         assert expected in card, expected
 
