@@ -221,11 +221,9 @@ def llama_greedy(llm, prompt: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weight_type", ["f32", "f16", "bf16", "q8_0"])
-@pytest.mark.parametrize("arch", list(CASES))
+@pytest.mark.parametrize(("arch", "weight_type"),  # every architecture in f32; the rounded types on the demo's
+                         [(arch, "f32") for arch in CASES] + [("apertus", t) for t in ("f16", "bf16", "q8_0")])
 def test_llama_cpp_computes_what_gothic_does(arch, weight_type, tmp_path, tiny_tokenizer_path, llama_cpp):
-    if weight_type != "f32" and arch != "apertus":
-        pytest.skip("the rounded weight types are checked on the demo architecture")
     model = random_model(300, **CASES[arch])
     result = export(tmp_path, model, tiny_tokenizer_path, weight_type)
     assert result.gguf.architecture == arch
@@ -238,7 +236,7 @@ def test_llama_cpp_computes_what_gothic_does(arch, weight_type, tmp_path, tiny_t
         ours = model(torch.tensor([prompt]))[0][0]
     diff = (ours - theirs).abs().max().item()
     assert diff <= gguf_tolerance(arch, weight_type), f"{arch} {weight_type}: logits differ by {diff:.2e}"
-    assert (ours - theirs.roll(1, dims=1)).abs().max().item() > 100 * gguf_tolerance(arch, weight_type)
+    assert (ours - theirs.roll(1, dims=1)).abs().max().item() > 10 * gguf_tolerance(arch, weight_type)
     if weight_type in ("f32", "f16"):  # rounder types may flip a near tie among random logits
         assert llama_greedy(llm, prompt[:8], 40) == gothic_greedy(model, prompt[:8], 40)
 
