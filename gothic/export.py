@@ -3,7 +3,8 @@
     export_checkpoint("models/best.pt", "export", metrics_dir="metrics", samples="samples/samples.md")
 
 writes model.safetensors, config.json, generation_config.json, tokenizer.json (+ tokenizer_config.json)
-and README.md. Every gothic block is a pre-norm transformer block, so each choice of switches is one
+and README.md; with formats=("gguf",) (or both) model-<type>.gguf and an Ollama Modelfile instead
+(gothic.export_gguf). Every gothic block is a pre-norm transformer block, so each choice of switches is one
 of a few transformers architectures with the same arithmetic, given the right weight names:
 
 | gothic switches                                        | transformers architecture |
@@ -37,6 +38,7 @@ from torch import Tensor
 from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
 from gothic.config import EXPORT_FORMATS, ModelConfig, to_dict
 from gothic.errors import GothicError
+from gothic.export_gguf import EXTRA_HINT, gguf_architecture, gguf_filename
 from gothic.files import write_json, write_text
 from gothic.model import GPT, ROPE_BASE
 from gothic.model_card import CARD_TITLE, model_card
@@ -44,7 +46,6 @@ from gothic.tokenizer import EOT
 
 TOLERANCE = 1e-4
 """The largest logit difference from gothic that counts as the same model (float32 round-off is ~1e-6)."""
-EXTRA_HINT = "install the export extra: pip install 'gothic[export]' (make setup does)"
 
 
 @dataclass
@@ -232,8 +233,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
             and an Ollama Modelfile).
         gguf_type: the GGUF's weight type, one of config.GGUF_TYPES.
     """
-    from gothic.export_gguf import gguf_architecture, gguf_filename
-
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or not formats:
         raise GothicError(f"unknown export format {unknown[0] if unknown else '(none)'!r}; choose from "

@@ -43,6 +43,8 @@ from gothic.errors import GothicError
 from gothic.model import GPT, ROPE_BASE
 from gothic.tokenizer import EOT
 
+EXTRA_HINT = "install the export extra: pip install 'gothic[export]' (make setup does)"
+
 # The largest |logit| difference from gothic's float32 logits that counts as the same model, per weight
 # type, for llama.cpp with a float32 KV cache on prompts up to the context. Measured on 2-layer models
 # of width 64 with spread-out random weights (logits of standard deviation ~1.2; bench/README.md):
@@ -62,29 +64,25 @@ def gguf_tolerance(arch: str, weight_type: str) -> float:
 
 def gguf_architecture(cfg: ModelConfig) -> tuple[str | None, str]:
     """The llama.cpp architecture that computes this model, or (None, why not and what exports)."""
-    from gothic.export import choose_architecture
-
-    hf, reason = choose_architecture(cfg)
-    rotary = "model.pos_embedding: rope, model.norm: rmsnorm"
-    if hf == "GPT2LMHeadModel":
-        if cfg.mlp == "gelu":
+    rotary, ungated = "model.pos_embedding: rope, model.norm: rmsnorm", "model.mlp: relu2 and model.bias: false"
+    if cfg.pos_embedding == "learned":
+        if cfg.norm == "layernorm" and not cfg.qk_norm and cfg.mlp == "gelu":
             return "gpt2", ""
-        return None, (f"llama.cpp's GPT-2 has only a GELU MLP; for ReLU^2 train with {rotary}, model.bias: false "
-                      f"(llama.cpp's arcee, or apertus with model.qk_norm: true), or keep model.mlp: gelu")
-    if hf == "LlamaForCausalLM":
-        return "llama", ""
-    if hf == "Qwen3ForCausalLM":
-        return "qwen3", ""
-    if hf in ("ArceeForCausalLM", "ApertusForCausalLM"):
-        if cfg.mlp == "gelu":
-            return None, (f"no llama.cpp architecture has an ungated GELU MLP after rotary positions; train with "
-                          f"model.mlp: relu2 and model.bias: false, or model.mlp: swiglu ({rotary})")
-        if cfg.bias:
-            return None, "llama.cpp's arcee (rope, RMSNorm, ReLU^2) has no biases; train with model.bias: false"
-        return ("arcee" if hf == "ArceeForCausalLM" else "apertus"), ""
-    return None, (f"{reason}; the switches llama.cpp runs are the seed's (learned, layernorm, gelu) or {rotary} "
-                  f"with model.mlp: swiglu (Llama; + model.qk_norm: true, model.bias: false: Qwen3) or relu2 with "
-                  f"model.bias: false (Arcee; + model.qk_norm: true: Apertus)")
+        return None, ("llama.cpp has learned positions only in GPT-2 (LayerNorm, no QK-norm, a GELU MLP): keep "
+                      f"model.norm: layernorm, model.qk_norm: false, model.mlp: gelu, or train with {rotary}")
+    if cfg.norm != "rmsnorm":
+        return None, f"llama.cpp has no architecture with rotary positions and LayerNorm; train with {rotary}"
+    if cfg.mlp == "swiglu":
+        if not cfg.qk_norm:
+            return "llama", ""
+        return ("qwen3", "") if not cfg.bias else \
+            (None, "llama.cpp's qwen3 (SwiGLU with QK-norm) has no biases; train with model.bias: false")
+    if cfg.mlp == "gelu":
+        return None, (f"no llama.cpp architecture has an ungated GELU MLP after rotary positions; train with "
+                      f"{ungated} (arcee, or apertus with QK-norm), or model.mlp: swiglu (llama, qwen3)")
+    if cfg.bias:
+        return None, "llama.cpp's ReLU^2 architectures (arcee, apertus) have no biases; train with model.bias: false"
+    return ("apertus" if cfg.qk_norm else "arcee"), ""
 
 
 def gguf_filename(weight_type: str) -> str:
@@ -98,8 +96,6 @@ def write_gguf(model: GPT, tokenizer_json: str, path: Path, weight_type: str = "
     try:
         import gguf
     except ImportError:
-        from gothic.export import EXTRA_HINT
-
         raise GothicError(f"GGUF export needs the gguf package: {EXTRA_HINT}") from None
     if weight_type not in GGUF_TYPES:
         raise GothicError(f"unknown GGUF weight type {weight_type!r}; choose one of {', '.join(GGUF_TYPES)}")

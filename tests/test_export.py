@@ -169,3 +169,23 @@ def test_older_checkpoint_exports_with_its_tokenizer_given(tmp_path, tiny_tokeni
     result = export_checkpoint(ckpt, tmp_path / "out", tokenizer_path=tiny_tokenizer_path)
     assert result.architecture == "GPT2LMHeadModel"
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == tiny_tokenizer_path.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_pipeline_text_generation_with_its_defaults_stays_in_the_context(name, tmp_path, tiny_tokenizer_path,
+                                                                         tiny_tokenizer):
+    """The most common client, as the README calls it: pipeline("text-generation") with no arguments
+    would ask for 256 new tokens; the export's generation config stops at the context window."""
+    from transformers import pipeline
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    switches, _ = CASES[name]
+    model = random_model(300, **switches)  # block_size 64
+    export_checkpoint(save_with_tokenizer(tmp_path / "best.pt", model, tiny_tokenizer_path), tmp_path / "export")
+    generator = pipeline("text-generation", model=str(tmp_path / "export"))
+    ids = generator("The night was", return_tensors=True)[0]["generated_token_ids"]
+    eot = tiny_tokenizer.token_to_id("<|endoftext|>")
+    assert len(ids) == model.cfg.block_size or ids[-1] == eot, len(ids)  # the whole context, unless it ended at EOT
+    assert len(ids) <= model.cfg.block_size

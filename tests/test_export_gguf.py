@@ -33,6 +33,8 @@ CASES = {
 }
 REFUSED = {  # switches llama.cpp computes in no architecture, and a switch the refusal must name
     "GPT-2 with ReLU^2": ({"mlp": "relu2"}, "model.mlp: gelu"),
+    "rope + LayerNorm": ({"pos_embedding": "rope"}, "model.norm: rmsnorm"),
+    "QK-norm + SwiGLU with biases": ({**ROPE, "mlp": "swiglu", "qk_norm": True}, "model.bias: false"),
     "rope + GELU": ({**ROPE, "mlp": "gelu"}, "model.mlp: relu2"),
     "rope + ReLU^2 with biases": ({**ROPE, "mlp": "relu2"}, "model.bias: false"),
     "learned positions + RMSNorm": ({"norm": "rmsnorm"}, "model.pos_embedding: rope"),
