@@ -7,6 +7,7 @@ import contextlib
 import errno
 import io
 import re
+import sys
 
 import pytest
 import torch
@@ -308,3 +309,21 @@ def test_a_wrong_rotary_layout_would_be_caught():
 def test_an_unknown_format_or_weight_type_is_refused(tmp_path):
     with pytest.raises(GothicError, match="unknown export format 'onnx'"):
         export_checkpoint(tmp_path / "best.pt", tmp_path / "out", formats=("onnx",))
+
+
+@pytest.mark.slow
+def test_the_speed_benchmark_runs_both_runtimes(tmp_path, llama_cpp):
+    import json
+    import subprocess
+
+    from conftest import ROOT, venv_env
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gguf_speed.py"), "--size", "tiny", "--new-tokens",
+                           "8", "--repeats", "1", "--threads", "1", "--types", "f16", "q8_0",
+                           "--results-dir", str(tmp_path)], cwd=ROOT, env=venv_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "gguf_speed.json").read_text())["rows"]
+    assert [(r["runtime"], r["weights"]) for r in rows] == [("llama.cpp", "f16"), ("llama.cpp", "q8_0"),
+                                                           ("gothic", "float32"), ("gothic", "bfloat16")]
+    assert all(r["tokens/s"] > 0 for r in rows)
