@@ -142,7 +142,7 @@ print(tok.decode(model.generate(**tok("The night was", return_tensors="pt"), max
 ```python
 from llama_cpp import Llama
 llm = Llama("{folder}/{gguf.filename}", n_ctx={block_size}, verbose=False)
-print(llm("The night was", max_tokens=60)["choices"][0]["text"])
+print(llm("The night was", max_tokens={min(60, block_size // 2)})["choices"][0]["text"])
 ```
 
 With Ollama, from the folder's Modelfile (params.yaml's sampling defaults, stops at `<|endoftext|>`):
