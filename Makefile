@@ -48,6 +48,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
 	touch $@
 
+# The tests also run the GGUF export in a real llama.cpp: llama-cpp-python, compiled from its source
+# the first time (about 6 minutes on 2 cores; pip keeps the wheel), so only `make test` waits for it.
+$(VENV)/.llama-cpp: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,llama-cpp]"
+	touch $@
+
 demo: setup  ## run the whole pipeline on the built-in corpus with the CPU demo profile (~10 min)
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make demo: this folder is not a git repository (a ZIP download?), and DVC records experiments in git: run  git init -q && git add -A && git -c user.name=me -c user.email=me@example.com commit -qm gothic  first, or git clone the repository" >&2; exit 2; }
 	$(GIT_IDENTITY) $(RUN) dvc exp run $(DEMO_PARAMS)
@@ -59,7 +65,7 @@ demo-params:  ## print the demo profile's overrides (bench/quality.py reads its 
 repro: setup  ## dvc repro with params.yaml as it is
 	$(RUN) dvc repro
 
-test: setup  ## run the test suite
+test: setup $(VENV)/.llama-cpp  ## run the test suite (the first time also compiles llama.cpp for its tests)
 	$(RUN) python -m pytest
 
 lint: setup  ## ruff
