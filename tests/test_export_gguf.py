@@ -353,3 +353,19 @@ def test_a_demo_model_trained_by_dvc_exp_run_continues_in_llama_cpp_as_in_gothic
     llm = open_llama(llama_cpp, export_dir / "model-f16.gguf", n_ctx=model.cfg.block_size)
     n = model.cfg.block_size - len(prompt)
     assert llama_greedy(llm, prompt, n) == gothic_greedy(model, prompt, n)
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_a_novel_like_gothic_with_a_full_vocabulary(shared_corpus, tmp_path, llama_cpp):
+    """4096 merges learned from a real book, then another book (curly quotes, dashes, accents) encoded by both."""
+    from gothic.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    books = sorted(shared_corpus.glob("*.txt"))
+    save_tokenizer(train_tokenizer(books[:1], 4096, 2), tmp_path / "tokenizer.json")
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    result = export(tmp_path, random_model(4096), tmp_path / "tokenizer.json", "q8_0")
+    llm = open_llama(llama_cpp, tmp_path / "export" / result.gguf.filename, n_ctx=64)
+    text = books[1].read_text(encoding="utf-8")[:200_000] + " Émile’s café — naïve “façade” 東京 🐉\r\n\t end "
+    ours = tok.encode(text).ids
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ours
+    assert llm.detokenize(ours).decode() == text
