@@ -2,12 +2,14 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# CPU machines take the pinned CPU wheel of torch (any other spec pulls gigabytes of CUDA packages);
-# where nvidia-smi exists the default is the regular (CUDA) build. Override: make setup TORCH_SPEC=...
-TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
-# Where pip looks for torch. Empty: the usual index (on a stock Linux PyPI's torch is the CUDA build);
-# a CPU-only build on such a machine: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
-TORCH_INDEX ?=
+# Which torch make setup installs. With no NVIDIA driver (no /proc/driver/nvidia, no nvidia-smi) the
+# pinned version from PyTorch's CPU index: on Linux PyPI's torch is the CUDA build, gigabytes a CPU never
+# uses. Where that index cannot be reached (an offline mirror, a proxy) pip's configured index serves it.
+# With a driver, the regular (CUDA) build from pip's index. setup says which build it installed.
+# Override: make setup TORCH_SPEC=... TORCH_INDEX=... (TORCH_INDEX= for pip's own index)
+NVIDIA_DRIVER := $(or $(wildcard /proc/driver/nvidia/version),$(shell command -v nvidia-smi 2>/dev/null))
+TORCH_SPEC ?= $(if $(NVIDIA_DRIVER),torch,torch==2.13.0)
+TORCH_INDEX ?= $(if $(NVIDIA_DRIVER),,https://download.pytorch.org/whl/cpu)
 # `dvc exp run` records each experiment as a git commit; on a machine without a git identity
 # (a fresh container, CI) give it one for that command only. No git config is ever written.
 GIT_IDENTITY := $(if $(shell git config user.email 2>/dev/null),,GIT_AUTHOR_NAME="gothic demo" \
@@ -31,61 +33,78 @@ DEMO_PARAMS ?= -S model.n_layer=4 -S model.n_head=4 -S model.n_embd=256 -S model
 	-S train.batch_size=8 -S train.grad_accum=1 -S train.max_iters=900 -S train.warmup_iters=45 \
 	-S train.weight_decay=1.0 -S train.eval_interval=150 -S train.eval_iters=10
 
-.PHONY: help setup demo demo-params repro test lint tensorboard plots compare chat clean
+.PHONY: help setup demo demo-params repro test test-slow test-all lint tensorboard plots compare chat clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed  ## create .venv and install gothic with its dev tools
+setup: $(VENV)/.installed  ## create .venv: torch (CPU or CUDA build), gothic, dev tools
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make setup: gothic needs Python 3.11 or newer, $(PYTHON) is " + sys.version.split()[0] + "; install one and run make setup PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	@echo "make setup: $(if $(NVIDIA_DRIVER),NVIDIA driver found ($(NVIDIA_DRIVER)): the CUDA build of torch,no NVIDIA driver found: the CPU-only build of torch)"
+	@index='$(TORCH_INDEX)'; \
+	if [ "$(origin TORCH_INDEX)" = file ] && [ -n "$$index" ] && ! $(BIN)/python -c \
+		'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' "$$index/" 2>/dev/null; then \
+		echo "make setup: $$index cannot be reached; taking $(TORCH_SPEC) from pip's configured index"; index=; fi; \
+	echo "$(BIN)/python -m pip install -q \"$(TORCH_SPEC)\" $${index:+--index-url $$index}"; \
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $${index:+--index-url $$index}
+	@$(BIN)/python -c 'import torch; print("make setup: installed torch", torch.__version__, \
+		f"(the CUDA {torch.version.cuda} build)" if torch.version.cuda else "(the CPU-only build)")'
 	@# pin the torch just installed, so no dependency (transformers in the export extra) swaps it
 	$(BIN)/python -m pip freeze | grep -i '^torch==' > $(VENV)/torch-constraint.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
 	touch $@
 
-# The tests also run the GGUF export in a real llama.cpp: llama-cpp-python, compiled from its source
-# the first time (about 6 minutes on 2 cores; pip keeps the wheel), so only `make test` waits for it.
+# The slow lane also runs the GGUF export in a real llama.cpp: llama-cpp-python, compiled from its
+# source the first time (about 6 minutes on 2 cores; pip keeps the wheel), so only it waits for that.
 $(VENV)/.llama-cpp: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,llama-cpp]"
 	touch $@
 
-demo: setup  ## run the whole pipeline on the built-in corpus with the CPU demo profile (~10 min)
+demo: setup  ## the pipeline on the built-in corpus, CPU profile (~10 min)
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make demo: this folder is not a git repository (a ZIP download?), and DVC records experiments in git: run  git init -q && git add -A && git -c user.name=me -c user.email=me@example.com commit -qm gothic  first, or git clone the repository" >&2; exit 2; }
-	$(GIT_IDENTITY) $(RUN) dvc exp run $(DEMO_PARAMS)
+	@# gothic.dvc_run is dvc without the "No file hash info found" warnings of a first run (nothing to check out yet)
+	$(GIT_IDENTITY) $(RUN) python -m gothic.dvc_run exp run $(DEMO_PARAMS)
 	@echo "Done. Talk to the model: make chat   Metrics: $(BIN)/dvc metrics show"
 
-demo-params:  ## print the demo profile's overrides (bench/quality.py reads its profile from here)
+demo-params:  ## print the demo profile's -S overrides
 	@echo $(DEMO_PARAMS)
 
 repro: setup  ## dvc repro with params.yaml as it is
 	$(RUN) dvc repro
 
-test: setup $(VENV)/.llama-cpp  ## run the test suite (the first time also compiles llama.cpp for its tests)
-	$(RUN) python -m pytest
+# Two lanes (pyproject.toml's markers): `make test` after every change, `make test-all` before a commit
+# and in CI. The slow lane runs on every core (pytest-xdist: the tests share nothing).
+PYTEST := $(RUN) python -m pytest -q
+test: setup  ## fast lane: no dvc runs, subprocesses, ptys (under a minute)
+	$(PYTEST) -m "not slow"
+
+test-slow: setup $(VENV)/.llama-cpp  ## the slow lane alone, on every core
+	$(PYTEST) -m slow -n auto --durations=15
+
+test-all: lint test test-slow  ## lint, the fast lane, then the slow lane (CI runs this)
 
 lint: setup  ## ruff
 	$(BIN)/ruff check gothic stages tests bench
 
-# `make compare`: experiments side by side in one terminal width, the params that differ and the
-# headline metrics; corpus statistics, step counts, speeds and code hashes stay in `dvc exp show`.
-COMPARE_DROP := (train|val)\.(documents|bytes|words)$$|vocab_size$$|val_(bytes|tokens)$$|bytes_per_token$$|.*step$$|train_loss$$|last_val_loss$$|tokens_seen$$|.*tokens_per_second$$|wall_time_s$$|model_params.*|eval_(tokens|bytes)$$|samples$$|new_tokens$$|distinct_[13]$$|longest_shared_ngram_mean$$|Created$$|Executor$$|.*\.py$$|train_bytes$$|trained_on_bytes$$|sampled$$|split_tokens$$|rev$$|data/|models/|metrics/|samples/|train\.resume$$
+# `make compare`: one column per experiment (so it reads at 80 columns), the headline metrics and the
+# params that differ, and dvc.yaml's charts of those experiments in dvc_plots/compare/ (gothic.compare).
+# Corpus statistics, step counts, speeds and code hashes stay in `dvc exp show`.
+compare: setup  ## experiments side by side, charts in dvc_plots/compare/
+	@$(RUN) python -m gothic.compare $(COMPARE_ARGS)
 
-compare: setup  ## experiments side by side: the params that differ, bits per byte, loss (COMPARE_ARGS=--md or --csv)
-	$(RUN) dvc exp show --no-pager --only-changed --hide-queued --precision 4 --drop '$(COMPARE_DROP)' $(COMPARE_ARGS)
-
-chat: setup  ## talk to models/best.pt (train one first: make demo); more flags: make chat CHAT_ARGS="--temp 1.0"
+chat: setup  ## talk to models/best.pt (CHAT_ARGS="--temp 1")
 	@$(BIN)/gothic-chat --checkpoint models/best.pt $(CHAT_ARGS)
 
 tensorboard: setup  ## TensorBoard on the training logs (live while training runs)
 	$(BIN)/tensorboard --logdir checkpoints/logs
 
-plots: setup  ## render the loss and learning-rate plots to dvc_plots/index.html
-	$(BIN)/dvc plots show
+# DVC's charts (dvc.yaml's plots section) as PNG and self-contained HTML: they open offline
+plots: setup  ## loss, learning-rate, per-document charts: dvc_plots/*.png
+	@$(RUN) python -m gothic.plots dvc_plots
 
 clean:  ## remove pipeline outputs (keeps .venv and the DVC cache)
 	rm -rf data/processed data/tokenizer.json data/bin models checkpoints logs dvc_plots

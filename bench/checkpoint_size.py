@@ -19,7 +19,7 @@ import torch
 from common import RESULTS_DIR, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gothic.checkpoint import release_state, save_checkpoint  # noqa: E402
+from gothic.checkpoint import TrainingCheckpoint  # noqa: E402
 from gothic.config import ModelConfig, TrainConfig  # noqa: E402
 from gothic.model import GPT  # noqa: E402
 from gothic.optim import build_optimizers  # noqa: E402
@@ -40,16 +40,15 @@ def main() -> None:
     model(torch.zeros(1, 2, dtype=torch.long))[0].sum().backward()
     for opt in optimizers:
         opt.step()
-    # the keys training writes (gothic.checkpoint.TrainingCheckpoint), with a tokenizer.json of typical size
-    state = {"model": model.state_dict(), "model_config": dataclasses.asdict(cfg), "train_config": {},
-             "vocab_size": vocab, "tokenizer": "x" * 40 * vocab, "tokenizer_sha256": "", "step": 0,
-             "best_val_loss": 0.0, "optimizer": [opt.state_dict() for opt in optimizers], "scaler": None,
-             "sampler": {}, "rng": [], "history": {"train": [], "val": []}}
+    # what training writes (a tokenizer.json of typical size)
+    ckpt = TrainingCheckpoint(model=model.state_dict(), model_config=dataclasses.asdict(cfg), vocab_size=vocab,
+                              tokenizer_sha256="", tokenizer="x" * 40 * vocab,
+                              optimizer=[opt.state_dict() for opt in optimizers], sampler={}, rng=[])
     with tempfile.TemporaryDirectory() as tmp:
         sizes = {}
-        save_checkpoint(Path(tmp) / "latest.pt", state)
+        ckpt.save(Path(tmp) / "latest.pt")
         sizes["latest.pt (format 2, and every file of format 1)"] = (Path(tmp) / "latest.pt").stat().st_size
-        save_checkpoint(Path(tmp) / "best.pt", release_state(state))
+        ckpt.save(Path(tmp) / "best.pt", resumable=False)
         sizes["best.pt / final.pt (format 2)"] = (Path(tmp) / "best.pt").stat().st_size
         try:
             from safetensors.torch import save_file

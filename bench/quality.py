@@ -124,20 +124,41 @@ def curve_bpb(model: GPT, val, windows: int, tokens_per_byte: float) -> float:
 
 def train_for(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: Path, budget_s: float,
               eval_every_s: float, steps: int = 0, cpu_fallback: bool = True) -> tuple[dict, list[dict]]:
-    """Train one profile until its training clock reaches budget_s (or for `steps` steps, the schedule
-    then running on steps); returns (final row, curve rows). cpu_fallback=False runs bf16 autocast
-    even where the CPU emulates it (for equal-step quality comparisons)."""
+    """Train one profile until its training clock reaches budget_s, or for `steps` steps; returns
+    (final row, curve rows). cpu_fallback=False runs bf16 autocast even where the CPU emulates it
+    (for equal-step quality comparisons)."""
+    model, curve, clock = budget_training(name, model_cfg, train_cfg, bin_dir, budget_s, eval_every_s, steps,
+                                          cpu_fallback)
+    meta = load_meta(bin_dir)
+    val = load_split(bin_dir, "val", meta)
+    step = curve[-1]["step"]
+    tokens = step * train_cfg.batch_size * train_cfg.grad_accum * model_cfg.block_size
+    metrics = evaluate_tokens(model.float().eval(), val, meta["splits"]["val"]["documents"], int(meta["eot_id"]),
+                              batch_size=8)
+    row = {"profile": name, "params M": model.num_params(non_embedding=False) / 1e6, "steps": step,
+           "tokens": tokens, "tokens/s": tokens / clock, "train s": clock,
+           "held-out loss": metrics["val_loss"], "held-out bpb": metrics["bits_per_byte"]}
+    return row, curve
+
+
+def budget_training(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: Path, budget_s: float,
+                    eval_every_s: float, steps: int = 0, cpu_fallback: bool = True) -> tuple[GPT, list[dict], float]:
+    """The training of train_for: (the trained model, the curve rows, seconds of training).
+
+    With `steps`, the steps are gothic-train's with train.max_iters=steps (tests/test_bench.py holds
+    the weights to that, bit for bit); on a time budget, the learning rate warms up and decays on the
+    budget's clock instead (SCHEDULE_STEPS points of it), so every profile gets a full schedule."""
     meta = load_meta(bin_dir)
     train_tokens, val = load_split(bin_dir, "train", meta), load_split(bin_dir, "val", meta)
     tokens_per_byte = meta["splits"]["val"]["tokens"] / meta["splits"]["val"]["bytes"]
-    torch.manual_seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)  # as gothic.train.build_run: the same initial weights
     device = torch.device("cpu")
     model = GPT(model_cfg, int(meta["vocab_size"]))
     optimizers = build_optimizers(model, train_cfg, device)
     precision = resolve_precision(train_cfg.dtype, device, cpu_fallback)
     stream = BatchStream(BatchSampler(train_tokens, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed))
-    schedule = dataclasses.replace(train_cfg, max_iters=SCHEDULE_STEPS,
-                                   warmup_iters=round(SCHEDULE_STEPS * WARMUP_FRACTION))
+    schedule = dataclasses.replace(train_cfg, max_iters=steps) if steps else \
+        dataclasses.replace(train_cfg, max_iters=SCHEDULE_STEPS, warmup_iters=round(SCHEDULE_STEPS * WARMUP_FRACTION))
     clock, step, next_eval, losses = 0.0, 0, eval_every_s, []
     curve = [{"profile": name, "train s": 0.0, "step": 0, "train loss": math.nan,
               "held-out bpb (est.)": curve_bpb(model, val, CURVE_WINDOWS, tokens_per_byte)}]
@@ -146,7 +167,7 @@ def train_for(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir
 
     while done() < 1:
         started = time.perf_counter()
-        set_lr(optimizers, min(SCHEDULE_STEPS - 1, int(SCHEDULE_STEPS * done())), schedule)
+        set_lr(optimizers, step if steps else min(SCHEDULE_STEPS - 1, int(SCHEDULE_STEPS * done())), schedule)
         batches = [stream.next_batch() for _ in range(train_cfg.grad_accum)]
         losses.append(train_step(model, batches, optimizers, precision, train_cfg.grad_clip).item())
         clock += time.perf_counter() - started
@@ -159,13 +180,7 @@ def train_for(name: str, model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir
                           "held-out bpb (est.)": curve_bpb(model, val, CURVE_WINDOWS, tokens_per_byte)})
             print(f"{name}: {clock:6.0f}s step {step:5d} train loss {curve[-1]['train loss']:.3f} "
                   f"held-out bpb ~{curve[-1]['held-out bpb (est.)']:.3f}", flush=True)
-    tokens = step * train_cfg.batch_size * train_cfg.grad_accum * model_cfg.block_size
-    metrics = evaluate_tokens(model.float().eval(), val, meta["splits"]["val"]["documents"], int(meta["eot_id"]),
-                              batch_size=8)
-    row = {"profile": name, "params M": model.num_params(non_embedding=False) / 1e6, "steps": step,
-           "tokens": tokens, "tokens/s": tokens / clock, "train s": clock,
-           "held-out loss": metrics["val_loss"], "held-out bpb": metrics["bits_per_byte"]}
-    return row, curve
+    return model, curve, clock
 
 
 def _set_threads(threads: int) -> None:

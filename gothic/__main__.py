@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"python -m gothic: {wrong}{usage}", file=sys.stderr)
         raise SystemExit(2)
     module, function = COMMANDS[argv[0]]
-    sys.argv = [f"gothic-{argv[0]}", *argv[1:]]  # argparse names the program after the script
     getattr(__import__(module, fromlist=[function]), function)(argv[1:])
 
 

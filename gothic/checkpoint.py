@@ -9,14 +9,16 @@ the vocabulary size and the tokenizer (the text of its tokenizer.json and its sh
 identity (gothic.rundir), the run's progress (`RunState`: step, losses, tokens, clocks, schedule,
 history), and, in latest.pt only, what resuming needs (optimizer, scaler, sampler, rng). best.pt
 and final.pt leave that out, so they are a third of the size. Training writes and resumes through
-it; every other reader needs only `load_model`:
+it. Every reader asks `CheckpointInfo`, the typed view of a file's plain values with one table
+of what older files mean by a missing key (`INFO_FIELDS`); most need only `load_model`:
 
-    model, ckpt = load_model("models/best.pt", device="auto")
+    model, info = load_model("models/best.pt", device="auto")  # info.step, info.best_val_loss, ...
 
 Version 1 (still read) had no `tokenizer`, and best/final were copies of latest.pt; such a
 checkpoint needs its tokenizer.json given separately. `check_same_tokenizer` is the one rule for
-"trained with this tokenizer". `find_checkpoints` and `summarize_checkpoint` list a folder's
-checkpoints (step, val loss) without loading their weights.
+"trained with this tokenizer", `resolve_tokenizer` the one lookup of a checkpoint's tokenizer.
+`find_checkpoints` and `summarize_checkpoint` list a folder's checkpoints (step, val loss) without
+loading their weights.
 """
 
 from __future__ import annotations
@@ -38,22 +40,124 @@ from typing import BinaryIO
 import torch
 from tokenizers import Tokenizer
 
-from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig
+from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig, build_section
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path
 from gothic.model import GPT
 from gothic.runtime import resolve_device
-from gothic.tokenizer import EOT
+from gothic.tokenizer import EOT, load_tokenizer, tokenizer_sha256
 
 FORMAT_VERSION = 2  # 2: the tokenizer travels inside; best/final hold no optimizer state
-REQUIRED_KEYS = ("format_version", "model", "model_config", "vocab_size", "tokenizer_sha256", "step",
-                 "best_val_loss")
 
 
 # What resuming needs beyond what every checkpoint has; best.pt and final.pt leave it out.
 TRAINING_STATE_KEYS = ("optimizer", "scaler", "sampler", "rng")
 RESUME_KEYS = ("train_config", *TRAINING_STATE_KEYS, "best_step", "val_loss", "tokens_seen", "wall_time_s",
                "history")
+
+
+# --- the read side: one typed view of a checkpoint's plain values ---------------------------------
+
+REQUIRED = object()
+"""INFO_FIELDS' mark for a key every gothic checkpoint has had since format 1."""
+
+
+def _schedule_end(ckpt: dict) -> int:
+    """A file from before `horizon` was saved was heading for the max_iters it was trained with."""
+    train = ckpt.get("train_config")
+    max_iters = train.get("max_iters") if isinstance(train, dict) else None
+    return max_iters if isinstance(max_iters, int) and not isinstance(max_iters, bool) else ckpt["step"]
+
+
+Number = int | float
+INFO_FIELDS: dict[str, tuple[type, object]] = {
+    "format_version": (int, REQUIRED),
+    "model_config": (dict, REQUIRED),
+    "vocab_size": (int, REQUIRED),
+    "tokenizer_sha256": (str | None, REQUIRED),
+    "step": (int, REQUIRED),
+    "best_val_loss": (Number, REQUIRED),
+    "tokenizer": (str | None, None),  # format 1 carried no tokenizer
+    "train_config": (dict, lambda _ckpt: {}),
+    "run_identity": (dict | None, None),  # written since run keys came (gothic.rundir)
+    "best_step": (int, -1),
+    "val_loss": (Number, math.inf),
+    "tokens_seen": (int, 0),
+    "wall_time_s": (Number, 0.0),
+    "train_time_s": (Number, 0.0),
+    "horizon": (int, _schedule_end),
+    "history": (dict, lambda ckpt: {"train": [], "val": []}),  # the logged rows: the model card's loss curve
+}
+"""Every plain value a reader may ask of a checkpoint: its type, and what a file written before the
+key existed means by its absence (REQUIRED: the file is damaged without it; a callable computes the
+value from the file's other values; anything else is the value)."""
+
+
+@dataclass(frozen=True)
+class TokenizerIdentity:
+    """What "the same tokenizer" compares: the vocabulary size, and the tokenizer.json hash where known."""
+
+    vocab_size: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint's plain values, checked against INFO_FIELDS: what every reader asks instead of
+    picking keys out of the loaded dict (the weights and the resume state stay out)."""
+
+    format_version: int
+    model_config: dict
+    vocab_size: int
+    tokenizer_sha256: str | None
+    step: int
+    best_val_loss: float
+    tokenizer: str | None
+    """The tokenizer.json text (format 2); None: give the tokenizer separately."""
+    train_config: dict
+    run_identity: dict | None
+    best_step: int
+    val_loss: float
+    """The last evaluation's val loss (inf before the first)."""
+    tokens_seen: int
+    wall_time_s: float
+    train_time_s: float
+    horizon: int
+    """The max_iters the learning-rate schedule was heading for: the run is complete there."""
+    history: dict
+    """The run's logged rows up to step: {"train": [{step, train_loss, lr, ...}], "val": [{step, val_loss}]}."""
+
+    @classmethod
+    def from_dict(cls, path: str | Path, ckpt: dict) -> CheckpointInfo:
+        """Check a loaded checkpoint's plain values; a missing or mistyped one is a GothicError naming it."""
+        missing = [k for k, (_, fallback) in INFO_FIELDS.items() if fallback is REQUIRED and k not in ckpt]
+        if missing:
+            raise GothicError(f"{path}: checkpoint lacks {', '.join(missing)}; the file is damaged")
+        values = {}
+        for key, (kind, fallback) in INFO_FIELDS.items():
+            value = ckpt[key] if key in ckpt else fallback(ckpt) if callable(fallback) else fallback
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise GothicError(f"{path}: {key} is a {type(value).__name__}, not a {_kind_name(kind)}; the file "
+                                  "is damaged or not from gothic")
+            values[key] = float(value) if kind is Number else value
+        if not MIN_VOCAB_SIZE <= values["vocab_size"] <= MAX_VOCAB_SIZE or values["step"] < 0:
+            raise GothicError(f"{path}: impossible vocab_size {values['vocab_size']} or step {values['step']}; "
+                              "the file is damaged")
+        return cls(**values)
+
+    @property
+    def tokenizer_identity(self) -> TokenizerIdentity:
+        return TokenizerIdentity(self.vocab_size, self.tokenizer_sha256)
+
+    @property
+    def weights_val_loss(self) -> float | None:
+        """The val loss of these weights: the last evaluation's, else the best one recorded (None: neither)."""
+        return next((v for v in (self.val_loss, self.best_val_loss) if math.isfinite(v)), None)
+
+
+def _kind_name(kind) -> str:
+    names = {dict: "mapping", int: "whole number", Number: "number", str | None: "string", dict | None: "mapping"}
+    return names.get(kind, str(kind))
 
 
 @dataclass
@@ -86,17 +190,40 @@ class RunState:
                 "log_window": list(self.log_window), "history": self.history}
 
     @classmethod
-    def from_dict(cls, ckpt: dict) -> RunState:
-        """The saved progress; history rows past the saved step (logged after it) are dropped.
-        Keys added after format 2 came out (horizon, lr_segment, train_time_s, log_window) may be absent."""
-        step = ckpt["step"]
-        return cls(step=step, best_val_loss=ckpt["best_val_loss"], best_step=ckpt["best_step"],
-                   val_loss=ckpt["val_loss"], tokens_seen=ckpt["tokens_seen"], wall_time_s=ckpt["wall_time_s"],
-                   train_time_s=float(ckpt.get("train_time_s") or 0.0),
-                   horizon=int(ckpt.get("horizon") or ckpt["train_config"]["max_iters"]),
-                   lr_segment=tuple(ckpt["lr_segment"]) if ckpt.get("lr_segment") else None,
-                   log_window=tuple(ckpt.get("log_window") or (0.0, 0)),
-                   history={k: [row for row in rows if row["step"] <= step] for k, rows in ckpt["history"].items()})
+    def from_dict(cls, path: Path, info: CheckpointInfo, ckpt: dict) -> RunState:
+        """The saved progress (info: the checked plain values of ckpt), its resume-only values checked
+        here; history rows past the saved step (logged after it) are dropped. lr_segment and
+        log_window came after format 2 and may be absent."""
+        step = info.step
+        lr_segment, log_window = ckpt.get("lr_segment"), ckpt.get("log_window") or (0.0, 0)
+        history = ckpt["history"]
+        if lr_segment is not None and not _is_pair(lr_segment, int, Number):
+            raise _damaged(path, "lr_segment", "a (step, learning rate) pair")
+        if not _is_pair(log_window, Number, int):
+            raise _damaged(path, "log_window", "a (loss sum, steps) pair")
+        if not (isinstance(history, dict) and set(history) == {"train", "val"} and all(
+                isinstance(rows, list) and all(isinstance(r, dict) and _is_int(r.get("step")) for r in rows)
+                for rows in history.values())):
+            raise _damaged(path, "history", "train and val lists of rows with a step")
+        return cls(step=step, best_val_loss=info.best_val_loss, best_step=info.best_step, val_loss=info.val_loss,
+                   tokens_seen=info.tokens_seen, wall_time_s=info.wall_time_s, train_time_s=info.train_time_s,
+                   horizon=info.horizon, lr_segment=tuple(lr_segment) if lr_segment else None,
+                   log_window=tuple(log_window),
+                   history={k: [row for row in rows if row["step"] <= step] for k, rows in history.items()})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pair(value, first: type, second: type) -> bool:
+    return (isinstance(value, list | tuple) and len(value) == 2 and not any(isinstance(v, bool) for v in value)
+            and isinstance(value[0], first) and isinstance(value[1], second))
+
+
+def _damaged(path: Path, key: str, expected: str) -> GothicError:
+    return GothicError(f"{path}: {key} is not {expected}; the file is damaged: start fresh with "
+                       "train.resume: false, or use a copy of the checkpoint")
 
 
 @dataclass
@@ -135,22 +262,21 @@ class TrainingCheckpoint:
     def load_resumable(cls, path: Path) -> TrainingCheckpoint:
         """A checkpoint to continue training from (latest.pt); one without the state resuming needs
         (best.pt, final.pt, an older file) is a GothicError that says so."""
-        ckpt = load_checkpoint(path)
+        ckpt, info = _read(Path(path))
         missing = [key for key in RESUME_KEYS if key not in ckpt]
         if missing:
             raise GothicError(f"{path}: holds no training state ({', '.join(missing)}), so it cannot be resumed; "
                               "start fresh with train.resume: false")
-        return cls(model=ckpt["model"], model_config=ckpt["model_config"], vocab_size=ckpt["vocab_size"],
-                   tokenizer_sha256=ckpt["tokenizer_sha256"], tokenizer=ckpt.get("tokenizer"),
-                   train_config=ckpt["train_config"], run_identity=ckpt.get("run_identity"),
-                   state=RunState.from_dict(ckpt), optimizer=ckpt["optimizer"], scaler=ckpt.get("scaler"),
-                   sampler=ckpt["sampler"], rng=ckpt["rng"])
+        return cls(model=ckpt["model"], model_config=info.model_config, vocab_size=info.vocab_size,
+                   tokenizer_sha256=info.tokenizer_sha256, tokenizer=info.tokenizer, train_config=info.train_config,
+                   run_identity=info.run_identity, state=RunState.from_dict(path, info, ckpt),
+                   **{key: ckpt.get(key) for key in TRAINING_STATE_KEYS})
 
     def check_continues(self, path: Path, model_config: dict, optimizer: str, n_optimizers: int,
                         vocab_size: int, tokenizer_sha256: str) -> None:
         """Refuse to continue with another tokenizer, vocabulary, model shape or optimizer."""
-        trained = {"vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256}
-        check_same_tokenizer(trained, path, vocab_size, tokenizer_sha256, "the bins' tokenizer",
+        check_same_tokenizer(TokenizerIdentity(self.vocab_size, self.tokenizer_sha256), path,
+                             TokenizerIdentity(vocab_size, tokenizer_sha256), "the bins' tokenizer",
                              "start fresh (train.resume: false) or use the original tokenizer")
         # dropout shapes nothing, so it may change on resume; every other field must match
         diffs = [f"model.{k}: checkpoint {self.model_config.get(k)!r}, params {v!r}"
@@ -163,25 +289,24 @@ class TrainingCheckpoint:
             raise GothicError(f"{path}: trained with optimizer {saved!r}, params say {optimizer!r}")
 
 
-def check_same_tokenizer(trained: dict, trained_name: str | Path, vocab_size: int, sha256: str | None,
+def check_same_tokenizer(trained: TokenizerIdentity, trained_name: str | Path, other: TokenizerIdentity,
                          other_name: str, remedy: str = "use the tokenizer the model was trained with") -> None:
     """The one rule for "trained with this tokenizer": the same vocabulary size, and the same
     tokenizer.json hash where both sides know it.
 
     Args:
-        trained: a checkpoint's metadata (vocab_size, tokenizer_sha256).
+        trained: the model's side (CheckpointInfo.tokenizer_identity).
         trained_name: how to name the checkpoint (a path, or "the model").
-        vocab_size, sha256: the other side's vocabulary size and tokenizer.json hash (None: unknown).
+        other: the other side (a tokenizer file, the bins); a None sha256 is unknown.
         other_name: how to name the other side (a tokenizer path, the bins).
         remedy: what the message tells the user to do.
     """
-    if int(trained["vocab_size"]) != vocab_size:
-        raise GothicError(f"{trained_name} was trained with a {trained['vocab_size']}-token vocabulary but "
-                          f"{other_name} has {vocab_size}: {remedy}")
-    want = trained.get("tokenizer_sha256")
-    if want and sha256 and want != sha256:
-        raise GothicError(f"{other_name} (sha256 {sha256[:12]}) is not the tokenizer {trained_name} was "
-                          f"trained with (sha256 {want[:12]}): {remedy}")
+    if trained.vocab_size != other.vocab_size:
+        raise GothicError(f"{trained_name} was trained with a {trained.vocab_size}-token vocabulary but "
+                          f"{other_name} has {other.vocab_size}: {remedy}")
+    if trained.sha256 and other.sha256 and trained.sha256 != other.sha256:
+        raise GothicError(f"{other_name} (sha256 {other.sha256[:12]}) is not the tokenizer {trained_name} was "
+                          f"trained with (sha256 {trained.sha256[:12]}): {remedy}")
 
 
 def config_digest(model_config: dict) -> str:
@@ -220,7 +345,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises GothicError, naming the file, when it is missing, truncated, not a gothic checkpoint,
     written by a newer gothic, or holds objects that would run code when unpickled.
     """
-    path = Path(path)
+    return _read(Path(path), map_location)[0]
+
+
+def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, CheckpointInfo]:
+    """load_checkpoint's work: the loaded dict, and its checked plain values."""
     if path.is_dir():
         raise GothicError(f"{path}: is a folder; pass a checkpoint file such as models/best.pt")
     if not path.is_file():
@@ -233,7 +362,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               "(only tensors and plain values are allowed); not a gothic checkpoint") from None
         raise GothicError(f"{path}: cannot be read ({_load_error_detail(e)}); the file is truncated or not a "
                           "checkpoint") from None
-    return _check_contents(path, ckpt)
+    return ckpt, _check_contents(path, ckpt)
 
 
 def _quiet_load(path: Path, **kwargs):
@@ -244,14 +373,14 @@ def _quiet_load(path: Path, **kwargs):
         return torch.load(path, weights_only=True, **kwargs)
 
 
-def load_checkpoint_info(path: str | Path) -> dict:
+def read_info(path: str | Path) -> CheckpointInfo:
     """A checkpoint's plain values (step, run identity, ...) without reading its tensors: the file is
     memory-mapped, so even a large checkpoint is inspected at once. Same errors as load_checkpoint."""
     path = Path(path)
     try:
         ckpt = _quiet_load(path, map_location="cpu", mmap=True)
     except LOAD_ERRORS:
-        return load_checkpoint(path)  # the full load gives the precise error (or, for the legacy format, the data)
+        return _read(path)[1]  # the full load gives the precise error (or, for the legacy format, the data)
     return _check_contents(path, ckpt)
 
 
@@ -298,48 +427,34 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _check_contents(path: Path, ckpt) -> dict:
+def _check_contents(path: Path, ckpt) -> CheckpointInfo:
+    """ckpt's plain values, once it is a gothic checkpoint this gothic reads with every one well typed."""
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise GothicError(f"{path}: not a gothic checkpoint (no format_version); train one with gothic-train")
     version = ckpt["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise GothicError(f"{path}: checkpoint format {version!r} is newer than this gothic reads "
                           f"({FORMAT_VERSION}); upgrade gothic")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise GothicError(f"{path}: checkpoint lacks {', '.join(missing)}; the file is damaged")
-    # values every reader uses unchecked: a wrong type here would surface as a traceback far away
-    kinds = {"model": dict, "model_config": dict, "vocab_size": int, "step": int, "best_val_loss": int | float,
-             "tokenizer_sha256": str | None}
-    for key, kind in kinds.items():
-        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
-            raise GothicError(f"{path}: {key} is a {type(ckpt[key]).__name__}, not a {_kind_name(kind)}; "
-                              "the file is damaged or not from gothic")
-    if not MIN_VOCAB_SIZE <= ckpt["vocab_size"] <= MAX_VOCAB_SIZE or ckpt["step"] < 0:
-        raise GothicError(f"{path}: impossible vocab_size {ckpt['vocab_size']} or step {ckpt['step']}; "
-                          "the file is damaged")
-    return ckpt
-
-
-def _kind_name(kind) -> str:
-    return {dict: "mapping", int: "whole number"}.get(kind, "number" if kind == int | float else "string")
+    info = CheckpointInfo.from_dict(path, ckpt)
+    if "model" not in ckpt:
+        raise GothicError(f"{path}: checkpoint lacks model; the file is damaged")
+    if not isinstance(ckpt["model"], dict):
+        raise GothicError(f"{path}: model is a {type(ckpt['model']).__name__}, not a mapping; the file is damaged "
+                          "or not from gothic")
+    return info
 
 
 def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
     """The ModelConfig a checkpoint was trained with; unknown or invalid fields are a GothicError."""
     raw = ckpt["model_config"]
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    if not isinstance(raw, dict) or raw.keys() - fields:
+    if raw.keys() - fields:
         raise GothicError(f"{path}: model_config has fields this gothic does not know; upgrade gothic")
     saved_digest = ckpt.get("model_config_sha256")  # absent in files written before it was added
     if saved_digest is not None and saved_digest != config_digest(raw):
         raise GothicError(f"{path}: model_config was changed after the checkpoint was written (its checksum "
                           "differs); the file is damaged or edited: use the original")
-    try:
-        cfg = ModelConfig(**raw)
-    except TypeError as e:
-        raise GothicError(f"{path}: invalid model_config ({e})") from None
-    problems = cfg.check()
+    cfg, problems = build_section(ModelConfig, raw, "model")  # a string where a number belongs, too
     if problems:
         raise GothicError(f"{path}: invalid model_config: {'; '.join(problems)}")
     return cfg
@@ -372,8 +487,19 @@ def check_weights_fit(path: Path, cfg: ModelConfig, vocab_size: int, state: dict
             raise refuse(f"{key}: {shape(key)} in the file, {expected.get(key)} expected")
 
 
+def first_nonfinite(state: dict) -> str | None:
+    """The name of the first weight holding NaN or an infinity (None: all finite)."""
+    return next((key for key, value in state.items()
+                 if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()),
+                None)
+
+
 def load_weights(model: GPT, state: dict, path: Path) -> None:
-    """Copy a state_dict into model; a shape or key mismatch is a GothicError naming the file."""
+    """Copy a state_dict into model; a shape or key mismatch, or a weight that is not finite (a diverged
+    run, a damaged file: it would give NaN losses and tracebacks downstream) is a GothicError naming the file."""
+    if (key := first_nonfinite(state)) is not None:
+        raise GothicError(f"{path}: the weights hold NaN or infinite values ({key}); the run that wrote it diverged "
+                          "or the file is damaged: use an earlier checkpoint or train again")
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
@@ -381,21 +507,15 @@ def load_weights(model: GPT, state: dict, path: Path) -> None:
         raise GothicError(f"{path}: weights do not fit the model config it records ({detail})") from None
 
 
-def release_state(state: dict) -> dict:
-    """A checkpoint's state without what only resuming needs: weights, configs, tokenizer, metrics."""
-    return {k: v for k, v in state.items() if k not in TRAINING_STATE_KEYS}
-
-
-def checkpoint_tokenizer(path: str | Path, info: dict) -> Tokenizer | None:
+def checkpoint_tokenizer(path: str | Path, info: CheckpointInfo) -> Tokenizer | None:
     """The tokenizer a checkpoint carries (format 2), checked against its recorded hash; None
     for a format-1 checkpoint, which carries none."""
-    text = info.get("tokenizer")
-    if text is None:
+    if info.tokenizer is None:
         return None
-    if not isinstance(text, str) or hashlib.sha256(text.encode("utf-8")).hexdigest() != info["tokenizer_sha256"]:
+    if hashlib.sha256(info.tokenizer.encode("utf-8")).hexdigest() != info.tokenizer_sha256:
         raise GothicError(f"{path}: the tokenizer inside does not match its recorded sha256; the file is damaged")
     try:
-        tok = Tokenizer.from_str(text)
+        tok = Tokenizer.from_str(info.tokenizer)
     except Exception as e:  # tokenizers raises plain Exceptions
         raise GothicError(f"{path}: the tokenizer inside cannot be read ({_first_line(e)})") from None
     if tok.token_to_id(EOT) is None:
@@ -403,25 +523,45 @@ def checkpoint_tokenizer(path: str | Path, info: dict) -> Tokenizer | None:
     return tok
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
+def resolve_tokenizer(path: str | Path, info: CheckpointInfo, tokenizer_path: str | Path | None = None,
+                      fallback: Path | None = None) -> tuple[Tokenizer, str]:
+    """The tokenizer to use with a checkpoint, and its tokenizer.json text: tokenizer_path when given
+    (checked to be the one the model was trained with), else the one inside (format 2), else
+    fallback (a format-1 checkpoint carried none). No tokenizer at all is a GothicError."""
+    if tokenizer_path is None:
+        tokenizer = checkpoint_tokenizer(path, info)
+        if tokenizer is not None:
+            return tokenizer, info.tokenizer
+        if fallback is None or not fallback.is_file():
+            raise GothicError(f"{path} is an older checkpoint that carries no tokenizer: pass --tokenizer PATH "
+                              "(the tokenizer.json it was trained with)")
+        tokenizer_path = fallback
+    tokenizer = load_tokenizer(tokenizer_path)
+    check_same_tokenizer(info.tokenizer_identity, path,
+                         TokenizerIdentity(tokenizer.get_vocab_size(), tokenizer_sha256(tokenizer_path)),
+                         str(tokenizer_path))
+    return tokenizer, Path(tokenizer_path).read_bytes().decode("utf-8")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, CheckpointInfo]:
     """Build the GPT a checkpoint describes and load its weights.
 
     Args:
         path: a checkpoint written by training (best.pt, latest.pt, final.pt).
         device: a torch device or a `device` param value ('auto', 'cpu', 'cuda', ...).
     Returns:
-        (model in eval mode on device, the checkpoint's metadata: step, best_val_loss,
-        model_config, vocab_size, tokenizer_sha256, ... without the weights and training state,
-        so a long-lived caller such as the chat does not keep a second copy of the model).
+        (model in eval mode on device, the checkpoint's plain values: step, best_val_loss,
+        model_config, vocab_size, tokenizer, ...; no weights or training state, so a long-lived
+        caller such as the chat does not keep a second copy of the model).
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
-    ckpt = load_checkpoint(path)
+    ckpt, info = _read(path)
     cfg = model_config_from(path, ckpt)
     check_weights_fit(path, cfg, ckpt["vocab_size"], ckpt["model"])
     model = GPT(cfg, ckpt["vocab_size"])
     load_weights(model, ckpt.pop("model"), path)
-    return model.to(device).eval(), {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}
+    return model.to(device).eval(), info
 
 
 CHECKPOINT_NAMES = ("best", "latest", "final")
@@ -450,30 +590,16 @@ def find_checkpoints(models_dir: Path) -> list[Path]:
 
 
 def summarize_checkpoint(path: Path) -> CheckpointSummary:
-    """Step and val loss of a checkpoint, read without loading its tensors.
-
-    mmap=True maps the file instead of reading it, so listing large checkpoints (weights plus
-    optimizer state) stays instant; only the few plain values are touched.
-    """
+    """Step and val loss of a checkpoint, read without loading its tensors (read_info maps the file),
+    so listing large checkpoints (weights plus optimizer state) stays instant."""
     stat = path.stat()
     base = CheckpointSummary(path, stat.st_size, stat.st_mtime)
     try:
         ckpt = _quiet_load(path, map_location="cpu", mmap=True)
     except LOAD_ERRORS:
         return dataclasses.replace(base, error="unreadable")
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+    try:
+        info = _check_contents(path, ckpt)
+    except GothicError:
         return dataclasses.replace(base, error="not a gothic checkpoint")
-    return dataclasses.replace(base, step=_as_int(ckpt.get("step")), val_loss=checkpoint_val_loss(ckpt))
-
-
-def checkpoint_val_loss(info: dict) -> float | None:
-    """The val loss of these weights: the last evaluation's, else the best one recorded."""
-    for key in ("val_loss", "best_val_loss"):
-        value = info.get(key)
-        if isinstance(value, int | float) and math.isfinite(value):
-            return float(value)
-    return None
-
-
-def _as_int(value) -> int | None:
-    return int(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    return dataclasses.replace(base, step=info.step, val_loss=info.weights_val_loss)

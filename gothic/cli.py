@@ -1,4 +1,5 @@
-"""Console scripts: gothic-tokenize, gothic-train, gothic-generate, gothic-chat.
+"""Console scripts: gothic-prepare, gothic-tokenize, gothic-train, gothic-generate, gothic-chat (gothic-export
+lives in gothic.cli_export).
 
 Each is an argparse adapter over the same core function its DVC stage calls; flags follow the
 seed toolkit. Every `*_main(argv=None)` can be called from tests with a list of arguments.
@@ -16,14 +17,15 @@ from typing import TYPE_CHECKING
 
 from gothic.config import (
     INFERENCE_DTYPES,
-    MAX_SEED,
     SamplingSettings,
     TokenizerConfig,
     TrainConfig,
     apply_overrides,
     check_device,
     load_params,
+    num_samples_problem,
     params_from_dict,
+    seed_problem,
     set_values,
 )
 from gothic.errors import GothicError, run_main
@@ -58,8 +60,8 @@ def _check_device(device: str, flag: str = "--device") -> None:
 
 
 def _check_seed(seed: int | None) -> None:
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise GothicError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if problem := seed_problem(seed, "--seed"):
+        raise GothicError(problem)
 
 
 def tokenize_main(argv: list[str] | None = None) -> None:
@@ -79,6 +81,9 @@ def tokenize_main(argv: list[str] | None = None) -> None:
         if problems:  # the params checks, named by the flags
             flags = "; ".join(problems).replace("tokenizer.vocab_size", "--vocab-size")
             raise GothicError(flags.replace("tokenizer.min_frequency", "--min-frequency"))
+        if any(args.output.resolve() == f.resolve() for f in args.files):
+            raise GothicError(f"--output {args.output} is one of the --files: it would overwrite the text it learns "
+                              "from; write the tokenizer elsewhere (data/tokenizer.json)")
         from gothic.tokenizer import save_tokenizer, train_tokenizer
 
         tok = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
@@ -202,10 +207,11 @@ def train_main(argv: list[str] | None = None) -> None:
         bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
                                                  args.out_dir / "bins")
         from gothic.progress import step_display
+        from gothic.runlog import TrainHooks
 
         with step_display("train", show=None if is_rank0 else False) as (log, progress):
             result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
-                           train_file=train_file, val_file=val_file, log=log if is_rank0 else None, progress=progress)
+                           train_file=train_file, val_file=val_file, hooks=TrainHooks(log, progress))
         if result.rank == 0:
             if args.metrics:
                 write_json(args.metrics, result.metrics)
@@ -277,8 +283,8 @@ def generate_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        if args.num_samples < 1:
-            raise GothicError(f"--num-samples must be >= 1, got {args.num_samples}")
+        if problem := num_samples_problem(args.num_samples, "--num-samples"):
+            raise GothicError(problem)
         _check_seed(args.seed)
         _check_device(args.device)
         flag_names = {field: flag for field, (flag, _) in GENERATE_FLAGS.items()}

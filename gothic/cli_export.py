@@ -9,24 +9,6 @@ from gothic.errors import run_main
 from gothic.script_args import script_parser
 
 
-def describe(result) -> str:
-    """The one line that says what was written and whether transformers (and llama.cpp) compute the same model."""
-    gguf = result.gguf
-    as_gguf = f"{gguf.filename} ({gguf.size}) as llama.cpp's {gguf.architecture}, with a Modelfile" if gguf else ""
-    if not result.transformers:
-        return f"wrote {result.out_dir}/{as_gguf}"
-    return _describe_transformers(result) + (f"; and {as_gguf}" if gguf else "")
-
-
-def _describe_transformers(result) -> str:
-    if result.architecture is None:
-        return (f"wrote {result.out_dir}/ with gothic's own tensor names: no transformers architecture computes "
-                f"this model exactly ({result.reason})")
-    checked = ("not checked: transformers is not installed" if result.max_logit_diff is None
-               else f"logits match gothic's to {result.max_logit_diff:.1e}")
-    return f"wrote {result.out_dir}/ as transformers' {result.architecture} ({checked})"
-
-
 def export_main(argv: list[str] | None = None) -> None:
     # the scripts' parser: --version, and a usage mistake is one line
     parser = script_parser(
@@ -57,7 +39,7 @@ def export_main(argv: list[str] | None = None) -> None:
         result = export_checkpoint(args.checkpoint, args.out_dir, metrics_dir=args.metrics_dir,
                                    samples=args.samples, tokenizer_path=args.tokenizer, verify=not args.no_verify,
                                    formats=tuple(dict.fromkeys(args.format)), gguf_type=args.gguf_type)
-        print(f"gothic-export: {describe(result)}")
+        print(f"gothic-export: {result.summary()}")
         if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
             print(f"gothic-export: error: the exported model's logits differ from gothic's by "
                   f"{result.max_logit_diff:.1e} (> {TOLERANCE:.0e}); please report this", file=sys.stderr)

@@ -33,6 +33,9 @@ MAX_BLOCK_SIZE = 65536
 MAX_SEED = 2**32 - 1
 # a reply or sample longer than this is a typo (days of CPU time), not a wish
 MAX_NEW_TOKENS = 1_000_000
+MAX_BATCH = 65_536
+"""Sequences in one micro-batch (train, evaluate) or samples drawn as one batch: 4,096 times the seed's
+16, and a bound on what a typo (batch_size: 10000000) would try to allocate."""
 SOURCES = ("builtin", "raw")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -45,6 +48,24 @@ class ConfigError(GothicError, ValueError):
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}" if len(problems) > 1
                          else f"{source}: {problems[0]}")
+
+
+def seed_problem(seed: int | None, name: str = "seed") -> str | None:
+    """The one seed rule (params, flags, the chat's /seed): why `seed` is refused, naming it `name`;
+    None for a good one (None itself means a random seed)."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        return f"{name} must be between 0 and {MAX_SEED}, got {seed}"
+    return None
+
+
+def num_samples_problem(n: int, name: str = "number of samples") -> str | None:
+    """Why a count of samples drawn as one batch is refused (gothic-generate's, Engine.generate's)."""
+    return None if 1 <= n <= MAX_BATCH else f"{name} must be between 1 and {MAX_BATCH:,}, got {n}"
+
+
+def _seed(errors: list[str], key: str, seed: int) -> None:
+    if problem := seed_problem(seed, key):
+        errors.append(problem)
 
 
 def _range(errors: list[str], key: str, value, lo=None, hi=None, lo_open=False) -> None:
@@ -74,7 +95,7 @@ class PrepareConfig:
             if s not in SOURCES:
                 errors.append(f"prepare.sources: unknown source {s!r} (choose from {', '.join(SOURCES)})")
         _range(errors, "prepare.val_fraction", self.val_fraction, 0.0, 0.5, lo_open=True)
-        _range(errors, "prepare.seed", self.seed, 0, MAX_SEED)
+        _seed(errors, "prepare.seed", self.seed)
         if self.encoding_fallback not in ("none", "latin-1", "skip"):
             errors.append(f"prepare.encoding_fallback={self.encoding_fallback!r} must be none, latin-1 or skip")
         return errors
@@ -105,9 +126,14 @@ class ModelConfig:
     block_size: int = 512
     """Context length in tokens."""
     n_layer: int = 8
+    """Transformer blocks."""
     n_head: int = 8
+    """Attention heads per block (n_embd must divide by it)."""
     n_embd: int = 512
+    """Width of the residual stream."""
     dropout: float = 0.0
+    """On the embeddings, the attention probabilities and the residual branches (nanoGPT's places); shapes
+    nothing, so a run may continue with another value."""
     bias: bool = True
     """Biases in Linear and LayerNorm layers (GPT-2 style)."""
     pos_embedding: str = "learned"
@@ -147,12 +173,17 @@ class TrainConfig:
     grad_accum: int = 4
     """Micro-batches per optimizer step (global batch = batch_size x grad_accum x world size)."""
     learning_rate: float = 3.0e-4
+    """Peak AdamW rate, reached after warmup (gothic.optim.get_lr scales every group's rate by the schedule)."""
     min_lr: float = 3.0e-5
+    """Where the cosine decay ends, at max_iters."""
     warmup_iters: int = 1000
+    """Steps of linear warmup from learning_rate / warmup_iters to learning_rate."""
     weight_decay: float = 0.1
     """Applied to weight matrices only, never to biases, norms or embeddings' positions."""
     beta1: float = 0.9
+    """AdamW's first-moment decay (Muon's momentum is its own)."""
     beta2: float = 0.95
+    """AdamW's second-moment decay."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables."""
     optimizer: str = "adamw"
@@ -164,6 +195,7 @@ class TrainConfig:
     eval_iters: int = 50
     """Batches per split in each periodic evaluation."""
     log_interval: int = 10
+    """Log the mean train loss (and TensorBoard's scalars) every this many steps."""
     dtype: str = "bfloat16"
     """Autocast dtype: bfloat16, float16 (with a GradScaler) or float32."""
     compile: bool | str = "auto"
@@ -171,6 +203,7 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
     seed: int = 1337
+    """Initial weights, batch order and dropout masks (each DDP rank adds its rank for the masks)."""
     resume: bool | str = "auto"
     """'auto': continue this very run from the run folder's latest.pt if it was stopped (same result as
     never stopping); true: also continue it to a new max_iters; false: always start fresh (gothic.rundir)."""
@@ -179,6 +212,7 @@ class TrainConfig:
         errors = []
         for key in ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
             _range(errors, f"train.{key}", getattr(self, key), 1)
+        _range(errors, "train.batch_size", self.batch_size, hi=MAX_BATCH)
         _range(errors, "train.warmup_iters", self.warmup_iters, 0)
         _range(errors, "train.learning_rate", self.learning_rate, 0.0, lo_open=True)
         _range(errors, "train.muon_lr", self.muon_lr, 0.0, lo_open=True)
@@ -189,7 +223,7 @@ class TrainConfig:
         _range(errors, "train.beta1", self.beta1, 0.0, 1.0)
         _range(errors, "train.beta2", self.beta2, 0.0, 1.0)
         _range(errors, "train.grad_clip", self.grad_clip, 0.0)
-        _range(errors, "train.seed", self.seed, 0, MAX_SEED)
+        _seed(errors, "train.seed", self.seed)
         if self.optimizer not in ("adamw", "muon"):
             errors.append(f"train.optimizer={self.optimizer!r} must be adamw or muon")
         if self.dtype not in DTYPES:
@@ -210,10 +244,11 @@ class EvaluateConfig:
     """Score at most this many val tokens, in evenly spaced windows (0: every token), so a large
     held-out split costs minutes, not hours. Below the cap every token is scored."""
     device: str = "auto"
+    """Where to score: 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
 
     def check(self) -> list[str]:
         errors = []
-        _range(errors, "evaluate.batch_size", self.batch_size, 1)
+        _range(errors, "evaluate.batch_size", self.batch_size, 1, MAX_BATCH)
         _range(errors, "evaluate.max_tokens", self.max_tokens, 0)
         return errors + check_device(self.device, "evaluate.device")
 
@@ -280,14 +315,15 @@ class SampleConfig(SamplingSettings):
     num_samples: int = 2
     """Continuations per prompt, drawn as one batch."""
     device: str = "auto"
+    """Where to generate: 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
     dtype: str = "auto"
     """What the weights are held and computed in: auto = bf16 where the device has bf16 units, else
     fp32 (gothic.runtime.inference_dtype); float32 makes samples match across machines."""
 
     def check(self) -> list[str]:
         errors = []
-        _range(errors, "sample.num_samples", self.num_samples, 1)
-        _range(errors, "sample.seed", self.seed, 0, MAX_SEED)
+        _range(errors, "sample.num_samples", self.num_samples, 1, MAX_BATCH)
+        _seed(errors, "sample.seed", self.seed)
         errors += self.problems({key: f"sample.{key}" for key in SAMPLING_LABELS})
         if self.dtype not in INFERENCE_DTYPES:
             errors.append(f"sample.dtype={self.dtype!r} must be one of {', '.join(INFERENCE_DTYPES)}")
@@ -330,6 +366,8 @@ class ExportConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Params:
+    """params.yaml: one section per stage, each checked by its own `check`."""
+
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -352,6 +390,12 @@ def _type_ok(value, want) -> bool:
     return type(value) is want or (want is float and type(value) is int)
 
 
+def _shown(value, limit: int = 80) -> str:
+    """A value as a message quotes it: its repr, cut to `limit` characters (a wrong value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _type_name(want) -> str:
     if isinstance(want, types.UnionType):
         return " or ".join(_type_name(w) for w in typing.get_args(want))
@@ -360,12 +404,13 @@ def _type_name(want) -> str:
     return want.__name__
 
 
-def _build(cls, raw, section: str):
-    """Build one section's dataclass; return (instance or None, problems)."""
+def build_section(cls, raw, section: str):
+    """Build one section's dataclass from a parsed mapping (params.yaml's, or a checkpoint's saved
+    config), typed strictly and range-checked; return (instance or None, problems)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        return None, [f"{section}: expected a mapping of keys, got {raw!r}"]
+        return None, [f"{section}: expected a mapping of keys, got {_shown(raw)}"]
     hints, errors, good = typing.get_type_hints(cls), [], {}
     for key in sorted(raw.keys() - hints.keys(), key=str):
         hint = difflib.get_close_matches(str(key), list(hints), n=1)
@@ -373,7 +418,7 @@ def _build(cls, raw, section: str):
     for key in sorted(raw.keys() & hints.keys()):
         want, value = hints[key], raw[key]
         if not _type_ok(value, want):
-            errors.append(f"{section}.{key}: expected {_type_name(want)}, got {value!r}")
+            errors.append(f"{section}.{key}: expected {_type_name(want)}, got {_shown(value)}")
         elif isinstance(value, float) and not math.isfinite(value):
             # .nan passes every range check (all comparisons are False) and .inf trains to nan
             errors.append(f"{section}.{key}: expected a finite number, got {value!r}")
@@ -403,7 +448,7 @@ def params_from_dict(raw, source: str = "params.yaml") -> Params:
         hint = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
         errors.append(f"{key}: unknown section" + (f" (did you mean {hint[0]}?)" if hint else ""))
     for name in SECTIONS:
-        cfg, problems = _build(SECTIONS[name], raw.get(name), name)
+        cfg, problems = build_section(SECTIONS[name], raw.get(name), name)
         errors += problems
         built[name] = cfg
     if errors:
@@ -420,11 +465,41 @@ def parse_yaml(text: str):
     return YAML(typ="safe").load(text)  # the very call dvc.utils.serialize.parse_yaml makes
 
 
+MAX_PARAMS_BYTES = 1 << 20
+"""A params file is a few kilobytes: reading at most this much bounds a file that never ends (/dev/zero)."""
+MAX_PARAMS_NODES = 100_000
+"""Values in a params file with its YAML aliases expanded: a few hundred in practice, so a billion-laughs
+file (aliases of aliases) is refused before anything walks it."""
+
+
+def _expanded_nodes(value, budget: int) -> int:
+    """How many values `value` holds with shared (aliased) parts counted each time, counting stops past budget."""
+    count, stack = 0, [value]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def _read_bounded(path: Path) -> str:
+    with path.open("rb") as f:
+        data = f.read(MAX_PARAMS_BYTES + 1)
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError([f"larger than {MAX_PARAMS_BYTES >> 20} MiB, so not a params file (a params.yaml is a few "
+                           "kilobytes)"], str(path))
+    return data.decode("utf-8")
+
+
 def read_params_dict(path: str | Path = "params.yaml") -> dict:
-    """Parse a params file into a plain dict; a missing, empty or malformed file is a ConfigError."""
+    """Parse a params file into a plain dict; a missing, empty, malformed or oversized file is a ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_bounded(path)
     except FileNotFoundError:
         raise ConfigError(["file not found (run from the project root, or pass --params PATH)"], str(path)) from None
     except IsADirectoryError:
@@ -440,6 +515,9 @@ def read_params_dict(path: str | Path = "params.yaml") -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError([f"not valid YAML{where}: {problem}"], str(path)) from None
+    if _expanded_nodes(raw, MAX_PARAMS_NODES) > MAX_PARAMS_NODES:
+        raise ConfigError([f"holds more than {MAX_PARAMS_NODES:,} values once its YAML aliases are expanded (aliases "
+                           "of aliases?); write the values out"], str(path))
     if raw is None:
         # an empty file would silently train the built-in 26M-parameter, 10,000-step default
         raise ConfigError(["the file is empty (restore it: git checkout params.yaml)"], str(path))

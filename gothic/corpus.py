@@ -144,8 +144,10 @@ def raw_files(raw_dir: Path) -> list[Path]:
             if path.is_symlink() and not path.exists():
                 raise GothicError(f"{shown(path)}: broken symbolic link (its target {shown(os.readlink(path))} is "
                                   "missing); remove the link or restore the file")
-            if path.is_file():
-                found.append(path)
+            if not path.is_file():  # a link to a device, a pipe or a socket: nothing a book is kept in
+                raise GothicError(f"{shown(path)}: not a regular file (a device or a pipe?); remove it from "
+                                  f"{shown(raw_dir)}/")
+            found.append(path)
     return sorted(found)
 
 
@@ -164,8 +166,16 @@ def list_sources(cfg: PrepareConfig, raw_dir: Path) -> list[Source]:
     return sorted(sources, key=lambda s: s.name)
 
 
+MAX_DOCUMENT_BYTES = 1 << 30
+"""A document is read whole: a book is a few megabytes, and a larger file (a sparse 3 GB one, say) would
+first fill the memory."""
+
+
 def read_bytes(path: Path) -> bytes:
     try:
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise GothicError(f"{shown(path)}: larger than {MAX_DOCUMENT_BYTES >> 30} GiB; a document is read whole, "
+                              "so split it into several files")
         return path.read_bytes()
     except OSError as e:
         raise GothicError(f"{shown(path)}: cannot read this file ({e.strerror}); fix its permissions (chmod) or "
@@ -175,7 +185,7 @@ def read_bytes(path: Path) -> bytes:
 def decode_file(path: Path, encoding_fallback: str, data: bytes | None = None) -> str | None:
     """The file's text, or None to skip it; binary or non-UTF-8 files are errors naming the file."""
     data = read_bytes(path) if data is None else data
-    if b"\x00" in data[:8192]:
+    if b"\x00" in data:  # anywhere: NUL bytes would go into the corpus
         raise GothicError(f"{shown(path)}: looks like a binary file, not text; remove it from data/raw/")
     try:
         return data.decode("utf-8")
@@ -214,17 +224,6 @@ def _cleaned(job: tuple[Source, str]) -> tuple[bytes, int]:
     return text.encode("utf-8"), len(text.split())
 
 
-def load_documents(cfg: PrepareConfig, raw_dir: Path) -> list[Document]:
-    """Every document of the configured sources, cleaned, sorted by name (all in memory: for
-    small corpora and tests; `prepare` streams)."""
-    docs = []
-    for source in list_sources(cfg, raw_dir):
-        text = clean_source(source, cfg.encoding_fallback)
-        if text is not None:
-            docs.append(Document(source.name, text))
-    return docs
-
-
 def split_documents(docs: list, val_fraction: float, seed: int) -> tuple[list, list]:
     """Hold out whole documents: a seeded shuffle, then the first round(n * val_fraction) (>= 1) go to val.
 
@@ -239,22 +238,6 @@ def split_documents(docs: list, val_fraction: float, seed: int) -> tuple[list, l
     n_val = min(len(order) - 1, max(1, round(len(order) * val_fraction)))
     val, train = order[:n_val], order[n_val:]
     return sorted(train, key=lambda d: d.name), sorted(val, key=lambda d: d.name)
-
-
-def join_documents(docs: list[Document]) -> str:
-    return EOT.join(d.text for d in docs)
-
-
-def read_documents(path: Path) -> list[str]:
-    """The documents of a split text written by `prepare`."""
-    if not path.is_file():
-        raise GothicError(f"{path}: not found; run the prepare stage first (`dvc repro prepare`)")
-    return path.read_text(encoding="utf-8").split(EOT)
-
-
-def split_stats(docs: list[Document]) -> dict:
-    return {"documents": len(docs), "bytes": sum(len(d.text.encode("utf-8")) for d in docs),
-            "words": sum(len(d.text.split()) for d in docs)}
 
 
 def held_out_warning(metrics: dict, val_fraction: float) -> str | None:
@@ -281,6 +264,9 @@ def prepare(cfg: PrepareConfig, raw_dir: Path, out_dir: Path, warn: Callable[[st
     Returns:
         metrics: documents, bytes and words per split.
     """
+    if "raw" in cfg.sources and Path(out_dir).resolve().is_relative_to(Path(raw_dir).resolve()):
+        raise GothicError(f"{shown(out_dir)} is inside {shown(raw_dir)}/, so the next run would read its own output as "
+                          "books; write the splits elsewhere (data/processed)")
     sources = list_sources(cfg, raw_dir)
     total = sum(s.path.stat().st_size for s in sources)
     if cfg.encoding_fallback == "skip":

@@ -117,10 +117,37 @@ def load_meta(bin_dir: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise GothicError(f"{path}: not valid JSON; rebuild it with `dvc repro -f binarize`") from None
-    if meta.get("version") != META_VERSION:
-        raise GothicError(f"{path}: bins of format {meta.get('version')!r}, this gothic reads {META_VERSION}; "
+    if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise GothicError(f"{path}: bins of format {version!r}, this gothic reads {META_VERSION}; "
                           "rebuild them with `dvc repro -f binarize`")
+    if problem := meta_problem(meta):
+        raise GothicError(f"{path}: {problem}; the file is damaged: rebuild the bins with `dvc repro -f binarize`")
     return meta
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def meta_problem(meta: dict) -> str | None:
+    """What is wrong with a meta.json's values (None: they are what binarize writes)."""
+    if meta.get("dtype") not in ("uint16", "uint32"):
+        return f"dtype {meta.get('dtype')!r} is not uint16 or uint32"
+    if not _count(meta.get("vocab_size")) or not _count(meta.get("eot_id")) or meta["eot_id"] >= meta["vocab_size"]:
+        return "vocab_size and eot_id are not token counts (eot_id below vocab_size)"
+    if not isinstance(meta.get("tokenizer_sha256"), str):
+        return "tokenizer_sha256 is not a string"
+    splits = meta.get("splits")
+    if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+        return f"splits is not a mapping of {' and '.join(SPLITS)}"
+    for name, split in splits.items():
+        documents = split.get("documents") if isinstance(split, dict) else None
+        if not (_count(split.get("tokens") if documents is not None else None) and isinstance(documents, list)
+                and all(isinstance(d, dict) and all(_count(d.get(k)) for k in ("start", "tokens", "bytes"))
+                        for d in documents)):
+            return f"the {name} split has no token count or document list"
+    return None
 
 
 def load_split(bin_dir: Path, split: str, meta: dict | None = None) -> np.memmap:
@@ -129,11 +156,22 @@ def load_split(bin_dir: Path, split: str, meta: dict | None = None) -> np.memmap
     path = Path(bin_dir) / f"{split}.bin"
     if not path.is_file():
         raise GothicError(f"{path}: not found; build the bins first (`dvc repro binarize`)")
-    data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+    data = memmap_tokens(path, meta["dtype"])
     if data.size != meta["splits"][split]["tokens"]:
         raise GothicError(f"{path}: holds {data.size} tokens but meta.json says {meta['splits'][split]['tokens']}; "
                           "rebuild with `dvc repro -f binarize`")
     return data
+
+
+def memmap_tokens(path: Path, dtype: str) -> np.ndarray:
+    """A bin's tokens, memory-mapped read-only; a size that is no whole number of tokens (a cut or
+    foreign file) or an empty file is a GothicError."""
+    itemsize = np.dtype(dtype).itemsize
+    size = path.stat().st_size
+    if size == 0 or size % itemsize:
+        raise GothicError(f"{path}: {size} bytes is no whole number of {dtype} tokens (or none); the file is cut or "
+                          "not a bin: rebuild the bins with `dvc repro -f binarize`")
+    return np.memmap(path, dtype=np.dtype(dtype), mode="r")
 
 
 @dataclass
@@ -156,7 +194,7 @@ def _load_tokens(bin_dir: Path, file_name: str, split: str, meta: dict, block_si
         path = bin_dir / file_name
         if not path.is_file():
             raise GothicError(f"{path}: not found; build the bins first (`dvc repro binarize`)")
-        data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+        data = memmap_tokens(path, meta["dtype"])
     if data.size <= block_size:
         raise GothicError(f"{bin_dir / file_name}: {data.size} tokens cannot fill one window of "
                           f"model.block_size={block_size} (+1 target); lower model.block_size or add text")
@@ -231,7 +269,10 @@ class BatchStream:
         return {"seed": self.sampler.seed, "rank": 0, "batches_drawn": self.consumed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.consumed = int(state["batches_drawn"])
+        consumed = state["batches_drawn"]
+        if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
+            raise ValueError(f"batches_drawn {consumed!r} is not a count")
+        self.consumed = consumed
 
 
 def bins_for(data_dir: Path, train_file: str, val_file: str, tokenizer_path: Path,

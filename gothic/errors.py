@@ -12,10 +12,16 @@ import os
 import sys
 from collections.abc import Callable
 
-# OSErrors the machine raises wherever gothic writes (logs included), shown as one line (exit 1)
-_REFUSALS = {errno.ENOSPC: "free some disk space and run again", errno.EDQUOT: "free some space in your quota",
-             errno.EROFS: "choose a writable folder", errno.EACCES: "check the permissions",
-             errno.EPERM: "check the permissions"}
+MACHINE_REFUSALS = {
+    errno.ENOSPC: "free some disk space and run again",
+    errno.EDQUOT: "free some space within your disk quota and run again",
+    errno.EFBIG: "the file is larger than this filesystem or ulimit -f allows",
+    errno.EROFS: "the filesystem is read-only: choose another folder",
+    errno.EACCES: "check the permissions",
+    errno.EPERM: "check the permissions",
+}
+"""The one table of OSErrors where the machine says no (exit 1), with what to do about each: what a
+failed write says (gothic.files.write_error) and what run_main shows of one met anywhere else."""
 
 
 class GothicError(Exception):
@@ -40,9 +46,9 @@ def run_main(main: Callable[[], object], prog: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         sys.exit(128 + 13)  # what a tool killed by SIGPIPE reports
     except OSError as e:
-        if e.errno not in _REFUSALS:
+        if e.errno not in MACHINE_REFUSALS:
             raise  # a bug or an unforeseen case: the traceback is what a report needs
         where = f"{e.filename}: " if e.filename else ""
-        print(f"{prog}: error: {where}{e.strerror} ({_REFUSALS[e.errno]})", file=sys.stderr)
+        print(f"{prog}: error: {where}{e.strerror} ({MACHINE_REFUSALS[e.errno]})", file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gothic.checkpoint import check_same_tokenizer, load_model
+from gothic.checkpoint import TokenizerIdentity, check_same_tokenizer, load_model
 from gothic.data import load_meta, load_split
 from gothic.errors import GothicError
 from gothic.runtime import resolve_device
@@ -217,8 +217,9 @@ def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfi
     device = resolve_device(cfg.device)
     model, info = load_model(checkpoint_path, device=device)
     meta = load_meta(bin_dir)
-    check_same_tokenizer(info, checkpoint_path, int(meta["vocab_size"]), meta["tokenizer_sha256"],
-                         f"the bins in {bin_dir}", "evaluate with the bins and tokenizer the model was trained with")
+    check_same_tokenizer(info.tokenizer_identity, checkpoint_path,
+                         TokenizerIdentity(int(meta["vocab_size"]), meta["tokenizer_sha256"]), f"the bins in {bin_dir}",
+                         "evaluate with the bins and tokenizer the model was trained with")
     tokens = load_split(bin_dir, "val", meta)
     to_score = sum(e - s for s, e in select_windows(len(tokens), model.cfg.block_size, cfg.max_tokens))
     progress = progress_factory(to_score) if progress_factory else None
@@ -226,4 +227,4 @@ def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfi
     model = model.float().eval()
     metrics = evaluate_tokens(model, tokens, meta["splits"]["val"]["documents"], int(meta["eot_id"]),
                               cfg.batch_size, device, progress, cfg.max_tokens, val_document_names(documents_path))
-    return {"checkpoint_step": int(info["step"]), **metrics}
+    return {"checkpoint_step": info.step, **metrics}

@@ -35,13 +35,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
-from gothic.config import EXPORT_FORMATS, ModelConfig, to_dict
+from gothic.checkpoint import load_model, resolve_tokenizer
+from gothic.config import EXPORT_FORMATS, ModelConfig, SamplingSettings, to_dict
 from gothic.errors import GothicError
 from gothic.export_gguf import EXTRA_HINT, gguf_architecture, gguf_filename
 from gothic.files import write_json, write_text
 from gothic.model import GPT, ROPE_BASE
-from gothic.model_card import CARD_TITLE, model_card
 from gothic.tokenizer import EOT
 
 TOLERANCE = 1e-4
@@ -189,7 +188,7 @@ def _linear(t: dict[str, Tensor], prefix: str, linear: torch.nn.Linear) -> None:
 
 # what an export folder may hold; anything else means the folder is not ours to replace
 EXPORT_FILES = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-                "tokenizer_config.json", "README.md", "Modelfile"}
+                "tokenizer_config.json", "README.md", "loss.png", "held_out_bits_per_byte.png", "Modelfile"}
 
 
 @dataclass
@@ -200,6 +199,22 @@ class ExportResult:
     max_logit_diff: float | None  # None: transformers is not installed (or not written), so it was not checked
     gguf: GGUFInfo | None = None
     transformers: bool = True  # whether the safetensors folder was written
+
+    def summary(self) -> str:
+        """The one line that says what was written and whether transformers (and llama.cpp) compute the same
+        model."""
+        gguf = self.gguf
+        as_gguf = f"{gguf.filename} ({gguf.size}) as llama.cpp's {gguf.architecture}, with a Modelfile" if gguf else ""
+        if not self.transformers:
+            return f"wrote {self.out_dir}/{as_gguf}"
+        if self.architecture is None:
+            line = (f"wrote {self.out_dir}/ with gothic's own tensor names: no transformers architecture computes "
+                    f"this model exactly ({self.reason})")
+        else:
+            checked = ("not checked: transformers is not installed" if self.max_logit_diff is None
+                       else f"logits match gothic's to {self.max_logit_diff:.1e}")
+            line = f"wrote {self.out_dir}/ as transformers' {self.architecture} ({checked})"
+        return line + (f"; and {as_gguf}" if gguf else "")
 
 
 @dataclass
@@ -214,7 +229,7 @@ class GGUFInfo:
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_dir: str | Path | None = None,
                       samples: str | Path | None = None, tokenizer_path: str | Path | None = None,
-                      sampling: dict | None = None, sources: list[str] | None = None,
+                      sampling: SamplingSettings | None = None, sources: list[str] | None = None,
                       verify: bool = True, formats: tuple[str, ...] = ("transformers",),
                       gguf_type: str = "f16") -> ExportResult:
     """Write the export folder for a checkpoint; with verify (and transformers installed), load it
@@ -226,8 +241,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         metrics_dir: where metrics/corpus.json, eval.json and train.json are, for the model card.
         samples: samples/samples.md, quoted in the model card.
         tokenizer_path: the tokenizer.json for a format-1 checkpoint that carries none.
-        sampling: the sampling defaults (temperature, top_k, top_p, repetition_penalty, max_new_tokens)
-            of generation_config.json and the Modelfile.
+        sampling: the sampling defaults of generation_config.json and the Modelfile (the sample stage's;
+            None: params.yaml's defaults).
         sources: prepare.sources, for the licence line of the model card.
         formats: "transformers" (the safetensors folder) and/or "gguf" (one .gguf file for llama.cpp
             and an Ollama Modelfile).
@@ -245,10 +260,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         except ImportError:
             raise GothicError(f"gothic-export needs safetensors: {EXTRA_HINT}") from None
     model, info = load_model(checkpoint, device="cpu")
-    tokenizer_json = _tokenizer_json(checkpoint, info, tokenizer_path)
-    from tokenizers import Tokenizer
-
-    eot = Tokenizer.from_str(tokenizer_json).token_to_id(EOT)
+    tokenizer, tokenizer_json = resolve_tokenizer(checkpoint, info, tokenizer_path)
+    eot = tokenizer.token_to_id(EOT)
     hf = to_hf(model, eot)
     gguf = None
     if "gguf" in formats:  # refused before anything is written
@@ -264,11 +277,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
     diff = None
     try:
+        sampling = sampling or SamplingSettings()
         if "transformers" in formats:
-            metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info["step"])}
+            metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info.step)}
             save_file(hf.tensors, str(tmp / "model.safetensors"), metadata=metadata)
             write_json(tmp / "config.json", hf.config)
-            write_json(tmp / "generation_config.json", generation_config(eot, sampling or {}, model.cfg.block_size))
+            write_json(tmp / "generation_config.json", generation_config(eot, sampling, model.cfg.block_size))
             write_text(tmp / "tokenizer.json", tokenizer_json)
             write_json(tmp / "tokenizer_config.json", {
                 "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
@@ -279,11 +293,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
 
             write_gguf(model, tokenizer_json, tmp / gguf.filename, gguf_type, name=out_dir.name)
             gguf.size = file_size_text(tmp / gguf.filename)
-            write_text(tmp / "Modelfile", modelfile(gguf.filename, model.cfg.block_size, sampling or {}))
+            write_text(tmp / "Modelfile", modelfile(gguf.filename, model.cfg.block_size, sampling))
+        from gothic.model_card import model_card
+
         write_text(tmp / "README.md", model_card(model, info, hf.architecture if "transformers" in formats else None,
                                                  hf.reason, diff, Path(metrics_dir) if metrics_dir else None,
                                                  Path(samples) if samples else None, out_dir.name, sources,
-                                                 gguf=gguf, transformers="transformers" in formats))
+                                                 figures_dir=tmp, gguf=gguf, transformers="transformers" in formats))
         tmp.chmod(0o755)  # mkdtemp makes 0700, and safetensors writes 0600: shared files should be readable
         for path in tmp.iterdir():
             path.chmod(0o644)
@@ -305,38 +321,26 @@ def check_replaceable(out_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise GothicError(f"{out_dir} exists and is not a folder; remove it or choose another --out-dir")
+    from gothic.model_card import CARD_TITLE
+
     names = sorted(p.name for p in out_dir.iterdir())
     foreign = [n for n in names if n not in EXPORT_FILES and not n.endswith(".gguf")]
     card = out_dir / "README.md"
-    ours = not names or (not foreign and card.is_file()
-                         and card.read_text(encoding="utf-8", errors="replace").startswith(CARD_TITLE))
+    ours = not names or (not foreign and card.is_file() and any(  # the title follows the card's front matter
+        line.startswith(CARD_TITLE) for line in card.read_text(encoding="utf-8", errors="replace").splitlines()))
     if not ours:
         what = f"it holds {foreign[0]}" if foreign else "its README.md is not a gothic model card"
         raise GothicError(f"{out_dir} exists and is not a gothic export ({what}); choose another --out-dir "
                           f"or remove it yourself")
 
 
-def _tokenizer_json(checkpoint: Path, info: dict, tokenizer_path: str | Path | None) -> str:
-    if tokenizer_path is not None:
-        from gothic.tokenizer import load_tokenizer, tokenizer_sha256
-
-        tok = load_tokenizer(tokenizer_path)
-        check_same_tokenizer(info, checkpoint, tok.get_vocab_size(), tokenizer_sha256(tokenizer_path),
-                             str(tokenizer_path))
-        return Path(tokenizer_path).read_bytes().decode("utf-8")
-    if checkpoint_tokenizer(checkpoint, info) is None:
-        raise GothicError(f"{checkpoint} is an older checkpoint that carries no tokenizer: pass --tokenizer PATH")
-    return info["tokenizer"]
-
-
-def generation_config(eot: int, sampling: dict, block_size: int) -> dict:
+def generation_config(eot: int, sampling: SamplingSettings, block_size: int) -> dict:
     """Sampling defaults as gothic-generate's (or the sample stage's) for transformers' generate(),
     and a length that stays inside the context window: transformers does not slide the window as
     gothic does, and pipeline("text-generation") would otherwise ask for 256 new tokens past it."""
-    values = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, **sampling}
-    return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": values["temperature"] > 0,
-            "temperature": values["temperature"] or 1.0, "top_k": values["top_k"], "top_p": values["top_p"],
-            "max_length": block_size}
+    return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": not sampling.greedy,
+            "temperature": sampling.temperature or 1.0, "top_k": sampling.top_k, "top_p": sampling.top_p,
+            "repetition_penalty": sampling.repetition_penalty, "max_length": block_size}
 
 
 # --- checking against transformers ------------------------------------------------------------

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from gothic.config import GGUF_TYPES, ModelConfig
+from gothic.config import GGUF_TYPES, ModelConfig, SamplingSettings
 from gothic.errors import GothicError
 from gothic.model import GPT, ROPE_BASE
 from gothic.tokenizer import EOT
@@ -257,19 +257,18 @@ def _add_tensor(writer, gguf, tensor_name: str, tensor: torch.Tensor, weight_typ
         writer.add_tensor(tensor_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
 
-def modelfile(gguf_name: str, block_size: int, sampling: dict) -> str:
-    """An Ollama Modelfile: plain continuation of the prompt, params.yaml's sampling defaults, and
-    generation that ends at `<|endoftext|>` or at the context window."""
-    s = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.0, "max_new_tokens": 200, **sampling}
+def modelfile(gguf_name: str, block_size: int, sampling: SamplingSettings) -> str:
+    """An Ollama Modelfile: plain continuation of the prompt, the sampling defaults (the sample stage's),
+    and generation that ends at `<|endoftext|>` or at the context window."""
     lines = [f"FROM ./{gguf_name}",
-             '# a base model: the prompt is continued as it is, with no chat template',
+             "# a base model: the prompt is continued as it is, with no chat template",
              'TEMPLATE """{{ .Prompt }}"""',
              f"PARAMETER num_ctx {block_size}",
-             f"PARAMETER num_predict {min(int(s['max_new_tokens']), block_size)}",
-             f"PARAMETER temperature {s['temperature']}",
-             f"PARAMETER top_k {s['top_k']}",
-             f"PARAMETER top_p {s['top_p']}",
-             f"PARAMETER repeat_penalty {s['repetition_penalty']}",
+             f"PARAMETER num_predict {min(sampling.max_new_tokens, block_size)}",
+             f"PARAMETER temperature {sampling.temperature}",
+             f"PARAMETER top_k {sampling.top_k}",
+             f"PARAMETER top_p {sampling.top_p}",
+             f"PARAMETER repeat_penalty {sampling.repetition_penalty}",
              f'PARAMETER stop "{EOT}"']
     return "\n".join(lines) + "\n"
 

@@ -11,11 +11,11 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gothic.errors import GothicError
+from gothic.errors import MACHINE_REFUSALS, GothicError
 
 TEMP_PATTERN = ".*.tmp"
 """Every temporary file is `.<target name>.<pid>.<random>.tmp` beside its target (a rename is atomic
@@ -23,16 +23,8 @@ only within one filesystem); .dvcignore lists this pattern so DVC never tracks o
 LEGACY_TEMP_AGE_S = 3600
 """A temp file without a pid in its name (older gothic) counts as stale after this long."""
 
-# errors a write can meet, with what to do about each: the machine refuses (exit 1) ...
-_WRITE_ERRORS = {
-    errno.ENOSPC: "free some disk space and run again",
-    errno.EDQUOT: "free some space within your disk quota and run again",
-    errno.EFBIG: "the file is larger than this filesystem or ulimit -f allows",
-    errno.EROFS: "the filesystem is read-only: choose another output folder",
-    errno.EACCES: "check the folder's permissions",
-    errno.EPERM: "check the folder's permissions",
-}
-# ... or the path given is wrong (exit 2, like any other usage mistake)
+# errors a write can meet beside the machine's refusals (gothic.errors.MACHINE_REFUSALS, exit 1):
+# the path given is wrong (exit 2, like any other usage mistake)
 _PATH_ERRORS = {
     errno.ENOTDIR: "a file stands where a folder is needed on that path",
     errno.EEXIST: "a file stands where a folder is needed on that path",
@@ -51,8 +43,8 @@ def write_error(path: str | Path, e: OSError) -> GothicError | None:
     """The one-line error for an OSError met while writing path, or None when it is no write problem."""
     if e.errno in _PATH_ERRORS:
         return GothicError(f"cannot write {path}: {e.strerror or e} ({_PATH_ERRORS[e.errno]})")
-    if e.errno in _WRITE_ERRORS:
-        return WriteError(f"cannot write {path}: {e.strerror or e} ({_WRITE_ERRORS[e.errno]}; "
+    if e.errno in MACHINE_REFUSALS:
+        return WriteError(f"cannot write {path}: {e.strerror or e} ({MACHINE_REFUSALS[e.errno]}; "
                           "files written before are intact)")
     return None
 
@@ -169,12 +161,6 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json_text(obj))
-
-
-def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
-    """Atomically produce `path` with `writer(tmp_path)`."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -53,20 +53,17 @@ from typing import TYPE_CHECKING
 import torch
 from tokenizers import Tokenizer, decoders
 
-from gothic.checkpoint import check_same_tokenizer, checkpoint_tokenizer, load_model
-from gothic.config import SamplingSettings
+from gothic.checkpoint import CheckpointInfo, TokenizerIdentity, check_same_tokenizer, load_model, resolve_tokenizer
+from gothic.config import SamplingSettings, num_samples_problem
 from gothic.errors import GothicError
 from gothic.runtime import inference_dtype, resolve_device
-from gothic.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
+from gothic.tokenizer import eot_id, load_tokenizer
 
 if TYPE_CHECKING:
     from gothic.model import GPT
 
 LEGACY_TOKENIZER = Path("data/tokenizer.json")
 """Where a format-1 checkpoint (which carries no tokenizer) finds its tokenizer by default."""
-
-FINISH_REASONS = ("eot", "stop", "length", "closed")
-
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
@@ -365,17 +362,17 @@ class Engine:
     number of streams can be opened, abandoned or closed one after another."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, device: torch.device | str = "cpu",
-                 checkpoint_info: dict | None = None):
+                 checkpoint_info: CheckpointInfo | None = None):
         self.model = model.eval()
-        # the checkpoint's metadata (step, best_val_loss, model_config, ...) when loaded from one
-        self.checkpoint_info = checkpoint_info or {}
+        self.checkpoint_info = checkpoint_info
+        """The checkpoint's plain values (step, best_val_loss, ...) when loaded from one, else None."""
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.dtype = model.wte.weight.dtype
         """What the weights are held and computed in (Engine.from_checkpoint casts them once)."""
         self.eot = eot_id(tokenizer)
-        check_same_tokenizer({"vocab_size": model.vocab_size}, "the model", tokenizer.get_vocab_size(), None,
-                             "the tokenizer")
+        check_same_tokenizer(TokenizerIdentity(model.vocab_size), "the model",
+                             TokenizerIdentity(tokenizer.get_vocab_size()), "the tokenizer")
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None,
@@ -388,22 +385,13 @@ class Engine:
         checkpoint) data/tokenizer.json. A given tokenizer the model was not trained with is a
         GothicError.
         """
-        tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None  # fail before the load
+        if tokenizer_path is not None:
+            load_tokenizer(tokenizer_path)  # a bad path fails at once, before the slow model load
         target = resolve_device(device)
         compute_dtype = inference_dtype(target, dtype)
         model, info = load_model(checkpoint_path, device=target)
         model.cast_for_inference(compute_dtype)
-        if tokenizer is None:
-            tokenizer = checkpoint_tokenizer(checkpoint_path, info)
-        if tokenizer is None:  # format 1: the tokenizer was a separate file
-            tokenizer_path = LEGACY_TOKENIZER
-            if not tokenizer_path.is_file():
-                raise GothicError(f"{checkpoint_path} is an older checkpoint that carries no tokenizer: pass "
-                                  "--tokenizer PATH (the tokenizer.json it was trained with)")
-            tokenizer = load_tokenizer(tokenizer_path)
-        if tokenizer_path is not None:
-            check_same_tokenizer(info, checkpoint_path, tokenizer.get_vocab_size(), tokenizer_sha256(tokenizer_path),
-                                 str(tokenizer_path))
+        tokenizer, _ = resolve_tokenizer(checkpoint_path, info, tokenizer_path, fallback=LEGACY_TOKENIZER)
         return cls(model, tokenizer, target, info)
 
     @property
@@ -432,8 +420,8 @@ class Engine:
 
     def token_steps(self, prompt_ids: list[int], settings: SamplingSettings, seeds: Sequence[int],
                     use_cache: bool = True) -> Iterator[torch.Tensor]:
-        """The token-level loop for len(seeds) samples of one (prepared) prompt."""
-        settings.validate()
+        """The token-level loop for len(seeds) samples of one (prepared) prompt; settings are validated
+        by the caller (stream, generate), once per call."""
         batch = torch.tensor([prompt_ids] * len(seeds), dtype=torch.long, device=self.device)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         return generate_tokens(self.model, batch, settings, generators, use_cache)
@@ -453,8 +441,8 @@ class Engine:
                  seed: int | None = None, stop: Sequence[str] = (), use_cache: bool = True) -> list[Completion]:
         """num_samples continuations of one prompt, decoded as one batch (sample i uses seed + i)."""
         settings.validate()
-        if num_samples < 1:
-            raise GothicError(f"number of samples must be >= 1, got {num_samples}")
+        if problem := num_samples_problem(num_samples):
+            raise GothicError(problem)
         ids, _ = self.prepare_prompt(prompt)
         seed = new_seed() if seed is None else seed
         seeds = [seed + i for i in range(num_samples)]

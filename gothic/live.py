@@ -7,7 +7,7 @@ run ends with. They are rebuilt from the run's history, which a resumed run trun
 checkpoint's step, so a resumed run's files never hold rows from the abandoned tail. TensorBoard
 follows the run through its own event files (gothic.runlog.RunLog).
 
-    train(..., on_log=LiveMetrics("metrics/train.json", "metrics/train_plots"))
+    train(..., hooks=TrainHooks(on_log=LiveMetrics("metrics/train.json", "metrics/train_plots")))
 
 Why not dvclive (3.49.1, DVC's own logger): a resumed `Live(resume=True)` continues from the step in
 its metrics file and appends to each plot .tsv (`Metric.dump` opens it with "a"), so a run resumed
@@ -38,7 +38,7 @@ def live_metrics(state: RunState) -> dict:
 
 
 class LiveMetrics:
-    """A RunLog hook (train's on_log) that rewrites the metrics file and plot TSVs as rows come in:
+    """A training hook (TrainHooks.on_log) that rewrites the metrics file and plot TSVs as rows come in:
     at every new val row, else at most every min_interval_s seconds."""
 
     def __init__(self, metrics_path: str | Path, plots_dir: str | Path, min_interval_s: float = MIN_INTERVAL_S,

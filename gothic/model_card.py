@@ -1,15 +1,22 @@
 """The README.md model card of an exported model: data, parameters, evaluation, samples, how to load it.
 
-Built only from what the pipeline already wrote (the checkpoint's metadata and metrics/*.json,
-samples/samples.md), so the card of an experiment describes that experiment.
+Built only from what the pipeline already wrote (the checkpoint's metadata and history,
+metrics/*.json, samples/samples.md), so the card of an experiment describes that experiment. Its
+YAML front matter (licence, library, pipeline tag, language, evaluation results) is what the
+Hugging Face Hub reads to list and search a model, written by huggingface_hub's own ModelCard.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from gothic.checkpoint import CheckpointInfo
 from gothic.model import GPT
+from gothic.plots import documents_spec, loss_curve_spec, render
 
 # what gothic knows of the licence of each corpus source (prepare.sources)
 SOURCE_LICENCES = {
@@ -25,11 +32,12 @@ LLAMA_CPP_SPEED = ("Speed: on 2 cores of an AMD EPYC (Zen 4), a model of gothic'
 CARD_TITLE = "# gothic GPT"  # how every card begins: marks a folder as a gothic export (export.check_replaceable)
 
 
-def model_card(model: GPT, info: dict, architecture: str | None, reason: str, max_diff: float | None,
+def model_card(model: GPT, info: CheckpointInfo, architecture: str | None, reason: str, max_diff: float | None,
                metrics_dir: Path | None, samples: Path | None, folder: str, sources: list[str] | None = None,
-               gguf=None, transformers: bool = True) -> str:
-    """The card; gguf is the export's GGUFInfo (or None), transformers whether the safetensors folder was written."""
-    cfg, train_cfg = model.cfg, info.get("train_config") or {}
+               figures_dir: Path | None = None, gguf=None, transformers: bool = True) -> str:
+    """The card's text; with figures_dir, its loss curve and per-document chart are rendered there as PNGs;
+    gguf is the export's GGUFInfo (or None), transformers whether the safetensors folder was written."""
+    cfg, train_cfg = model.cfg, info.train_config
     metrics = {name: _read_json(metrics_dir / f"{name}.json") if metrics_dir else {}
                for name in ("corpus", "eval", "train")}
     params = model.num_params(non_embedding=False)
@@ -38,11 +46,14 @@ def model_card(model: GPT, info: dict, architecture: str | None, reason: str, ma
              "of books.\n",
              "## Architecture\n", _architecture(cfg, architecture, reason, max_diff, params, model, transformers, gguf),
              "## Training data\n", _data(metrics["corpus"], sources),
-             "## Training\n", _training(info, train_cfg),
-             "## Evaluation\n", _evaluation(metrics["eval"], info),
+             "## Training\n", _training(info, train_cfg) + figure(
+                 figures_dir, "loss", loss_curve_spec(info.history), "train and validation loss"),
+             "## Evaluation\n", _evaluation(metrics["eval"], info) + figure(
+                 figures_dir, "held_out_bits_per_byte", documents_spec(metrics["eval"].get("documents") or []),
+                 "held-out bits per byte of each document"),
              "## Samples\n", _samples(samples),
              "## How to use\n", _usage(architecture, folder, gguf, cfg.block_size)]
-    return "\n".join(parts)
+    return with_front_matter("\n".join(parts), card_data(architecture, metrics["eval"], sources))
 
 
 def _read_json(path: Path) -> dict:
@@ -91,19 +102,19 @@ def _data(corpus: dict, sources: list[str] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _training(info: dict, train_cfg: dict) -> str:
+def _training(info: CheckpointInfo, train_cfg: dict) -> str:
     keys = ("optimizer", "learning_rate", "batch_size", "grad_accum", "max_iters", "dtype", "seed")
-    rows = [("step", info.get("step")), ("tokens seen", f"{info.get('tokens_seen', 0):,}"),
-            ("wall time (s)", round(float(info.get("wall_time_s", 0.0)), 1))]
+    rows = [("step", info.step), ("tokens seen", f"{info.tokens_seen:,}"),
+            ("wall time (s)", round(info.wall_time_s, 1))]
     rows += [(k, train_cfg[k]) for k in keys if k in train_cfg]
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
-def _evaluation(ev: dict, info: dict) -> str:
+def _evaluation(ev: dict, info: CheckpointInfo) -> str:
     if not ev:
-        best = info.get("best_val_loss")
+        best = info.best_val_loss
         return f"Validation loss during training: {best:.4f} (metrics/eval.json was not available).\n" \
-            if isinstance(best, float) else "No evaluation figures were available.\n"
+            if math.isfinite(best) else "No evaluation figures were available.\n"
     rows = [("val loss (nats/token)", ev.get("val_loss")), ("perplexity", ev.get("perplexity")),
             ("bits per byte", ev.get("bits_per_byte")), ("tokens", f"{ev.get('eval_tokens', 0):,}"),
             ("bytes", f"{ev.get('bytes', 0):,}")]
@@ -160,3 +171,36 @@ LM Studio and text-generation-webui open `{gguf.filename}` as it is. {LLAMA_CPP_
     parts.append("With gothic, the checkpoint itself is enough: `gothic-generate --checkpoint models/best.pt "
                  "--prompt \"The night was\"` (it carries its tokenizer).\n")
     return "\n".join(parts)
+
+
+# The front matter and the figures: what the Hub reads, and the pictures the card shows.
+
+def card_data(architecture: str | None, ev: dict, sources: list[str] | None) -> ModelCardData:
+    """The Hub's metadata for this model. No `datasets`: the corpus is a local folder, not a Hub dataset."""
+    builtin_only = bool(sources) and set(sources) == {"builtin"}
+    # the weights are the code's (MIT) output from public-domain plays; other text brings its own licence terms
+    licence = {"license": "mit"} if builtin_only else {"license": "other", "license_name": "training-text-licences"}
+    results = [EvalResult(task_type="text-generation", dataset_type="text", dataset_split="validation",
+                          dataset_name="held-out documents of the training corpus", metric_type=kind,
+                          metric_name=label, metric_value=ev[key])
+               for key, kind, label in (("bits_per_byte", "bits_per_byte", "bits per byte"),
+                                        ("perplexity", "perplexity", "perplexity"),
+                                        ("val_loss", "loss", "loss (nats per token)"))
+               if isinstance(ev.get(key), int | float)]
+    return ModelCardData(
+        model_name="gothic-gpt", library_name="transformers" if architecture else "gothic",
+        pipeline_tag="text-generation", language=["en"] if sources and "builtin" in sources else None,
+        tags=["gothic", "gpt", "trained-from-scratch"], metrics=["perplexity", "bits_per_byte"] if results else None,
+        eval_results=results or None, **licence)
+
+
+def with_front_matter(body: str, data: ModelCardData) -> str:
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def figure(folder: Path | None, name: str, spec: dict | None, alt: str) -> str:
+    """Render spec to folder/name.png and return the markdown that shows it ('' without a folder or data)."""
+    if folder is None or spec is None:
+        return ""
+    render(spec, folder, name, html_page=False)
+    return f"\n![{alt}]({name}.png)\n"

@@ -109,13 +109,41 @@ def build_optimizers(model: GPT, cfg: TrainConfig, device: torch.device) -> list
     return [adamw, muon]
 
 
+def state_mismatch(opt: torch.optim.Optimizer, state) -> str | None:
+    """Why a saved optimizer state does not fit opt's parameters (None: it fits): its groups, and every
+    tensor's shape and dtype against the parameter it belongs to (the step counter is a scalar)."""
+    if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+            and isinstance(state.get("param_groups"), list) and len(state["param_groups"]) == len(opt.param_groups)):
+        return "not a state of this optimizer"
+    params = {}
+    for saved, group in zip(state["param_groups"], opt.param_groups, strict=True):
+        ids = saved.get("params") if isinstance(saved, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(group["params"]):
+            return "its parameter groups differ"
+        params.update(zip(ids, group["params"], strict=True))
+    for index, values in state["state"].items():
+        if index not in params or not isinstance(values, dict):
+            return f"state for an unknown parameter {index!r}"
+        p = params[index]
+        for name, value in values.items():
+            if not isinstance(value, torch.Tensor):
+                return f"{name} of parameter {index} is a {type(value).__name__}"
+            want = (torch.Size([]), torch.float32) if name == "step" else (p.shape, p.dtype)
+            if (value.shape, value.dtype) != want:
+                return (f"{name} of parameter {index} is {tuple(value.shape)} {value.dtype}, "
+                        f"expected {tuple(want[0])} {want[1]}")
+    return None
+
+
 # --- learning-rate schedule -------------------------------------------------------------------
 
 LrSegment = tuple[int, float]
 
 
 def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr.
+    """The schedule's multiplier of the peak rates for optimizer step `step` (0-based): linear warmup,
+    then cosine to min_lr (the multiplier min_lr / learning_rate). Every param group's rate is its
+    base_lr times this, so AdamW's rate is learning_rate times it.
 
     Warmup reaches learning_rate at step warmup_iters - 1 (step 0 already moves, at lr/warmup);
     the cosine runs from warmup_iters to max_iters, where it lands on min_lr and stays.
@@ -125,6 +153,12 @@ def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> flo
     there) to min_lr at the new max_iters. So it never jumps: a run stopped mid-decay finishes its
     decay over the new length, and a finished run goes on at min_lr.
     """
+    # the rates are computed as absolute AdamW rates and divided once, so the multiplier has exactly
+    # the bits the schedule always had (a checkpoint's lr_segment holds an absolute rate)
+    return _absolute_lr(step, cfg, segment) / cfg.learning_rate
+
+
+def _absolute_lr(step: int, cfg: TrainConfig, segment: LrSegment | None) -> float:
     if segment is not None and step >= segment[0]:
         start, start_lr = segment
         if step >= cfg.max_iters:
@@ -141,8 +175,8 @@ def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> flo
 
 def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig,
            segment: LrSegment | None = None) -> float:
-    """Apply the schedule for `step` to every group (relative to its base_lr); returns the AdamW lr."""
-    factor = get_lr(step, cfg, segment) / cfg.learning_rate
+    """Apply the schedule for `step` to every group (its base_lr times get_lr); returns the AdamW lr."""
+    factor = get_lr(step, cfg, segment)
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * factor

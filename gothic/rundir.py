@@ -18,20 +18,26 @@ decision of what to do with a folder's latest.pt is exact:
   continues smoothly from where it was, see gothic.optim.get_lr). With no checkpoint at all it is
   an error that says how to get one; a checkpoint of another run starts this one fresh, with a note.
 - `train.resume: false` starts fresh whatever is there.
+
+`run_folder` is a training session's whole use of the folder: checked and locked, the start
+planned, a continued run adopted and its copies repaired (once it loaded), a complete run published.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from gothic.checkpoint import load_checkpoint_info, release_state, save_checkpoint
+from filelock import FileLock, Timeout
+
+from gothic.checkpoint import CheckpointInfo, TrainingCheckpoint, read_info
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path, remove_stale_temps
@@ -59,7 +65,7 @@ def describe_difference(saved: dict, wanted: dict) -> str:
     for section in ("model", "train"):
         old, new = saved.get(section, {}), wanted[section]
         diffs += [f"{section}.{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
-    if saved.get("data") != wanted["data"]:
+    if saved.get("data") != wanted.get("data"):
         diffs.append("the token bins changed")
     return "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "") or "an older checkpoint format"
 
@@ -80,12 +86,12 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
         return Start("fresh")
     key = run_key(identity)
 
-    def same_run(info: dict) -> bool:
-        return info.get("run_identity") is not None and run_key(info["run_identity"]) == key
+    def same_run(info: CheckpointInfo) -> bool:
+        return info.run_identity is not None and run_key(info.run_identity) == key
 
     candidates = [work_dir / "latest.pt"] + ([fallback_dir / "latest.pt"] if fallback_dir else [])
     # plain values only (mmap): even a large checkpoint is inspected at once
-    found = {p: load_checkpoint_info(p) for p in candidates if p.is_file()}
+    found = {p: read_info(p) for p in candidates if p.is_file()}
     # this run's checkpoint, wherever it is (after `dvc exp apply`, models/ may hold it while
     # checkpoints/ holds a later experiment); else the first one, to say what it is
     path = next((p for p, info in found.items() if same_run(info)), next(iter(found), None))
@@ -100,11 +106,11 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
         return Start("fresh")
     info = found[path]
     if not same_run(info):
-        if mode is True and info.get("run_identity") is None:
+        if mode is True and info.run_identity is None:
             return Start("continue", path, f"{path}: an older checkpoint without a run key; continuing it")
-        difference = describe_difference(info.get("run_identity") or {}, identity)
+        difference = describe_difference(info.run_identity or {}, identity)
         return Start("fresh", note=f"{path} is another run ({difference}); training this one from scratch")
-    step, horizon = int(info["step"]), int(info.get("horizon", info["step"]))
+    step, horizon = info.step, info.horizon
     if horizon != train_cfg.max_iters and mode == "auto":
         return Start("fresh", note=(f"{path} is this run trained to max_iters {horizon}, not "
                                     f"{train_cfg.max_iters}; training from scratch (train.resume: true "
@@ -117,11 +123,30 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
     return Start("continue", path)
 
 
-def check_writable(out_dir: Path) -> None:
-    """Fail before training, not after an hour, when out_dir cannot take checkpoints."""
+def check_params_unchanged(model_cfg: ModelConfig, train_cfg: TrainConfig, now_model: ModelConfig,
+                           now_train: TrainConfig, work_dir: Path) -> None:
+    """Refuse to publish a run that params.yaml no longer describes: DVC records the stage's outputs
+    under the params it reads when the stage ends (a `dvc exp apply` or a second `dvc exp run` may
+    have rewritten the file meanwhile), so weights trained with other values would be recorded
+    under these. Every model and train value counts, not only the run key's."""
+    trained = {"model": to_dict(model_cfg), "train": to_dict(train_cfg)}
+    now = {"model": to_dict(now_model), "train": to_dict(now_train)}
+    if trained == now:
+        return
+    raise GothicError(f"params.yaml changed while this run trained ({describe_difference(trained, now)}), so its "
+                      f"checkpoints are not published to be recorded under those params; they stay in {work_dir}. "
+                      "Restore the params it trained with (git checkout params.yaml, or dvc exp apply the experiment "
+                      "you meant) and run again: the complete run is then published without training")
+
+
+def check_writable(out_dir: Path, create: bool = True) -> None:
+    """Fail before training, not after an hour, when out_dir cannot take checkpoints. Without create,
+    a folder that does not exist yet is left so: its nearest existing parent must take it."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
+        if create:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        probe = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:  # permissions, a file in the way, a read-only or full filesystem
         raise WriteError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
@@ -130,24 +155,39 @@ def check_writable(out_dir: Path) -> None:
 class RunDirLock:
     """An exclusive lock on a run folder, so two trainings never write the same checkpoints.
 
-    flock is released by the kernel when the process dies, so a killed run never leaves it stale.
+    filelock takes an OS lock (flock on Linux and macOS, LockFileEx on Windows), which the kernel
+    releases when the process dies, so a killed run never leaves it stale; its soft fallback (a
+    marker file that a killed run would leave behind) is turned off.
     """
+
+    # Windows locks byte 0 of the file and refuses reads of it to other processes: the holder's pid follows it
+    HOLDER_OFFSET = 1
 
     def __init__(self, work_dir: Path):
         self.path = work_dir / LOCK_NAME
-        self.fd: int | None = None
+        self._lock = FileLock(self.path, timeout=0, thread_local=False, fallback_to_soft=False,
+                              preserve_lock_file=True, on_acquired=self._write_holder)
+
+    @classmethod
+    def _write_holder(cls, fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, b"\n" + str(os.getpid()).encode())
+
+    def holder(self) -> str:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.HOLDER_OFFSET)
+                return f.read(32).decode(errors="replace").strip() or "?"
+        except OSError:
+            return "?"
 
     def __enter__(self) -> RunDirLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise GothicError(f"{self.path.parent} is in use by another training run (pid {owner}); wait for it "
-                              "to finish, or give this one another folder (--out-dir)") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+            self._lock.acquire()
+        except Timeout:
+            raise GothicError(f"{self.path.parent} is in use by another training run (pid {self.holder()}); wait for "
+                              "it to finish, or give this one another folder (--out-dir)") from None
         # a run killed inside a write leaves its temporary file (gothic.files.atomic_path); the next
         # write of that file removes it, but best.pt or final.pt may not be written again this run
         for name in PUBLISHED:
@@ -155,9 +195,7 @@ class RunDirLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
+        self._lock.release()
 
 
 def copy_file(src: Path, dst: Path) -> None:
@@ -165,23 +203,23 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def repair_copies(work_dir: Path, latest: dict) -> list[str]:
+def repair_copies(work_dir: Path) -> list[str]:
     """Make best.pt and final.pt agree with latest.pt after a stop between writing it and copying it.
 
     latest.pt is always written first; best.pt and final.pt are taken from it at the same step.
     So when latest.pt says its own step is the best (or the last), a best.pt (final.pt) of another
     step is a copy that the stop prevented. Returns the names repaired.
     """
-    step, repaired = int(latest["step"]), []
-    wanted = {"best.pt": int(latest.get("best_step", -1)) == step,
-              "final.pt": step >= int(latest.get("horizon", step + 1))}
+    latest = read_info(work_dir / "latest.pt")
+    wanted = {"best.pt": latest.best_step == latest.step, "final.pt": latest.step >= latest.horizon}
+    repaired = []
     for name, should_be_latest in wanted.items():
         if not should_be_latest:
             continue
-        info = load_checkpoint_info(work_dir / name) if (work_dir / name).is_file() else None
-        if info is None or int(info["step"]) != step or info.get("run_identity") != latest.get("run_identity"):
-            # what save_run writes: latest.pt without the state only resuming needs
-            save_checkpoint(work_dir / name, release_state(latest))
+        info = read_info(work_dir / name) if (work_dir / name).is_file() else None
+        if info is None or info.step != latest.step or info.run_identity != latest.run_identity:
+            # what training writes there: latest.pt without the state only resuming needs
+            TrainingCheckpoint.load_resumable(work_dir / "latest.pt").save(work_dir / name, resumable=False)
             repaired.append(name)
     return repaired
 
@@ -200,3 +238,48 @@ def publish(work_dir: Path, publish_dir: Path) -> None:
     for name in PUBLISHED:
         if (work_dir / name).is_file():
             copy_file(work_dir / name, publish_dir / name)
+
+
+@dataclass
+class RunFolder:
+    """One training session's use of its folder (run_folder): how to start, and the adoption of a run
+    to continue once its checkpoint has loaded."""
+
+    work_dir: Path
+    start: Start
+    owner: bool
+    log: Callable[[str], None]
+
+    def adopt(self) -> None:
+        """Bring the run being continued into the folder (from a published models/) and repair its
+        copies; only once its checkpoint loaded, so a damaged one replaces nothing here."""
+        if not self.owner or self.start.checkpoint is None:
+            return
+        adopt(self.start.checkpoint, self.work_dir)
+        repaired = repair_copies(self.work_dir)
+        if repaired:
+            self.log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
+
+
+@contextmanager
+def run_folder(work_dir: Path, identity: dict, train_cfg: TrainConfig, publish_dir: Path | None = None,
+               owner: bool = True, log: Callable[[str], None] | None = None) -> Iterator[RunFolder]:
+    """One training session in work_dir: yields its RunFolder (how to start: plan_start), and
+    publishes the run into publish_dir when the body returns.
+
+    The owner (rank 0 of a DDP run) checks that the folder takes checkpoints, holds its lock for the
+    whole session, and adopts a run to continue (RunFolder.adopt); the other ranks only read the
+    plan. log receives the notes (another run found, copies repaired).
+    """
+    log = log or (lambda _msg: None)
+    if owner:  # both folders, before an hour of training finds a read-only models/
+        check_writable(work_dir)
+        if publish_dir is not None:
+            check_writable(publish_dir, create=False)  # created only when a complete run is published
+    with RunDirLock(work_dir) if owner else nullcontext():
+        start = plan_start(work_dir, identity, train_cfg, publish_dir)
+        if start.note:
+            log(f"train: {start.note}")
+        yield RunFolder(work_dir, start, owner, log)
+        if owner and publish_dir is not None:
+            publish(work_dir, publish_dir)

@@ -1,8 +1,10 @@
 """What a training run reports while it runs: log lines or progress callbacks, TensorBoard scalars, the
 train-loss window between two log lines, and the DVC plot files (`write_curves`).
 
-Only rank 0 reports (`RunLog`); the other ranks get a `NullLog`. Every logged row also goes into
-the run's history (checkpointed, so a continued run's logs and plots carry on where they stopped).
+The caller of `train` hears from the run through one `TrainHooks`. The loop reports to a `Reporter`,
+chosen once by rank: rank 0 gets a `RunLog` (the hooks, TensorBoard and the run's history, which is
+checkpointed, so a continued run's logs and plots carry on where they stopped); the other ranks get
+the silent base.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,28 +27,76 @@ StepProgress = Callable[[int, int, str], None]
 """(step, max_iters, status): where training is; gothic.progress.step_display draws it as a bar."""
 
 
-class RunLog:
-    """Rank 0's outputs while training: log lines, a progress callback and TensorBoard scalars.
+@dataclass
+class TrainHooks:
+    """How the caller of `train` hears from the run (rank 0 only). Each hook may be None."""
 
-    With a `progress` callback (gothic.progress.step_display draws it as a bar), each train row
-    updates its status; without one, each train row is a log line.
+    log: Log | None = None
+    """One-line messages (the startup line, notes, val rows; train rows too without `progress`)."""
+    progress: StepProgress | None = None
+    """Called after every step; with it, each train row updates its status instead of logging a line
+    (gothic.progress.step_display draws it as a bar for the stage and the CLI)."""
+    on_step: Callable[[int], None] | None = None
+    """The step number after every optimizer step (tests interrupt a run there)."""
+    on_log: Callable[[RunState], None] | None = None
+    """The run state after each logged train or val row (gothic.live.LiveMetrics: DVC's metrics and plots)."""
+    before_publish: Callable[[], None] | None = None
+    """Called once the run is complete, before it is published; a GothicError there publishes nothing
+    (the train stage checks that params.yaml still describes the run: gothic.rundir.check_params_unchanged)."""
+
+
+class Reporter:
+    """What the loop reports to. This base reports nothing: the ranks other than 0 get it."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    def step(self) -> None:
+        """A step is done (the progress display moves)."""
+
+    def after_step(self) -> None:
+        """A step is done and its rows reported."""
+
+    def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
+        pass
+
+    def val_row(self, val_loss: float, is_best: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunLog(Reporter):
+    """Rank 0's reports: the hooks, TensorBoard scalars and the run's history.
+
+    With a `progress` hook each train row updates its status; without one, each train row is a log line.
     """
 
-    def __init__(self, out_dir: Path, state: RunState, max_iters: int, log: Log | None,
-                 progress: StepProgress | None = None, on_log: Callable[[RunState], None] | None = None):
+    def __init__(self, out_dir: Path, state: RunState, max_iters: int, hooks: TrainHooks):
         from torch.utils.tensorboard import SummaryWriter  # slow import, only where logs are written
 
         # purge_step drops events a stopped run logged past the step we resume from; flushing every
         # 10 s (not the default 120) lets TensorBoard follow a run as it trains
         self.writer = SummaryWriter(str(out_dir / "logs"), purge_step=state.step, flush_secs=10)
-        self.state, self.max_iters, self.log = state, max_iters, log or (lambda _msg: None)
-        self.on_log = on_log or (lambda _state: None)  # gothic.live: the DVC metrics and plots, as they happen
-        self.progress, self.status = progress, ""
+        self.state, self.max_iters, self.hooks, self.status = state, max_iters, hooks, ""
         self.step()
 
+    def log(self, message: str) -> None:
+        if self.hooks.log is not None:
+            self.hooks.log(message)
+
     def step(self) -> None:
-        if self.progress is not None:
-            self.progress(self.state.step, self.max_iters, self.status)
+        if self.hooks.progress is not None:
+            self.hooks.progress(self.state.step, self.max_iters, self.status)
+
+    def after_step(self) -> None:
+        if self.hooks.on_step is not None:
+            self.hooks.on_step(self.state.step)
+
+    def logged(self) -> None:
+        if self.hooks.on_log is not None:
+            self.hooks.on_log(self.state)
 
     def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
         step = self.state.step
@@ -54,11 +105,11 @@ class RunLog:
                            ("learning_rate", lr), ("tokens_per_s", tokens_per_s)):
             self.writer.add_scalar(tag, value, step)
         self.status = f"loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
-        if self.progress is not None:
+        if self.hooks.progress is not None:
             self.step()
         else:
             self.log(f"step {step}: {self.status}")
-        self.on_log(self.state)
+        self.logged()
 
     def val_row(self, val_loss: float, is_best: bool) -> None:
         step = self.state.step
@@ -66,29 +117,10 @@ class RunLog:
         self.writer.add_scalar("loss/val", val_loss, step)
         self.writer.add_scalar("perplexity/val", math.exp(min(val_loss, 50.0)), step)
         self.log(f"step {step}: val loss {val_loss:.4f}" + (" (best, saved best.pt)" if is_best else ""))
-        self.on_log(self.state)
+        self.logged()
 
     def close(self) -> None:
         self.writer.close()
-
-
-class NullLog(RunLog):
-    """What ranks other than 0 write: nothing."""
-
-    def __init__(self):
-        self.log = lambda _msg: None
-
-    def step(self) -> None:
-        pass
-
-    def train_row(self, loss: float, lr: float, tokens_per_s: float) -> None:
-        pass
-
-    def val_row(self, val_loss: float, is_best: bool) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Window:

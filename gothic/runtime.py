@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +47,29 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device(name)
     except RuntimeError:  # 'bogus', 'cpu:x': torch's message is a paragraph
         raise GothicError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+
+
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")  # Linux's kernel driver; elsewhere nvidia-smi shows one
+
+
+def nvidia_driver() -> str | None:
+    """Where this machine shows an NVIDIA driver (the kernel module's file, or nvidia-smi on PATH), or None."""
+    return str(NVIDIA_DRIVER_FILE) if NVIDIA_DRIVER_FILE.is_file() else shutil.which("nvidia-smi")
+
+
+def cuda_fallback_note() -> str:
+    """Why `device: auto` is not using this machine's NVIDIA GPU, with the fix; '' when CUDA works or there is none.
+
+    torch only warns once (or says nothing, for a CPU-only build) and then reports no CUDA, so without
+    this a run that was meant for the GPU trains on the CPU, many times slower, with no sign of why."""
+    if torch.cuda.is_available() or nvidia_driver() is None:
+        return ""
+    if torch.version.cuda is None:
+        return ("an NVIDIA driver is installed but this torch is the CPU-only build: install the CUDA build "
+                "(rm -rf .venv && make setup TORCH_SPEC=torch, or the command from pytorch.org/get-started)")
+    return (f"an NVIDIA driver is installed but CUDA is unavailable: this torch is built for CUDA "
+            f"{torch.version.cuda}, which needs a newer driver; update the NVIDIA driver, or install a torch built "
+            "for an older CUDA (pytorch.org/get-started/previous-versions)")
 
 
 def capture_rng_state(device: torch.device) -> dict:

@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer (HF `tokenizers`): train, save, load, and decode a token stream.
+"""Byte-level BPE tokenizer (HF `tokenizers`): train, save and load it, and encode text of any size.
 
 Byte-level means every string can be encoded (no unknown token) and `<|endoftext|>` is the one
 special token, separating documents in the bins and ending generations.

@@ -30,20 +30,21 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-from gothic.checkpoint import RunState, TrainingCheckpoint, load_checkpoint_info, load_weights
+from gothic.checkpoint import RunState, TrainingCheckpoint, first_nonfinite, load_weights
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, BatchStream, TrainingData, load_training_data
 from gothic.errors import GothicError
 from gothic.model import GPT
-from gothic.optim import build_optimizers, get_lr, set_lr
-from gothic.rundir import RunDirLock, adopt, check_writable, plan_start, publish, repair_copies, run_identity
-from gothic.runlog import NullLog, RunLog, StepProgress, Window, run_metrics
+from gothic.optim import build_optimizers, get_lr, set_lr, state_mismatch
+from gothic.rundir import run_folder, run_identity
+from gothic.runlog import Reporter, RunLog, TrainHooks, Window, run_metrics
 from gothic.runtime import (
     SINGLE_PROCESS,
     Dist,
     Precision,
     StopRequest,
     all_reduce,
+    cuda_fallback_note,
     gather_rng_states,
     init_distributed,
     oom_as_error,
@@ -53,7 +54,6 @@ from gothic.runtime import (
     wrap_model,
 )
 
-Log = Callable[[str], None]
 Batch = tuple[Tensor, Tensor]
 
 
@@ -156,21 +156,27 @@ def resume_run(run: Run, path: Path) -> None:
     ckpt.check_continues(path, to_dict(run.model_cfg), run.train_cfg.optimizer, len(run.optimizers),
                          run.data.vocab_size, run.data.tokenizer_sha256)
     load_weights(run.model, ckpt.model, path)
-    try:
-        for opt, state in zip(run.optimizers, ckpt.optimizer, strict=True):
-            opt.load_state_dict(state)
-    except (ValueError, KeyError) as e:
-        raise GothicError(f"{path}: optimizer state does not fit ({e})") from None
+    for opt, state in zip(run.optimizers, ckpt.optimizer, strict=True):
+        # checked first: a moment of the wrong shape reaches the fused kernel unchecked, and crashes it
+        if problem := state_mismatch(opt, state):
+            raise GothicError(f"{path}: optimizer state does not fit the model ({problem}); the file is damaged: "
+                              "start fresh with train.resume: false")
+        opt.load_state_dict(state)
     if run.precision.scaler is not None and ckpt.scaler:
         run.precision.scaler.load_state_dict(ckpt.scaler)
-    run.stream.load_state_dict(ckpt.sampler)
-    restore_rng_state(ckpt.rng[run.dist.rank] if run.dist.rank < len(ckpt.rng) else ckpt.rng[0], run.device)
+    try:
+        run.stream.load_state_dict(ckpt.sampler)
+        rng = ckpt.rng[run.dist.rank] if run.dist.rank < len(ckpt.rng) else ckpt.rng[0]
+        restore_rng_state(rng, run.device)  # raises on a malformed state before anything is trained
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise GothicError(f"{path}: the sampler or RNG state is damaged ({type(e).__name__}); start fresh with "
+                          "train.resume: false") from None
     state = ckpt.state
     run.wall_offset = state.wall_time_s
     if state.horizon != run.train_cfg.max_iters and state.step >= run.train_cfg.warmup_iters:
         # continued to another length: go on from the rate the old schedule had reached (get_lr)
         old_schedule = dataclasses.replace(run.train_cfg, max_iters=state.horizon)
-        state.lr_segment = (state.step, get_lr(state.step, old_schedule, state.lr_segment))
+        state.lr_segment = (state.step, old_schedule.learning_rate * get_lr(state.step, old_schedule, state.lr_segment))
     state.horizon = run.train_cfg.max_iters
     run.state, run.last_saved_step = state, state.step
 
@@ -208,20 +214,27 @@ def startup_line(run: Run) -> str:
     compiled = "on" if should_compile(cfg.compile, run.device) else "off"
     ranks = f" x {run.dist.world_size} ranks" if run.dist.enabled else ""
     start = f"resuming at step {run.state.step}" if run.state.step else "from scratch"
-    return (f"train: {run.device} | {run.precision.describe()} | compile {compiled} | "
+    # only where auto chose the CPU: an explicit device: cpu is what the user wants
+    fallback = cuda_fallback_note() if cfg.device == "auto" and run.device.type == "cpu" else ""
+    device = f"{run.device} ({fallback})" if fallback else str(run.device)
+    return (f"train: {device} | {run.precision.describe()} | compile {compiled} | "
             f"{m.num_params(non_embedding=False) / 1e6:.2f}M params ({m.num_params() / 1e6:.2f}M non-embedding) | "
             f"{tokens_per_step(run):,} tokens/step ({cfg.batch_size} x {cfg.grad_accum} x "
             f"{run.model_cfg.block_size}{ranks}) | {start}, to step {cfg.max_iters}")
 
 
-def check_finite(run: Run, what: str, value: float) -> None:
-    """Stop a diverged run before it writes a checkpoint: the ones on disk stay the last good ones."""
-    if math.isfinite(value):
-        return
+def diverged(run: Run, what: str) -> GothicError:
+    """The one line that stops a diverged run before it writes a checkpoint: the ones on disk stay the
+    last good ones."""
     kept = (f"the checkpoints in {run.out_dir} keep step {run.last_saved_step}" if run.last_saved_step is not None
             else "no checkpoint was written")
-    raise GothicError(f"training diverged at step {run.state.step}: the {what} loss is {value}; {kept}. Lower "
-                      "train.learning_rate (or raise train.warmup_iters, or set train.grad_clip) and train again")
+    return GothicError(f"training diverged at step {run.state.step}: {what}; {kept}. Lower train.learning_rate "
+                       "(or raise train.warmup_iters, or set train.grad_clip) and train again")
+
+
+def check_finite(run: Run, what: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise diverged(run, f"the {what} loss is {value}")
 
 
 def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
@@ -234,6 +247,8 @@ def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
     run.update_wall_time()
     run.state.log_window = window.snapshot(run.dist)
     check_finite(run, "train", run.state.log_window[0])
+    if (key := first_nonfinite(run.model.state_dict())) is not None:  # a diverged model is never written
+        raise diverged(run, f"the weight {key} holds NaN or infinite values")
     rng_states = gather_rng_states(run.dist, run.device)
     run.last_saved_step = run.state.step
     if not run.dist.is_main:
@@ -250,7 +265,7 @@ def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
         ckpt.save(run.out_dir / name, resumable=False)
 
 
-def evaluate_and_save(run: Run, run_log: RunLog, window: Window, final: bool) -> None:
+def evaluate_and_save(run: Run, run_log: Reporter, window: Window, final: bool) -> None:
     cfg, state = run.train_cfg, run.state
     state.val_loss = estimate_loss(run.model, run.data.val, cfg.batch_size, cfg.eval_iters, cfg.seed,
                                    run.precision, run.dist)
@@ -262,8 +277,8 @@ def evaluate_and_save(run: Run, run_log: RunLog, window: Window, final: bool) ->
     save_run(run, window, (("best.pt",) if is_best else ()) + (("final.pt",) if final else ()))
 
 
-def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextManager], run_log: RunLog,
-             stop: StopRequest, on_step: Callable[[int], None] | None) -> None:
+def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextManager], run_log: Reporter,
+             stop: StopRequest) -> None:
     """Train to max_iters (state.train_time_s adds the seconds spent in training steps).
 
     On a stop request, saves latest.pt at the step just finished and raises KeyboardInterrupt.
@@ -286,8 +301,7 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
             state.train_time_s += seconds
             check_finite(run, "train", loss)
             run_log.train_row(loss, lr, steps * step_tokens / max(seconds, 1e-9))
-        if on_step is not None:
-            on_step(state.step)
+        run_log.after_step()
         stopping = stop.agreed(run.dist, run.device)
         window.pause()
         if state.step % cfg.eval_interval == 0 or is_last:
@@ -303,9 +317,7 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, tokenizer_path: str | Path,
           out_dir: str | Path, *, publish_dir: str | Path | None = None, train_file: str = "train.bin",
-          val_file: str = "val.bin", log: Log | None = None, progress: StepProgress | None = None,
-          on_step: Callable[[int], None] | None = None,
-          on_log: Callable[[RunState], None] | None = None) -> TrainResult:
+          val_file: str = "val.bin", hooks: TrainHooks | None = None) -> TrainResult:
     """Train a GPT on the bins in bin_dir, or continue the run in out_dir (train_cfg.resume, gothic.rundir).
 
     Args:
@@ -316,14 +328,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
         publish_dir: where a complete run's best.pt, final.pt and latest.pt are copied (the stage's
             `models/`); also where a run to continue is looked for when out_dir has none.
         train_file, val_file: names of the split bins inside bin_dir.
-        log: receives one-line messages (rank 0 only); None is silent.
-        progress: called (rank 0) with (step, max_iters, status) after every step; with it, the
-            train rows update the status instead of logging a line each (gothic.progress.step_display
-            makes a rich bar of it for the stage and the CLI).
-        on_step: called with the step number after every optimizer step (tests use it to
-            interrupt a run).
-        on_log: called (rank 0) with the run state after each logged train or val row
-            (gothic.live.LiveMetrics keeps the DVC metrics and plot files current).
+        hooks: how the caller hears from the run (log lines, progress, steps, logged rows), on rank 0;
+            None is silent.
     Returns:
         TrainResult with the metrics for metrics/train.json and the history for the plots.
     Raises:
@@ -332,48 +338,35 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
         KeyboardInterrupt: after a stop request (Ctrl+C, SIGTERM), once latest.pt holds the last step.
     """
     dist, device = init_distributed(train_cfg.device)
-    log, progress = (log, progress) if dist.is_main else (None, None)
+    hooks = hooks if hooks is not None and dist.is_main else TrainHooks()  # only rank 0 reports
     publish_dir = Path(publish_dir) if publish_dir is not None else None
     try:
         data = load_training_data(Path(bin_dir), Path(tokenizer_path), model_cfg.block_size, train_file, val_file)
-        out_dir = Path(out_dir)
-        if dist.is_main:
-            check_writable(out_dir)
         identity = run_identity(model_cfg, train_cfg, data.fingerprint)
-        with RunDirLock(out_dir) if dist.is_main else nullcontext():
-            start = plan_start(out_dir, identity, train_cfg, publish_dir)
-            if log and start.note:
-                log(f"train: {start.note}")
-            with oom_as_error(model_cfg, train_cfg, device):
-                run = build_run(model_cfg, train_cfg, data, out_dir, dist, device, identity)
-                if start.checkpoint is not None:
-                    resume_run(run, start.checkpoint)
-                    if dist.is_main:
-                        adopt(start.checkpoint, out_dir)
-                        repaired = repair_copies(out_dir, load_checkpoint_info(out_dir / "latest.pt"))
-                        if log and repaired:
-                            log(f"train: restored {', '.join(repaired)} from latest.pt (a stop came between them)")
-                if start.action != "complete":
-                    train_session(run, log, progress, on_step, on_log)
-            if publish_dir is not None and dist.is_main:
-                publish(out_dir, publish_dir)
-        return TrainResult(run_metrics(run.state, run.model), run.state.history, out_dir, dist.rank)
+        with run_folder(Path(out_dir), identity, train_cfg, publish_dir, dist.is_main, hooks.log) as folder, \
+                oom_as_error(model_cfg, train_cfg, device):
+            run = build_run(model_cfg, train_cfg, data, Path(out_dir), dist, device, identity)
+            if folder.start.checkpoint is not None:
+                resume_run(run, folder.start.checkpoint)
+                folder.adopt()
+            if folder.start.action != "complete":
+                train_session(run, hooks)
+            if hooks.before_publish is not None:
+                hooks.before_publish()
+        return TrainResult(run_metrics(run.state, run.model), run.state.history, Path(out_dir), dist.rank)
     finally:
         if dist.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
 
 
-def train_session(run: Run, log: Log | None, progress: StepProgress | None,
-                  on_step: Callable[[int], None] | None,
-                  on_log: Callable[[RunState], None] | None = None) -> None:
-    """Train from run.state.step to max_iters with the progress display and TensorBoard logs."""
+def train_session(run: Run, hooks: TrainHooks) -> None:
+    """Train from run.state.step to max_iters, reporting through hooks (rank 0) and TensorBoard."""
     module, no_sync = wrap_model(run.model, run.dist, run.device, run.train_cfg.compile)
-    if log:
-        log(startup_line(run))
-    run_log = RunLog(run.out_dir, run.state, run.train_cfg.max_iters, log, progress, on_log) \
-        if run.dist.is_main else NullLog()
+    if hooks.log is not None:
+        hooks.log(startup_line(run))
+    run_log = RunLog(run.out_dir, run.state, run.train_cfg.max_iters, hooks) if run.dist.is_main else Reporter()
     try:
         with StopRequest() as stop:
-            run_loop(run, module, no_sync, run_log, stop, on_step)
+            run_loop(run, module, no_sync, run_log, stop)
     finally:
         run_log.close()

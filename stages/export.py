@@ -8,7 +8,6 @@ export/ is declared under `artifacts:` in dvc.yaml, so `dvc push` shares it thro
 
 import sys
 
-from gothic.cli_export import describe
 from gothic.config import load_params
 from gothic.errors import GothicError, run_main
 from gothic.export import TOLERANCE, export_checkpoint
@@ -16,15 +15,12 @@ from gothic.export import TOLERANCE, export_checkpoint
 
 def main(checkpoint_path: str, metrics_dir: str, samples_path: str, out_dir: str) -> None:
     params = load_params("params.yaml")
-    s, e = params.sample, params.export
-    sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
-                "repetition_penalty": s.repetition_penalty, "max_new_tokens": s.max_new_tokens}
     result = export_checkpoint(checkpoint_path, out_dir, metrics_dir=metrics_dir, samples=samples_path,
-                               sampling=sampling, sources=list(params.prepare.sources),
-                               formats=tuple(e.formats), gguf_type=e.gguf_type)
+                               sampling=params.sample, sources=list(params.prepare.sources),
+                               formats=tuple(params.export.formats), gguf_type=params.export.gguf_type)
     if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
         raise GothicError(f"the exported model's logits differ from gothic's by {result.max_logit_diff:.1e}")
-    print(f"export: {describe(result)}")
+    print(f"export: {result.summary()}")
 
 
 if __name__ == "__main__":

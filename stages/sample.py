@@ -21,8 +21,7 @@ def main(checkpoint_path: str, tokenizer_path: str, train_text_path: str, sample
                                     dtype=params.sample.dtype)
     run = draw_samples(engine, params.sample)
     shared = shared_ngrams(run, load_text_index(Path(train_text_path)))
-    step = engine.checkpoint_info.get("step")
-    write_text(samples_path, render_markdown(run, shared, checkpoint_path, step))
+    write_text(samples_path, render_markdown(run, shared, checkpoint_path, engine.checkpoint_info.step))
     metrics = sample_metrics(run, shared)
     write_json(metrics_path, metrics)
     print(f"sample: {metrics['samples']} samples, distinct-2 {metrics['distinct_2']}, longest shared "

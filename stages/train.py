@@ -18,19 +18,25 @@ from gothic.errors import run_main
 from gothic.files import write_json
 from gothic.live import LiveMetrics
 from gothic.progress import step_display
-from gothic.runlog import write_curves
+from gothic.rundir import check_params_unchanged
+from gothic.runlog import TrainHooks, write_curves
 from gothic.train import train
 
 
 def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metrics_path: str,
          plots_dir: str) -> None:
     params = load_params("params.yaml", require=("model", "train"))
+
+    def still_these_params() -> None:  # what DVC will record the outputs under
+        now = load_params("params.yaml", require=("model", "train"))
+        check_params_unchanged(params.model, params.train, now.model, now.train, Path(work_dir))
     # the metrics and plots are rewritten as training goes (dvc exp show / dvc plots show follow it),
     # then once more from the final result
     with step_display("train", show=None if os.environ.get("RANK", "0") == "0" else False) as (log, progress):
         result = train(params.model, params.train, Path(bin_dir), Path(tokenizer_path), Path(work_dir),
-                       publish_dir=Path(models_dir), log=log, progress=progress,
-                       on_log=LiveMetrics(metrics_path, plots_dir))
+                       publish_dir=Path(models_dir),
+                       hooks=TrainHooks(log, progress, on_log=LiveMetrics(metrics_path, plots_dir),
+                                        before_publish=still_these_params))
     if result.rank != 0:  # the stage under torchrun: one writer
         return
     write_json(metrics_path, result.metrics)

@@ -13,6 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CORPUS = ROOT.parent / "shared" / "corpus" / "gothic"
 
+SLOW_KINDS = ("dvc", "subprocess", "pty")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """What a test is (dvc, subprocess, pty) puts it in the slow lane: `make test` leaves it out."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 # A few paragraphs of public-domain-style prose, enough for a 300-token BPE.
 TINY_TEXT = (
     "The castle stood upon the hill, dark against the evening sky. No light burned in its windows,\n"
@@ -30,10 +40,9 @@ def shared_corpus() -> Path:
     return SHARED_CORPUS
 
 
-@pytest.fixture
-def raw_dir(tmp_path: Path) -> Path:
-    """data/raw with three small books (one with a Gutenberg header and CRLF line ends)."""
-    raw = tmp_path / "raw"
+def make_raw_dir(parent: Path) -> Path:
+    """parent/raw with three small books (one with a Gutenberg header and CRLF line ends)."""
+    raw = parent / "raw"
     raw.mkdir()
     header = "The Project Gutenberg EBook of X\r\n\r\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\r\n"
     footer = ("\r\nEnd of the Project Gutenberg EBook of X\r\n\r\n"
@@ -44,6 +53,11 @@ def raw_dir(tmp_path: Path) -> Path:
     (raw / "nested").mkdir()
     (raw / "nested" / "gamma.txt").write_text(TINY_TEXT[::-1] * 20, encoding="utf-8")
     return raw
+
+
+@pytest.fixture
+def raw_dir(tmp_path: Path) -> Path:
+    return make_raw_dir(tmp_path)
 
 
 def committed_text(name: str) -> str:
@@ -131,7 +145,7 @@ def uniform_gpt(vocab_size: int, block_size: int = 32):
 
 
 def save_tiny_checkpoint(path: Path, model, tokenizer_path: Path, step: int = 7, best_val_loss: float = 9.0,
-                         carry_tokenizer: bool = False) -> Path:
+                         carry_tokenizer: bool = False, history: dict | None = None) -> Path:
     """Write `model` as a gothic checkpoint (what generation and evaluation read) tied to a tokenizer;
     with carry_tokenizer, the tokenizer travels inside as training writes it, else (as in format 1)
     it must be given separately."""
@@ -143,7 +157,8 @@ def save_tiny_checkpoint(path: Path, model, tokenizer_path: Path, step: int = 7,
     TrainingCheckpoint(model=model.state_dict(), model_config=dataclasses.asdict(model.cfg),
                        vocab_size=model.vocab_size, tokenizer_sha256=tokenizer_sha256(tokenizer_path),
                        tokenizer=tokenizer_path.read_bytes().decode("utf-8") if carry_tokenizer else None,
-                       state=RunState(step=step, best_val_loss=best_val_loss)).save(path, resumable=False)
+                       state=RunState(step=step, best_val_loss=best_val_loss,
+                                      **({"history": history} if history else {}))).save(path, resumable=False)
     return path
 
 

@@ -11,6 +11,7 @@ nothing). The chat, which must survive bad input rather than exit, gets its own 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -41,7 +42,7 @@ import gothic_faults  # noqa: E402  (tests/faults is no package: the subprocesse
 
 BIN = Path(sys.executable).parent
 FAULTS = Path(__file__).resolve().parent / "faults"
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.subprocess  # every case runs a script or stage in its own process
 
 
 class Evil:
@@ -84,6 +85,11 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     (root / "no_train.yaml").write_text(yaml.safe_dump({"model": params["model"]}), encoding="utf-8")
     (root / "dup.yaml").write_text("model:\n  n_layer: 2\n  n_layer: 3\n", encoding="utf-8")
     (root / "broken.yaml").write_text("train:\n  max_iters: [1, 2\n", encoding="utf-8")
+    items = ["lol"] + [f"*l{i - 1}" for i in range(1, 9)]  # each level: 10 aliases of the level below
+    laughs = "".join(f"l{i}: &l{i} [{', '.join([item] * 10)}]\n" for i, item in enumerate(items))
+    (root / "laughs.yaml").write_text(laughs + yaml.safe_dump({"model": params["model"]}) + "train:\n  max_iters: 4\n"
+                                      "prepare:\n  sources: *l8\n", encoding="utf-8")
+    (root / "zero.yaml").symlink_to("/dev/zero")
 
     bad = root / "bad"
     bad.mkdir()
@@ -98,6 +104,7 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     tampered(best, bad / "config_str.pt", model_config="n_layer=2")
     tampered(best, bad / "vocab_huge.pt", vocab_size=10**9)
     tampered(best, bad / "vocab_str.pt", vocab_size="300")
+    tampered(best, bad / "layers_str.pt", cfg_n_layer="2")
     tampered(best, bad / "block_huge.pt", cfg_block_size=10**9)
     tampered(best, bad / "nhead_3.pt", cfg_n_head=3)
     tampered(best, bad / "nhead_edited.pt", keep_digest=True, cfg_n_head=4)  # every weight keeps its shape
@@ -110,6 +117,42 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     # a models/ the resume cases may damage without touching the good one
     shutil.copytree(root / "models", root / "resume_str")
     tampered(root / "resume_str" / "latest.pt", root / "resume_str" / "latest.pt", model_config="oops")
+    nan = torch.load(best, weights_only=True)
+    nan["model"]["wte.weight"][0, 0] = float("nan")
+    torch.save(nan, bad / "nan.pt")
+    # latest.pt with one piece of what only resuming reads damaged, each in a models/ copy of its own
+    latest = torch.load(root / "models" / "latest.pt", weights_only=True)
+    moment_shape = {**latest["optimizer"][0], "state": {**latest["optimizer"][0]["state"],
+                                                        0: {"step": torch.tensor(4.0), "exp_avg": torch.zeros(3),
+                                                            "exp_avg_sq": torch.zeros(3)}}}
+    for name, damage in {"opt_shape": {"optimizer": [moment_shape]}, "opt_list": {"optimizer": ["adam"]},
+                         "rng": {"rng": [{"python": "x"}]}, "rng_empty": {"rng": []},
+                         "sampler": {"sampler": {"batches_drawn": "eight"}},
+                         "history": {"history": {"train": [{"loss": 1.0}], "val": []}},
+                         "window": {"log_window": "lots"}, "horizon": {"horizon": "12"}}.items():
+        shutil.copytree(root / "models", root / f"resume_{name}")
+        torch.save({**latest, **damage}, root / f"resume_{name}" / "latest.pt")
+    # bins whose meta.json or .bin is damaged, each a copy of its own
+    meta = json.loads((root / "bin" / "meta.json").read_text())
+    for name, text in {"dtype": json.dumps({**meta, "dtype": "float64"}), "list": json.dumps([meta]),
+                       "no_splits": json.dumps({k: v for k, v in meta.items() if k != "splits"}),
+                       "tokens_str": json.dumps({**meta, "splits": {**meta["splits"], "val": {
+                           **meta["splits"]["val"], "tokens": "many"}}})}.items():
+        shutil.copytree(root / "bin", root / f"bin_{name}")
+        (root / f"bin_{name}" / "meta.json").write_text(text, encoding="utf-8")
+    shutil.copytree(root / "bin", root / "bin_odd")
+    with open(root / "bin_odd" / "train.bin", "ab") as f:
+        f.write(b"\x00")  # half a uint16 token
+    shutil.copytree(root / "bin", root / "bin_empty_val")
+    (root / "bin_empty_val" / "val.bin").write_bytes(b"")
+    # data/raw folders holding one file a book should not be
+    for name in ("nul_late", "device", "sparse"):
+        (root / f"raw_{name}").mkdir()
+        (root / f"raw_{name}" / "book.txt").write_text(GENERATION_TEXT * 20, encoding="utf-8")
+    (root / "raw_nul_late" / "odd.txt").write_bytes(GENERATION_TEXT.encode() * 400 + b"\x00binary")
+    (root / "raw_device" / "zero.txt").symlink_to("/dev/zero")
+    with open(root / "raw_sparse" / "huge.txt", "wb") as f:
+        f.truncate(3 << 30)  # 3 GB of nothing: a sparse file, no disk used
     (root / "a_file").write_text("in the way\n", encoding="utf-8")
     return root
 
@@ -165,14 +208,20 @@ CASES = [
     case("params-is-folder", "gothic-train --params bin", "is a folder"),
     case("params-bad-yaml", "gothic-train --params broken.yaml", "not valid YAML at line"),
     case("params-duplicate-key", "gothic-train --params dup.yaml", "duplicate key"),
+    case("params-billion-laughs", "gothic-train --params laughs.yaml",
+         "more than 100,000 values once its YAML aliases"),
+    case("params-dev-zero", "gothic-train --params zero.yaml", "larger than 1 MiB, so not a params file"),
+    case("set-batch-size-1e7", f"{TRAIN} --set train.batch_size=10000000",
+         "train.batch_size=10000000 must be <= 65536"),
+    case("set-num-samples-1e7", f"{TRAIN} --set sample.num_samples=10000000", "sample.num_samples=10000000 must be <="),
     case("stage-empty-params", "stages/prepare.py data/raw data/processed m.json", "the file is empty",
          fault=None),
     case("set-lr-inf", f"{TRAIN} --set train.learning_rate=.inf", "expected a finite number", subprocess=True),
     case("set-lr-nan", f"{TRAIN} --set train.learning_rate=.nan", "expected a finite number"),
     case("set-val-fraction-nan", f"{TRAIN} --set prepare.val_fraction=.nan", "prepare.val_fraction"),
     case("set-dropout-nan", f"{TRAIN} --set model.dropout=.nan", "model.dropout"),
-    case("set-seed-negative", f"{TRAIN} --set train.seed=-1", "train.seed=-1 must be >= 0"),
-    case("set-seed-2**40", f"{TRAIN} --set train.seed=1099511627776", "must be <= 4294967295"),
+    case("set-seed-negative", f"{TRAIN} --set train.seed=-1", "train.seed must be between 0 and 4294967295, got -1"),
+    case("set-seed-2**40", f"{TRAIN} --set train.seed=1099511627776", "train.seed must be between 0 and 4294967295"),
     case("set-block-size-huge", f"{TRAIN} --set model.block_size=1000000000", "model.block_size"),
     case("set-no-equals", f"{TRAIN} --set train.max_iters", "expected section.key=value"),
     case("set-typo", f"{TRAIN} --set train.max_iter=5", "did you mean train.max_iters"),
@@ -184,6 +233,13 @@ CASES = [
     # --- training inputs and outputs ---
     case("train-no-bins", "gothic-train --params params.yaml --data-dir nowhere --tokenizer tok.json", "nowhere"),
     case("train-no-tokenizer", f"{TRAIN} --tokenizer none.json", "none.json"),
+    case("meta-dtype", f"{TRAIN} --data-dir bin_dtype", "dtype 'float64' is not uint16 or uint32"),
+    case("meta-a-list", f"{TRAIN} --data-dir bin_list", "meta.json: bins of format None"),
+    case("meta-no-splits", f"{TRAIN} --data-dir bin_no_splits", "splits is not a mapping of train and val"),
+    case("meta-tokens-str", f"{TRAIN} --data-dir bin_tokens_str", "the val split has no token count"),
+    case("bin-half-a-token", f"{TRAIN} --data-dir bin_odd",
+         "bytes is no whole number of uint16 tokens (or none); the file is cut"),
+    case("bin-empty-val", f"{TRAIN} --data-dir bin_empty_val", "val.bin: 0 bytes is no whole number"),
     case("train-out-dir-is-file", f"{TRAIN} --out-dir a_file", "cannot write checkpoints to a_file", code=1),
     case("train-out-dir-read-only", f"{TRAIN} --out-dir models", "Read-only file system", code=1,
          fault="readonly:{ws}/models"),
@@ -193,6 +249,22 @@ CASES = [
          code=1, fault="full:best.pt", may_change=("models/latest.pt",)),
     case("train-resume-config-str", f"{TRAIN} --out-dir resume_str --resume --max-iters 8",
          "model_config is a str"),
+    # --- a latest.pt whose resume state is damaged: one line before a step is trained ---
+    case("train-resume-moment-shape", f"{TRAIN} --out-dir resume_opt_shape --resume --max-iters 8",
+         "optimizer state does not fit the model (exp_avg of parameter 0 is (3,)", subprocess=True),
+    case("train-resume-optimizer-not-a-state", f"{TRAIN} --out-dir resume_opt_list --resume --max-iters 8",
+         "optimizer state does not fit the model (not a state of this optimizer)"),
+    case("train-resume-rng", f"{TRAIN} --out-dir resume_rng --resume --max-iters 8", "RNG state is damaged"),
+    case("train-resume-rng-empty", f"{TRAIN} --out-dir resume_rng_empty --resume --max-iters 8",
+         "RNG state is damaged"),
+    case("train-resume-sampler", f"{TRAIN} --out-dir resume_sampler --resume --max-iters 8",
+         "sampler or RNG state is damaged"),
+    case("train-resume-history", f"{TRAIN} --out-dir resume_history --resume --max-iters 8",
+         "history is not train and val lists of rows with a step"),
+    case("train-resume-log-window", f"{TRAIN} --out-dir resume_window --resume --max-iters 8",
+         "log_window is not a (loss sum, steps) pair"),
+    case("train-resume-horizon-str", f"{TRAIN} --out-dir resume_horizon --resume --max-iters 8",
+         "horizon is a str, not a whole number"),
     # --- checkpoints ---
     case("ckpt-missing", f"{GEN} --checkpoint models/nope.pt", "checkpoint not found"),
     case("ckpt-is-folder", f"{GEN} --checkpoint models", "is a folder"),
@@ -208,6 +280,7 @@ CASES = [
     case("ckpt-config-str", f"{GEN} --checkpoint bad/config_str.pt", "model_config is a str"),
     case("ckpt-vocab-1e9", f"{GEN} --checkpoint bad/vocab_huge.pt", "vocab_size 1000000000", subprocess=True),
     case("ckpt-vocab-str", f"{GEN} --checkpoint bad/vocab_str.pt", "vocab_size is a str"),
+    case("ckpt-config-value-str", f"{GEN} --checkpoint bad/layers_str.pt", "model.n_layer: expected int, got '2'"),
     case("ckpt-block-1e9", f"{GEN} --checkpoint bad/block_huge.pt", "model.block_size=1000000000"),
     case("ckpt-layers-1e9", f"{GEN} --checkpoint bad/layers_huge.pt", "n_layer 1000000000"),
     case("ckpt-n-head-indivisible", f"{GEN} --checkpoint bad/nhead_3.pt", "divisible by model.n_head=3"),
@@ -215,6 +288,10 @@ CASES = [
          "model_config was changed after the checkpoint was written"),
     case("ckpt-n-head-qk-norm", f"{GEN} --checkpoint bad/qk_nhead.pt",
          "_norm.weight: (8,) in the file, (16,) expected"),
+    case("ckpt-nan-weights", f"{GEN} --checkpoint bad/nan.pt", "bad/nan.pt: the weights hold NaN or infinite values"),
+    case("chat-nan-weights", "gothic-chat --checkpoint bad/nan.pt --tokenizer tok.json", "hold NaN or infinite"),
+    case("export-nan-weights", "gothic-export --checkpoint bad/nan.pt --out-dir nan_export", "hold NaN or infinite",
+         subprocess=True),
     case("ckpt-other-tokenizer", "gothic-generate --checkpoint models/best.pt --tokenizer other_tok.json",
          "300-token vocabulary"),
     case("tokenizer-missing", "gothic-generate --checkpoint models/best.pt --tokenizer none.json",
@@ -232,7 +309,10 @@ CASES = [
     case("gen-max-tokens-huge", f"{GEN} --checkpoint models/best.pt --max-tokens 1000000000000",
          "--max-tokens must be at most"),
     case("gen-max-tokens-word", f"{GEN} --checkpoint models/best.pt --max-tokens lots", "--max-tokens"),
-    case("gen-num-samples-0", f"{GEN} --checkpoint models/best.pt --num-samples 0", "--num-samples must be >= 1"),
+    case("gen-num-samples-0", f"{GEN} --checkpoint models/best.pt --num-samples 0",
+         "--num-samples must be between 1 and 65,536, got 0"),
+    case("gen-num-samples-1e7", f"{GEN} --checkpoint models/best.pt --num-samples 10000000",
+         "--num-samples must be between 1 and 65,536"),
     case("gen-temperature-nan", f"{GEN} --checkpoint models/best.pt --temperature nan", "--temperature"),
     case("gen-temperature-negative", f"{GEN} --checkpoint models/best.pt --temperature -1", "temperature"),
     case("gen-top-p-0", f"{GEN} --checkpoint models/best.pt --top-p 0", "top-p"),
@@ -248,6 +328,15 @@ CASES = [
          "--vocab-size=99999999999 must be <= 1048576"),
     case("tok-min-frequency-0", f"{TOK} --min-frequency 0 --output t.json", "--min-frequency=0 must be >= 1"),
     case("tok-output-is-folder", f"{TOK} --output bin", "cannot write bin: Is a directory"),
+    case("tok-output-is-an-input", f"{TOK} --output corpus.txt", "--output corpus.txt is one of the --files"),
+    case("prepare-nul-after-8k", "gothic-prepare --raw-dir raw_nul_late --sources raw --out-dir p1",
+         "odd.txt: looks like a binary file", subprocess=True),
+    case("prepare-link-to-device", "gothic-prepare --raw-dir raw_device --sources raw --out-dir p2",
+         "zero.txt: not a regular file (a device or a pipe?)", subprocess=True),
+    case("prepare-sparse-3gb", "gothic-prepare --raw-dir raw_sparse --sources raw --out-dir p3",
+         "huge.txt: larger than 1 GiB", subprocess=True),
+    case("prepare-into-raw", "gothic-prepare --raw-dir raw_device --sources raw --out-dir raw_device/out",
+         "is inside raw_device/, so the next run would read its own output", subprocess=True),
     case("tok-files-folder", "gothic-tokenize --files bin --output t.json", "bin"),
     case("tok-files-not-utf8", "gothic-tokenize --files models/best.pt --vocab-size 280 --output t.json",
          "valid UTF-8"),

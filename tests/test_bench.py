@@ -5,11 +5,16 @@ the figures; the real runs are documented in bench/README.md."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, TINY_TEXT, venv_env
+
+pytestmark = pytest.mark.subprocess  # each benchmark script runs in its own process
 
 
 def run_bench(script: str, *args: str, results_dir: Path) -> dict:
@@ -88,3 +93,25 @@ def test_synthetic_corpus_has_varied_documents(tmp_path):
     docs = sorted((tmp_path / "raw").rglob("*.txt"))
     assert 2_000_000 <= n_bytes == sum(d.stat().st_size for d in docs) and len(docs) >= 2
     assert len({d.read_bytes()[:2000] for d in docs}) == len(docs)  # not one file repeated
+
+
+def test_quality_in_steps_trains_exactly_as_gothic_train(train_bins, tiny_tokenizer_path, tmp_path):
+    """bench/quality.py --steps N takes gothic-train's steps (same init, batches, schedule, update): its
+    figures are the project's training, not a look-alike loop."""
+    import sys
+
+    import torch
+
+    from gothic.train import train
+
+    from conftest import tiny_model_config, tiny_train_config
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from quality import budget_training
+
+    model_cfg, train_cfg = tiny_model_config(), tiny_train_config(max_iters=6, grad_clip=1.0)
+    model, curve, _ = budget_training("tiny", model_cfg, train_cfg, train_bins, 0.0, math.inf, steps=6)
+    train(model_cfg, train_cfg, train_bins, tiny_tokenizer_path, tmp_path)
+    trained = torch.load(tmp_path / "final.pt", weights_only=True)["model"]
+    assert curve[-1]["step"] == 6
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())

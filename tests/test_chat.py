@@ -18,6 +18,7 @@ from gothic.chat import ChatSession, run_chat, start_chat
 from gothic.chat.commands import COMMANDS, parse_command
 from gothic.chat.repl import PROMPT
 from gothic.chat.view import Typewriter
+from gothic.checkpoint import CheckpointInfo
 from gothic.cli import chat_main
 from gothic.config import SamplingSettings
 from gothic.generation import Engine
@@ -330,7 +331,8 @@ def test_quit_leaves(session, line):
 def test_model_switch_by_name_number_and_path(session, models_dir):
     screen = drive(session, ["/model latest", "Hello"])
     assert session.checkpoint_path == models_dir / "latest.pt" and session.engine.block_size == 32
-    assert "optimizer" not in session.engine.checkpoint_info and "model" not in session.engine.checkpoint_info
+    # the typed view of plain values only: the chat keeps no second copy of weights or optimizer state
+    assert isinstance(session.engine.checkpoint_info, CheckpointInfo) and session.engine.checkpoint_info.step == 20
     assert "now talking to" in screen and "step 20" in screen
     assert session.transcript[-1].speaker == "latest.pt"  # replies are credited to the model that wrote them
     drive(session, ["/model 1"])
@@ -359,10 +361,12 @@ def test_models_table(session):
 def test_params_shows_model_and_sampling(session):
     screen = drive(session, ["Hi", "/params"], width=120)
     model = session.engine.model
-    for expected in (f"{model.num_params(non_embedding=False):,}", "2 × 2 heads", "64 tokens", "300 tokens",
+    counts = f"{model.num_params(non_embedding=False):,} ({model.num_params():,} non-embedding)"
+    for expected in (counts, "2 × 2 heads", "64 tokens", "300 tokens",
                      "9.0000", "temperature", "0.8", "max tokens", "last reply", "first text after",
                      f"cpu ({'bf16' if session.engine.dtype == torch.bfloat16 else 'fp32'})"):
         assert expected in screen, expected
+    assert "position" not in screen  # the count leaves out every lookup table, not only position embeddings
 
 
 def test_reset_forgets_the_conversation(session):

@@ -15,6 +15,7 @@ import torch
 from conftest import save_tiny_checkpoint, tiny_gpt, venv_env
 
 pexpect = pytest.importorskip("pexpect")
+pytestmark = pytest.mark.pty
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|[\x01\x02\r]")
 
@@ -64,7 +65,6 @@ def spawn_chat(folder: Path, tokenizer_path: Path, *extra: str, sigint_ignored: 
     return child, screen
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sigint_ignored", [False, True], ids=["plain", "started-with-SIGINT-ignored"])
 def test_ctrl_c_stops_a_reply_in_a_pseudo_terminal(endless_checkpoint, tiny_tokenizer_path, sigint_ignored):
     folder, words = endless_checkpoint
@@ -99,7 +99,6 @@ def test_ctrl_c_stops_a_reply_in_a_pseudo_terminal(endless_checkpoint, tiny_toke
     assert "Traceback" not in text and "interrupted" not in text
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("key", ["ctrl-c", "ctrl-d", "ctrl-c-with-SIGINT-ignored"])
 def test_ctrl_c_or_ctrl_d_at_the_prompt_leaves(endless_checkpoint, tiny_tokenizer_path, key):
     child, screen = spawn_chat(endless_checkpoint[0], tiny_tokenizer_path, sigint_ignored=key.endswith("ignored"))
@@ -115,7 +114,6 @@ def test_ctrl_c_or_ctrl_d_at_the_prompt_leaves(endless_checkpoint, tiny_tokenize
     assert "Traceback" not in text and "interrupted" not in text
 
 
-@pytest.mark.slow
 def test_latin1_bytes_typed_at_the_prompt_do_not_end_the_chat(endless_checkpoint, tiny_tokenizer_path):
     """A Latin-1 terminal sends é as the single byte 0xE9, under a strict UTF-8 stdin here (the default
     in a UTF-8 locale, forced). GNU readline may drop the byte itself; whatever reaches the chat, it

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from gothic.checkpoint import FORMAT_VERSION, imports_objects, load_model, save_checkpoint, summarize_checkpoint
+from gothic.checkpoint import (
+    FORMAT_VERSION,
+    imports_objects,
+    load_model,
+    read_info,
+    save_checkpoint,
+    summarize_checkpoint,
+)
 from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
@@ -46,9 +53,9 @@ def test_load_model_rebuilds_the_trained_model(trained, tiny_tokenizer_path):
 
     model, ckpt = load_model(trained / "final.pt", device="auto")
     assert not model.training and next(model.parameters()).device.type == "cpu"
-    assert ckpt["vocab_size"] == model.vocab_size == 300
-    assert ckpt["tokenizer_sha256"] == tokenizer_sha256(tiny_tokenizer_path)
-    assert ckpt["model_config"]["n_layer"] == model.cfg.n_layer
+    assert ckpt.vocab_size == model.vocab_size == 300
+    assert ckpt.tokenizer_sha256 == tokenizer_sha256(tiny_tokenizer_path)
+    assert ckpt.model_config["n_layer"] == model.cfg.n_layer
     fresh = GPT(model.cfg, model.vocab_size)
     fresh.load_state_dict(torch.load(trained / "final.pt", weights_only=True)["model"])
     idx = torch.randint(0, 300, (1, 16))
@@ -173,6 +180,31 @@ def test_missing_file_is_refused(tmp_path):
         load_model(tmp_path / "nope.pt")
 
 
+def test_info_fills_what_older_files_lack_from_one_table(trained, tmp_path):
+    ckpt = torch.load(trained / "final.pt", weights_only=True)
+    for key in ("horizon", "train_time_s", "run_identity", "tokenizer", "best_step"):
+        del ckpt[key]
+    ckpt["train_config"]["max_iters"] = 9  # a file from before `horizon`: its schedule ended at max_iters
+    torch.save(ckpt, tmp_path / "old.pt")
+    info = read_info(tmp_path / "old.pt")
+    assert (info.horizon, info.train_time_s, info.run_identity, info.tokenizer, info.best_step) == (9, 0.0, None,
+                                                                                                    None, -1)
+    del ckpt["train_config"]
+    torch.save(ckpt, tmp_path / "older.pt")
+    assert read_info(tmp_path / "older.pt").horizon == ckpt["step"]  # no schedule known: complete where it is
+
+
+@pytest.mark.parametrize("key, value", [("horizon", "12"), ("best_step", 1.5), ("train_config", [1]),
+                                        ("val_loss", True), ("tokens_seen", None), ("run_identity", "abc")])
+def test_a_mistyped_plain_value_is_one_line_naming_it(trained, tmp_path, key, value):
+    ckpt = torch.load(trained / "final.pt", weights_only=True)
+    ckpt[key] = value
+    torch.save(ckpt, tmp_path / "bad.pt")
+    for read in (read_info, load_model):
+        with pytest.raises(GothicError, match=f"bad.pt: {key} is a .*the file is damaged"):
+            read(tmp_path / "bad.pt")
+
+
 @pytest.mark.parametrize("key, value, keep_digest, message", [
     ("n_head", 4, True, "model_config was changed after the checkpoint was written"),  # shapes all fit
     ("n_embd", 64, False, "weights do not fit the model config"),  # config and weights disagree
@@ -266,7 +298,7 @@ def test_format_1_checkpoints_still_load_with_their_tokenizer_file(tiny_tokenize
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GothicError, match="older checkpoint that carries no tokenizer: pass --tokenizer"):
         Engine.from_checkpoint(old, device="cpu")
-    assert Engine.from_checkpoint(old, tiny_tokenizer_path, device="cpu").checkpoint_info["format_version"] == 1
+    assert Engine.from_checkpoint(old, tiny_tokenizer_path, device="cpu").checkpoint_info.format_version == 1
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "tokenizer.json").write_bytes(tiny_tokenizer_path.read_bytes())
     assert Engine.from_checkpoint(old, device="cpu").tokenizer.get_vocab_size() == 300

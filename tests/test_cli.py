@@ -18,6 +18,7 @@ SCRIPTS = {"gothic-prepare": "prepare_main", "gothic-tokenize": "tokenize_main",
            "gothic-generate": "generate_main", "gothic-chat": "chat_main"}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_is_clean(script):
     proc = subprocess.run([str(BIN / script), "--help"], capture_output=True, text=True, env=venv_env())
@@ -27,6 +28,7 @@ def test_help_is_clean(script):
     assert "--version" in proc.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_version(script):
     proc = subprocess.run([str(BIN / script), "--version"], capture_output=True, text=True, env=venv_env())
@@ -34,6 +36,7 @@ def test_version(script):
     assert gothic.__version__ == importlib.metadata.version("gothic")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["--no-such-flag"]])
 def test_torch_is_not_imported_before_the_arguments_are_parsed(script, argv):
@@ -44,6 +47,7 @@ def test_torch_is_not_imported_before_the_arguments_are_parsed(script, argv):
     assert proc.stderr.splitlines()[-1] == "False", proc.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_usage_error_is_one_line_exit_2(script):
     proc = subprocess.run([str(BIN / script), "--no-such-flag"], capture_output=True, text=True, env=venv_env())
@@ -64,6 +68,7 @@ def test_chat_lists_gothic_trains_checkpoints_when_the_pipeline_published_none(t
     assert _default_models_dir() == Path(expected)
 
 
+@pytest.mark.subprocess
 def test_python_dash_m_gothic_runs_each_script():
     """`python -m gothic COMMAND` is the gothic-COMMAND script (what torchrun starts for DDP)."""
     def run(*args):

@@ -12,9 +12,9 @@ from gothic.config import PrepareConfig
 from gothic.corpus import (
     Document,
     builtin_files,
+    clean_source,
     held_out_warning,
     list_sources,
-    load_documents,
     normalize,
     prepare,
     split_documents,
@@ -23,6 +23,12 @@ from gothic.corpus import (
 )
 from gothic.errors import GothicError
 from gothic.tokenizer import EOT
+
+
+def load_documents(cfg: PrepareConfig, raw_dir: Path) -> list[Document]:
+    """Every document of the configured sources, cleaned, in memory (prepare streams them instead)."""
+    cleaned = ((source.name, clean_source(source, cfg.encoding_fallback)) for source in list_sources(cfg, raw_dir))
+    return [Document(name, text) for name, text in cleaned if text is not None]
 
 RAW_ONLY = PrepareConfig(sources=["raw"])
 

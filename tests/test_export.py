@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from gothic.config import SamplingSettings
-from gothic.export import TOLERANCE, choose_architecture, export_checkpoint, load_hf, max_logit_diff
+from gothic.export import (
+    TOLERANCE,
+    choose_architecture,
+    export_checkpoint,
+    generation_config,
+    load_hf,
+    max_logit_diff,
+)
 from gothic.generation import generate_tokens
 
-from conftest import save_tiny_checkpoint, tiny_gpt
+from conftest import committed_text, save_tiny_checkpoint, tiny_gpt
 
 pytest.importorskip("transformers", reason="the export extra (transformers) is not installed")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -92,7 +100,7 @@ def test_folder_loads_with_the_transformers_tokenizer_and_generation_config(tmp_
 
     model = random_model(300)
     export_checkpoint(save_with_tokenizer(tmp_path / "best.pt", model, tiny_tokenizer_path), tmp_path / "out",
-                      sampling={"temperature": 0.7, "top_k": 20, "top_p": 0.95})
+                      sampling=SamplingSettings(temperature=0.7, top_k=20, top_p=0.95))
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
             "generation_config.json", "README.md"} <= names
@@ -104,6 +112,18 @@ def test_folder_loads_with_the_transformers_tokenizer_and_generation_config(tmp_
     gen = GenerationConfig.from_pretrained(str(tmp_path / "out"))
     assert (gen.temperature, gen.top_k, gen.top_p, gen.do_sample) == (0.7, 20, 0.95, True)
     assert gen.eos_token_id == tiny_tokenizer.token_to_id("<|endoftext|>")
+
+
+def test_export_sampling_defaults_are_params_yaml_sample_section():
+    """export_checkpoint without `sampling` (gothic-export) writes SamplingSettings' defaults: the
+    sample stage's params as committed, so both front doors hand transformers the same defaults."""
+    sample = yaml.safe_load(committed_text("params.yaml"))["sample"]
+    defaults = SamplingSettings()
+    assert {f: sample[f] for f in defaults.__slots__} == {f: getattr(defaults, f) for f in defaults.__slots__}
+    config = generation_config(0, defaults, block_size=64)
+    assert config["max_length"] == 64
+    assert (config["temperature"], config["top_k"], config["top_p"]) == (sample["temperature"], sample["top_k"],
+                                                                          sample["top_p"])
 
 
 def test_model_card_quotes_data_evaluation_and_samples(tmp_path, tiny_tokenizer_path):

@@ -120,7 +120,9 @@ def test_the_file_declares_gpt2_byte_level_bpe_with_our_merges(tmp_path, tiny_to
 
 def test_modelfile_continues_the_prompt_with_the_sampling_defaults_and_stops_at_endoftext(tmp_path,
                                                                                          tiny_tokenizer_path):
-    sampling = {"temperature": 0.7, "top_k": 20, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 50}
+    from gothic.config import SamplingSettings
+
+    sampling = SamplingSettings(temperature=0.7, top_k=20, top_p=0.95, repetition_penalty=1.1, max_new_tokens=50)
     export(tmp_path, random_model(300, **CASES["apertus"]), tiny_tokenizer_path, "f16", sampling=sampling)
     lines = (tmp_path / "export" / "Modelfile").read_text().splitlines()
     assert lines[0] == f"FROM ./{gguf_filename('f16')}" and (tmp_path / "export" / gguf_filename("f16")).is_file()
@@ -313,7 +315,7 @@ def test_an_unknown_format_or_weight_type_is_refused(tmp_path):
         export_checkpoint(tmp_path / "best.pt", tmp_path / "out", formats=("onnx",))
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_speed_benchmark_runs_both_runtimes(tmp_path, llama_cpp):
     import json
     import subprocess
@@ -335,7 +337,7 @@ DEMO_SWITCHES = ["model.pos_embedding=rope", "model.norm=rmsnorm", "model.qk_nor
                  "model.tie_embeddings=false", "model.bias=false"]  # the Makefile's DEMO_PARAMS architecture
 
 
-@pytest.mark.slow
+@pytest.mark.dvc
 def test_a_demo_model_trained_by_dvc_exp_run_continues_in_llama_cpp_as_in_gothic(project, llama_cpp):
     from gothic.checkpoint import load_model
     from gothic.tokenizer import load_tokenizer

@@ -17,7 +17,7 @@ import torch
 
 from conftest import tiny_model_config, tiny_train_config, venv_env
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.subprocess  # trainings in their own processes, killed and resumed
 
 # Runs gothic-train in a process that SIGKILLs itself at the N-th os.replace onto TARGET, either
 # just before it (the temporary file is complete, the rename not done) or just after it (the file is

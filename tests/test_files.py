@@ -81,7 +81,7 @@ def test_other_errors_in_the_body_pass_through_and_remove_the_temp(tmp_path):
     assert info.value.errno == errno.ENOENT and os.listdir(tmp_path) == []
 
 
-@pytest.mark.slow
+@pytest.mark.dvc
 @pytest.mark.skipif(not has_dvc(), reason="dvc is not installed")
 def test_dvc_ignores_a_temp_left_inside_an_output_folder(tmp_path):
     """With the project's .dvcignore, a temp a killed run left in models/ is not part of the output."""

@@ -267,7 +267,7 @@ def test_temperature_zero_and_top_k_zero_are_valid():
 
 def test_from_checkpoint_generates(checkpoint, tiny_tokenizer_path):
     engine = Engine.from_checkpoint(checkpoint, tiny_tokenizer_path, device="cpu")
-    assert engine.checkpoint_info["step"] == 7
+    assert engine.checkpoint_info.step == 7
     assert engine.generate("The", GREEDY)[0].token_ids
 
 

@@ -21,7 +21,7 @@ import torch
 
 from conftest import ROOT, TINY_TEXT, has_dvc
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_dvc() or shutil.which("make") is None,
+pytestmark = [pytest.mark.dvc, pytest.mark.skipif(not has_dvc() or shutil.which("make") is None,
                                                    reason="needs dvc and make")]
 
 VENV = Path(sys.executable).parent.parent
@@ -104,8 +104,10 @@ def exp_ref(repo: Path, home: Path, name: str) -> str:
 def test_make_demo_then_chat_then_tests_without_a_git_identity(clone, home):
     assert sh(["git", "config", "user.email"], clone, home, ok=False).returncode != 0  # really no identity
     demo_params = " ".join(f"-S {arg}" for arg in overrides()[1::2])
-    out = sh(["make", "demo", f"VENV={VENV}", f"DEMO_PARAMS={demo_params}"], clone, home).stdout
+    demo = sh(["make", "demo", f"VENV={VENV}", f"DEMO_PARAMS={demo_params}"], clone, home)
+    out = demo.stdout
     assert "Ran experiment(s)" in out or "Experiment results" in out, out[-2000:]
+    assert "No file hash info found" not in demo.stderr  # a first run has nothing to check out: no alarm about it
     assert (clone / "models" / "best.pt").is_file() and (clone / "samples" / "samples.md").is_file()
     assert "n_layer: 1" in (clone / "params.yaml").read_text()  # the workspace holds the demo's values now
     assert not (home / ".gitconfig").exists() and "[user]" not in (clone / ".git" / "config").read_text()
@@ -150,6 +152,13 @@ def test_queued_experiments_then_exp_apply_restores_each_ones_outputs(clone, hom
     header = next(line for line in table.splitlines() if line.startswith("Experiment"))
     assert {"bits_per_byte", "best_val_loss", "train.seed"} <= set(header.split(",")), table
     assert "train.documents" not in header and "gothic/" not in header
+    for width in (80, 120):  # the default view: one column per experiment, within the terminal's width
+        view = sh(["make", "-s", "compare", f"VENV={VENV}"], clone, home, env_extra={"COLUMNS": str(width)}).stdout
+        print(f"make compare at COLUMNS={width}:\n{view}")
+        assert max(map(len, view.splitlines())) <= width, view
+        assert {"a", "b", "bits_per_byte", "train.seed"} <= set(view.split()), view
+    for chart in ("loss", "learning_rate", "held_out_bits_per_byte"):
+        assert (clone / "dvc_plots" / "compare" / f"{chart}.png").stat().st_size > 10_000
 
     # once a's run is committed, a queued experiment continues its model to a larger max_iters
     sh(["git", "add", "-A"], clone, home)

@@ -12,7 +12,7 @@ import torch
 
 from gothic.checkpoint import RunState
 from gothic.live import LiveMetrics
-from gothic.runlog import write_curves
+from gothic.runlog import TrainHooks, write_curves
 from gothic.train import train
 
 from conftest import tiny_model_config, tiny_train_config
@@ -34,7 +34,7 @@ def test_metrics_and_plots_are_written_while_training(train_bins, tiny_tokenizer
                           tsv_steps(plots / "val_loss.tsv"), tsv_steps(plots / "learning_rate.tsv"))
 
     train(tiny_model_config(), tiny_train_config(), train_bins, tiny_tokenizer_path, tmp_path / "models",
-          on_step=look, on_log=LiveMetrics(metrics, plots, min_interval_s=0))
+          hooks=TrainHooks(on_step=look, on_log=LiveMetrics(metrics, plots, min_interval_s=0)))
     live6, train6, val6, lr6 = seen[6]
     assert live6["step"] == 6 and live6["best_step"] == 4 and live6["last_val_loss"] is not None
     assert live6["current_lr"] > 0
@@ -53,14 +53,14 @@ def test_resumed_run_rewrites_the_files_without_the_abandoned_tail(train_bins, t
             os.kill(os.getpid(), signal.SIGINT)  # finishes the step, saves latest.pt, stops
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_model_config(), tiny_train_config(), train_bins, tiny_tokenizer_path, stopped, on_step=interrupt,
-              on_log=live)
+        train(tiny_model_config(), tiny_train_config(), train_bins, tiny_tokenizer_path, stopped,
+              hooks=TrainHooks(on_step=interrupt, on_log=live))
     assert tsv_steps(plots / "train_loss.tsv") == [2, 4, 6]
     # as after a crash past the checkpoint: the files hold rows (made up here) that latest.pt does not
     write_curves({"train": [{"step": s, "train_loss": 9.0, "lr": 1.0} for s in range(2, 12, 2)],
                   "val": [{"step": 8, "val_loss": 9.0}]}, plots)
     resumed = train(tiny_model_config(), tiny_train_config(resume=True), train_bins, tiny_tokenizer_path, stopped,
-                    on_log=LiveMetrics(tmp_path / "train.json", plots, min_interval_s=0))
+                    hooks=TrainHooks(on_log=LiveMetrics(tmp_path / "train.json", plots, min_interval_s=0)))
     assert tsv_steps(plots / "train_loss.tsv") == [2, 4, 6, 8, 10, 12]
     assert tsv_steps(plots / "val_loss.tsv") == [4, 8, 12]
     assert json.loads((tmp_path / "train.json").read_text())["step"] == 12

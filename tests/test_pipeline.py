@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, committed_text, git_init, has_dvc, venv_env
+from conftest import ROOT, committed_text, git_init, has_dvc, make_raw_dir, venv_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_dvc(), reason="dvc is not installed")]
+pytestmark = [pytest.mark.dvc, pytest.mark.skipif(not has_dvc(), reason="dvc is not installed")]
 
 # Small enough that every stage, training included, runs in seconds on a CPU.
 TINY_PARAMS = {
@@ -36,9 +36,8 @@ def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-@pytest.fixture
-def project(tmp_path, raw_dir) -> Path:
-    repo = tmp_path / "repo"
+def make_project(repo: Path, raw_dir: Path) -> Path:
+    """The project's dvc.yaml, stages and gothic in a fresh git + DVC repository, with TINY_PARAMS."""
     repo.mkdir()
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
@@ -57,8 +56,31 @@ def project(tmp_path, raw_dir) -> Path:
     return repo
 
 
-def test_dvc_repro_runs_clean_and_reruns_only_what_changed(project):
-    first = run(["dvc", "repro"], project)
+@pytest.fixture
+def project(tmp_path, raw_dir) -> Path:
+    return make_project(tmp_path / "repo", raw_dir)
+
+
+@pytest.fixture(scope="module")
+def reproduced_baseline(tmp_path_factory) -> tuple[Path, str]:
+    """One `dvc repro` of the tiny project, committed, shared by the tests that start from a trained
+    pipeline (each works on its own copy): (the repository, what the first repro printed)."""
+    folder = tmp_path_factory.mktemp("baseline")
+    repo = make_project(folder / "repo", make_raw_dir(folder))
+    output = run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    return repo, output
+
+
+@pytest.fixture
+def reproduced(reproduced_baseline, tmp_path) -> Path:
+    """A private copy of the reproduced baseline (git history, DVC cache and outputs included)."""
+    return Path(shutil.copytree(reproduced_baseline[0], tmp_path / "repo", symlinks=True))
+
+
+def test_dvc_repro_runs_clean_and_reruns_only_what_changed(reproduced_baseline, reproduced):
+    project, first = reproduced, reproduced_baseline[1]
     assert stages_run(first) == {"prepare", "tokenize", "binarize", "train", "evaluate", "sample", "export"}
     for path in ("models/best.pt", "models/latest.pt", "models/final.pt", "samples/samples.md",
                  "metrics/train_plots/val_loss.tsv", "export/model.safetensors", "export/README.md"):
@@ -79,8 +101,8 @@ def test_dvc_repro_runs_clean_and_reruns_only_what_changed(project):
     assert json.loads((project / "data/bin/meta.json").read_text())["vocab_size"] == 290
 
 
-def test_new_book_in_data_raw_reruns_prepare(project):
-    run(["dvc", "repro"], project)
+def test_new_book_in_data_raw_reruns_prepare(reproduced):
+    project = reproduced
     (project / "data/raw/delta.txt").write_text("A new tale of the moors and mist.\n" * 50, encoding="utf-8")
     assert "prepare" in stages_run(run(["dvc", "repro"], project))
     corpus = json.loads((project / "metrics/corpus.json").read_text())
@@ -99,10 +121,8 @@ def test_bad_params_fail_with_one_line(project):
     assert not (project / "data/processed").exists()
 
 
-def test_experiment_changes_training_metrics_and_metrics_diff_shows_them(project):
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline"], project)
+def test_experiment_changes_training_metrics_and_metrics_diff_shows_them(reproduced):
+    project = reproduced
     before = json.loads((project / "metrics/train.json").read_text())
 
     out = run(["dvc", "exp", "run", "-S", "train.max_iters=8", "-S", "sample.temperature=0.5"], project)
@@ -119,8 +139,8 @@ def test_experiment_changes_training_metrics_and_metrics_diff_shows_them(project
     assert "val_loss" in plots and "lr" in plots
 
 
-def test_sample_only_change_reruns_only_sample(project):
-    run(["dvc", "repro"], project)
+def test_sample_only_change_reruns_only_sample(reproduced):
+    project = reproduced
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["sample"]["temperature"] = 0.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -128,11 +148,11 @@ def test_sample_only_change_reruns_only_sample(project):
     assert "The castle" in (project / "samples/samples.md").read_text()
 
 
-def test_the_model_is_shared_through_a_dvc_remote(project, tmp_path):
+def test_the_model_is_shared_through_a_dvc_remote(reproduced, tmp_path):
     """dvc push to a local-folder remote, a fresh clone, dvc pull: the checkpoint generates with nothing else,
     and transformers loads the exported folder."""
     pytest.importorskip("transformers", reason="the export extra (transformers) is not installed")
-    run(["dvc", "repro"], project)
+    project = reproduced
     run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote")], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "trained"], project)

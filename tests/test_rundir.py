@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +17,10 @@ from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
 from gothic.rundir import RunDirLock
+from gothic.runlog import TrainHooks
 from gothic.train import train
 
-from conftest import tiny_model_config, tiny_train_config
+from conftest import tiny_model_config, tiny_train_config, venv_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,8 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def run(bins: Path, tokenizer: Path, out_dir: Path, publish_dir: Path | None = None, on_step=None,
         log: list | None = None, model: dict | None = None, **train_overrides):
     return train(tiny_model_config(**(model or {})), tiny_train_config(**train_overrides), bins, tokenizer, out_dir,
-                 publish_dir=publish_dir, on_step=on_step,
-                 log=log.append if log is not None else None)
+                 publish_dir=publish_dir,
+                 hooks=TrainHooks(log=log.append if log is not None else None, on_step=on_step))
 
 
 def never(step: int) -> None:
@@ -122,6 +127,45 @@ def test_a_busy_run_folder_is_refused_with_one_line(train_bins, tiny_tokenizer_p
     run(train_bins, tiny_tokenizer_path, tmp_path, max_iters=4)  # released: trains
 
 
+def test_training_imports_on_a_platform_without_fcntl(monkeypatch):
+    """Windows has no fcntl: gothic.train (and the lock it takes) must import there all the same."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` now raises ImportError, as on Windows
+    for name in ("gothic.rundir", "gothic.train"):
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError):
+        import fcntl  # noqa: F401
+    train_module = importlib.import_module("gothic.train")
+    assert train_module.run_folder is importlib.import_module("gothic.rundir").run_folder  # which takes the lock
+
+
+def test_the_lock_names_its_holder_and_is_released_with_it(tmp_path):
+    holder = RunDirLock(tmp_path)
+    with holder, pytest.raises(GothicError) as refused:
+        with RunDirLock(tmp_path):
+            pass
+    assert str(refused.value) == (f"{tmp_path} is in use by another training run (pid {os.getpid()}); wait for it "
+                                  "to finish, or give this one another folder (--out-dir)")
+    with RunDirLock(tmp_path):  # released on exit
+        pass
+
+
+@pytest.mark.subprocess
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    code = ("import sys, time; from pathlib import Path; from gothic.rundir import RunDirLock\n"
+            "with RunDirLock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env=venv_env())
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(GothicError, match=rf"\(pid {proc.pid}\)"):
+            RunDirLock(tmp_path).__enter__()
+    finally:
+        proc.kill()
+        proc.wait()
+    with RunDirLock(tmp_path):  # the kernel released the dead process's lock
+        pass
+
+
 def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoints(train_bins, tiny_tokenizer_path,
                                                                             tmp_path, monkeypatch):
     poisoned = {"on": False}
@@ -139,7 +183,7 @@ def test_divergence_stops_before_writing_and_keeps_the_last_good_checkpoints(tra
         run(train_bins, tiny_tokenizer_path, tmp_path, on_step=poison)
     for name in ("latest.pt", "best.pt"):
         model, info = load_model(tmp_path / name)
-        assert info["step"] == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+        assert info.step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
     assert not (tmp_path / "final.pt").exists()
 
 
@@ -153,3 +197,39 @@ def test_resume_finds_this_run_in_the_published_folder_when_the_work_folder_hold
     result = run(train_bins, tiny_tokenizer_path, work, models, log=log, max_iters=8, resume=True)
     assert any("resuming at step 4, to step 8" in line for line in log), log
     assert result.metrics["step"] == 8 and load_checkpoint(models / "final.pt")["step"] == 8
+
+
+def test_a_published_run_that_fails_to_load_replaces_nothing_in_the_work_folder(train_bins, tiny_tokenizer_path,
+                                                                                 tmp_path):
+    """A run to continue is copied into the work folder only once its checkpoint has loaded: a damaged
+    models/latest.pt is one line, and the work folder's checkpoint (another run's) stays as it was."""
+    work, models = tmp_path / "checkpoints", tmp_path / "models"
+    run(train_bins, tiny_tokenizer_path, work, models, max_iters=4)  # A, published
+    run(train_bins, tiny_tokenizer_path, work, tmp_path / "elsewhere", max_iters=4, seed=8)  # B, in the work folder
+    ckpt = torch.load(models / "latest.pt", weights_only=True)
+    ckpt["optimizer"] = ckpt["optimizer"][:0]  # plans as A's checkpoint, fails to resume
+    torch.save(ckpt, models / "latest.pt")
+    before = sha256_file(work / "latest.pt")
+    with pytest.raises(GothicError, match="optimizer"):
+        run(train_bins, tiny_tokenizer_path, work, models, max_iters=8, resume=True)
+    assert sha256_file(work / "latest.pt") == before
+
+
+def test_a_read_only_publish_folder_is_found_before_any_step(train_bins, tiny_tokenizer_path, tmp_path,
+                                                             monkeypatch):
+    import errno
+    import tempfile
+
+    models = tmp_path / "models"
+    models.mkdir()  # there from an earlier run, and read-only now
+    real = tempfile.TemporaryFile
+
+    def read_only_models(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == models:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only_models)
+    steps: list[int] = []
+    with pytest.raises(GothicError, match="cannot write checkpoints to .*models: Read-only file system"):
+        run(train_bins, tiny_tokenizer_path, tmp_path / "ckpt", models, on_step=steps.append)
+    assert steps == []

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from gothic.checkpoint import REQUIRED_KEYS, load_checkpoint, load_model
+from gothic.checkpoint import load_checkpoint, load_model
 from gothic.cli import train_main
 from gothic.config import TrainConfig, to_dict
 from gothic.data import load_training_data
@@ -23,6 +23,7 @@ from gothic.errors import GothicError
 from gothic.files import sha256_file
 from gothic.model import GPT
 from gothic.optim import get_lr
+from gothic.runlog import TrainHooks
 from gothic.runtime import Precision
 from gothic.train import estimate_loss, train, train_step
 
@@ -61,7 +62,7 @@ SCHEDULE = TrainConfig(learning_rate=1.0e-3, min_lr=1.0e-4, warmup_iters=10, max
     (500, 1.0e-4),    # and stays there
 ])
 def test_get_lr_warmup_then_cosine(step, expected):
-    assert get_lr(step, SCHEDULE) == pytest.approx(expected)
+    assert SCHEDULE.learning_rate * get_lr(step, SCHEDULE) == pytest.approx(expected)  # a multiplier of the peak
 
 
 def test_get_lr_decays_monotonically_after_warmup():
@@ -71,7 +72,7 @@ def test_get_lr_decays_monotonically_after_warmup():
 
 def test_get_lr_without_warmup_starts_at_peak():
     cfg = TrainConfig(learning_rate=1.0e-3, min_lr=0.0, warmup_iters=0, max_iters=10)
-    assert get_lr(0, cfg) == pytest.approx(1.0e-3)
+    assert get_lr(0, cfg) == 1.0
 
 
 def test_grad_accumulation_equals_one_batch_of_k_times_b():
@@ -142,13 +143,14 @@ def test_stopped_then_resumed_equals_uninterrupted_bitwise(train_bins, tiny_toke
     uninterrupted = train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, straight)
     if how == "ctrl_c":
         with pytest.raises(KeyboardInterrupt):
-            train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped, on_step=interrupt_by_signal(7))
+            train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped,
+                  hooks=TrainHooks(on_step=interrupt_by_signal(7)))
         assert load_checkpoint(stopped / "latest.pt")["step"] == 7
     else:
         keep = tmp_path / "at_eval.pt"
         with pytest.raises(Killed):
             train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped,
-                  on_step=kill_after_checkpoint(5, stopped, keep))
+                  hooks=TrainHooks(on_step=kill_after_checkpoint(5, stopped, keep)))
         (stopped / "latest.pt").write_bytes(keep.read_bytes())
         assert load_checkpoint(stopped / "latest.pt")["step"] == 4
     resumed = train(model, tiny_train_config(), train_bins, tiny_tokenizer_path, stopped)  # resume: auto
@@ -180,13 +182,14 @@ def test_continuing_to_a_larger_max_iters_has_no_learning_rate_jump(train_bins, 
     if stop_at < 8:
         with pytest.raises(KeyboardInterrupt):
             train(tiny_model_config(), cfg, train_bins, tiny_tokenizer_path, tmp_path,
-                  on_step=interrupt_by_signal(stop_at))
+                  hooks=TrainHooks(on_step=interrupt_by_signal(stop_at)))
     else:
         train(tiny_model_config(), cfg, train_bins, tiny_tokenizer_path, tmp_path)
     result = run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=16, log_interval=1, resume=True)
     lrs = [row["lr"] for row in result.history["train"]]
     assert len(lrs) == 16
-    assert lrs[:stop_at] == pytest.approx([get_lr(s, cfg) for s in range(stop_at)])  # the first session's schedule
+    first_session = [cfg.learning_rate * get_lr(s, cfg) for s in range(stop_at)]
+    assert lrs[:stop_at] == pytest.approx(first_session)
     after_warmup = lrs[cfg.warmup_iters:]
     assert all(b <= a + 1e-12 for a, b in zip(after_warmup, after_warmup[1:], strict=False)), lrs
     step_change = max(abs(b - a) for a, b in zip(lrs[stop_at - 1:], lrs[stop_at:], strict=False))
@@ -223,7 +226,7 @@ def test_modern_switches_and_precisions_train_and_reload(train_bins, tiny_tokeni
     rows = result.history["train"]
     assert all(math.isfinite(r["train_loss"]) for r in rows) and rows[-1]["train_loss"] < rows[0]["train_loss"]
     model, ckpt = load_model(tmp_path / "final.pt")
-    assert ckpt["model_config"] == to_dict(tiny_model_config(**switches["model"]))
+    assert ckpt.model_config == to_dict(tiny_model_config(**switches["model"]))
     with torch.no_grad():
         assert torch.isfinite(model(torch.zeros(1, 8, dtype=torch.long))[0]).all()
 
@@ -276,7 +279,8 @@ def test_bad_resume_is_an_error_and_keeps_the_checkpoint(train_bins, tiny_tokeni
         latest.write_bytes(latest.read_bytes()[:5000])
     elif damage == "weights_only":  # what generation tests write: enough to sample, not to resume
         ckpt = torch.load(latest, weights_only=True)
-        torch.save({key: ckpt[key] for key in REQUIRED_KEYS}, latest)
+        keep = ("format_version", "model", "model_config", "vocab_size", "tokenizer_sha256", "step", "best_val_loss")
+        torch.save({key: ckpt[key] for key in keep}, latest)
     before = sha256_file(latest)
     with pytest.raises(GothicError, match=message):
         run_training(train_bins, tiny_tokenizer_path, tmp_path, max_iters=8, resume=True)
@@ -377,9 +381,38 @@ def test_stage_writes_metrics_and_plot_files(train_bins, tiny_tokenizer_path, tm
     assert (tmp_path / "models" / "final.pt").is_file()
 
 
+
+def test_stage_publishes_nothing_when_params_yaml_changed_while_it_trained(train_bins, tiny_tokenizer_path,
+                                                                            tmp_path, monkeypatch):
+    """`dvc exp apply` (or a second `dvc exp run -S`) rewrote params.yaml mid-run: DVC would record these
+    weights under params they were not trained with, so the stage publishes nothing and says how to
+    recover; with the params restored, the same command publishes the complete run without training."""
+    import gothic.train as train_module
+
+    write_params(tmp_path / "params.yaml", max_iters=4)
+    monkeypatch.chdir(tmp_path)
+    session = train_module.train_session
+
+    def apply_another_experiment(run, hooks):
+        write_params(tmp_path / "params.yaml", max_iters=4, seed=3)
+        session(run, hooks)
+    monkeypatch.setattr(train_module, "train_session", apply_another_experiment)
+    stage = runpy.run_path(str(ROOT / "stages" / "train.py"))
+    args = (str(train_bins), str(tiny_tokenizer_path), "checkpoints", "models", "metrics/train.json",
+            "metrics/train_plots")
+    with pytest.raises(GothicError, match=r"params.yaml changed while this run trained \(train.seed 7 -> 3\)"):
+        stage["main"](*args)
+    assert not (tmp_path / "models").exists() and (tmp_path / "checkpoints" / "final.pt").is_file()
+    monkeypatch.setattr(train_module, "train_session", session)
+    write_params(tmp_path / "params.yaml", max_iters=4)
+    trained = sha256_file(tmp_path / "checkpoints" / "final.pt")
+    stage["main"](*args)
+    assert sha256_file(tmp_path / "models" / "final.pt") == trained
+
+
 # --- DDP --------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.subprocess  # torchrun-style: two gloo ranks in their own processes
 def test_ddp_two_gloo_processes_match_one_process_on_the_same_global_batch(train_bins, tiny_tokenizer_path,
                                                                            tmp_path):
     """2 ranks x grad_accum 1 see the same global batches as 1 process x grad_accum 2."""

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from gothic.chat.session import ChatSession, CommandError
 from gothic.chat.view import Note, Result, help_table, models_table, params_table, transcript_markdown
-from gothic.checkpoint import checkpoint_val_loss
 from gothic.config import SAMPLING_LABELS
 from gothic.errors import GothicError
 from gothic.files import write_text
@@ -125,8 +124,8 @@ def cmd_model(session: ChatSession, arg: str) -> Result:
         return Note(f"talking to {session.checkpoint_path}", "info")
     path = session.switch_model(arg)
     info = session.engine.checkpoint_info
-    loss = checkpoint_val_loss(info)
-    detail = f"step {info.get('step', '?')}" + (f", val loss {loss:.4f}" if loss is not None else "")
+    loss = info.weights_val_loss
+    detail = f"step {info.step}" + (f", val loss {loss:.4f}" if loss is not None else "")
     return Note(f"now talking to {path} ({detail}); the conversation carries over (/reset forgets it)")
 
 

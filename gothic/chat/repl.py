@@ -30,12 +30,11 @@ from gothic.chat.session import (
     ReplyStats,
     no_checkpoint_message,
     resolve_checkpoint,
-    seed_problem,
     settings_problems,
 )
 from gothic.chat.view import Typewriter, display_path, header, models_table, note, render
 from gothic.checkpoint import find_checkpoints
-from gothic.config import SamplingSettings
+from gothic.config import SamplingSettings, seed_problem
 from gothic.errors import GothicError
 from gothic.generation import Engine, TextStream, repair_text
 from gothic.runtime import ctrl_c_interrupts

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gothic.checkpoint import CHECKPOINT_NAMES, find_checkpoints
-from gothic.config import MAX_SEED, SamplingSettings
+from gothic.config import SamplingSettings, seed_problem
 from gothic.errors import GothicError
 from gothic.generation import Engine, TextStream
 
@@ -111,13 +111,6 @@ def settings_problems(settings: SamplingSettings) -> list[str]:
         problems.append(f"top-p must be at least {MIN_TOP_P:g} (/topk 1 keeps only the likeliest token), "
                         f"got {settings.top_p:g}")
     return problems
-
-
-def seed_problem(seed: int | None, name: str = "seed") -> str | None:
-    """Why a reply seed is refused, naming it `name`; None for a good one (None means random)."""
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        return f"{name} must be between 0 and {MAX_SEED}, got {seed}"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

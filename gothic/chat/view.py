@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gothic.chat.session import ChatSession, ReplyStats, no_checkpoint_message
-from gothic.checkpoint import checkpoint_val_loss, find_checkpoints, summarize_checkpoint
+from gothic.checkpoint import find_checkpoints, summarize_checkpoint
 
 REPLY_INDENT = "  "
 MAX_WRAP = 100
@@ -79,7 +79,7 @@ def _loss(value: float | None) -> str:
 
 def model_line(session: ChatSession) -> str:
     info = session.engine.checkpoint_info
-    return f"{session.checkpoint_path} · step {info.get('step', '?')} · val loss {_loss(checkpoint_val_loss(info))}"
+    return f"{session.checkpoint_path} · step {info.step} · val loss {_loss(info.weights_val_loss)}"
 
 
 def dtype_name(dtype) -> str:
@@ -146,10 +146,9 @@ def params_table(session: ChatSession) -> Table:
     table.add_column(overflow="fold")
     rows = [
         ("checkpoint", str(session.checkpoint_path)),
-        ("step", str(info.get("step", "?"))),
-        ("val loss", _loss(checkpoint_val_loss(info))),
-        ("parameters", f"{model.num_params(non_embedding=False):,} ({model.num_params():,} without position "
-                       "embeddings)"),
+        ("step", str(info.step)),
+        ("val loss", _loss(info.weights_val_loss)),
+        ("parameters", f"{model.num_params(non_embedding=False):,} ({model.num_params():,} non-embedding)"),
         ("layers", f"{cfg.n_layer} × {cfg.n_head} heads, {cfg.n_embd} dims"),
         ("context", f"{cfg.block_size} tokens"),
         ("vocab", f"{model.vocab_size} tokens"),
@@ -209,7 +208,7 @@ def note(console: Console, text: str, kind: str = "info") -> None:
 
 def transcript_markdown(session: ChatSession, now: datetime) -> str:
     lines = [f"# gothic chat, {session.started:%Y-%m-%d %H:%M}", "",
-             f"Model: `{session.checkpoint_path}` (step {session.engine.checkpoint_info.get('step', '?')}) · "
+             f"Model: `{session.checkpoint_path}` (step {session.engine.checkpoint_info.step}) · "
              f"{session.settings_line()} · saved {now:%Y-%m-%d %H:%M}", ""]
     for turn in session.transcript:
         if turn.speaker == "note":
