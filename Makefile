@@ -58,6 +58,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
 	touch $@
 
+# The slow lane also runs the GGUF export in a real llama.cpp: llama-cpp-python, compiled from its
+# source the first time (about 6 minutes on 2 cores; pip keeps the wheel), so only it waits for that.
+$(VENV)/.llama-cpp: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,llama-cpp]"
+	touch $@
+
 demo: setup  ## the pipeline on the built-in corpus, CPU profile (~10 min)
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make demo: this folder is not a git repository (a ZIP download?), and DVC records experiments in git: run  git init -q && git add -A && git -c user.name=me -c user.email=me@example.com commit -qm gothic  first, or git clone the repository" >&2; exit 2; }
 	@# gothic.dvc_run is dvc without the "No file hash info found" warnings of a first run (nothing to check out yet)
@@ -76,7 +82,7 @@ PYTEST := $(RUN) python -m pytest -q
 test: setup  ## fast lane: no dvc runs, subprocesses, ptys (under a minute)
 	$(PYTEST) -m "not slow"
 
-test-slow: setup  ## the slow lane alone, on every core
+test-slow: setup $(VENV)/.llama-cpp  ## the slow lane alone, on every core
 	$(PYTEST) -m slow -n auto --durations=15
 
 test-all: lint test test-slow  ## lint, the fast lane, then the slow lane (CI runs this)

@@ -14,7 +14,13 @@ def export_main(argv: list[str] | None = None) -> None:
     parser = script_parser(
         "gothic-export",
         "Write a checkpoint as a folder that transformers loads (model.safetensors, config.json, "
-                    "tokenizer.json, generation_config.json) with a README.md model card.")
+        "tokenizer.json, generation_config.json) and/or as one GGUF file for llama.cpp with an Ollama "
+        "Modelfile, with a README.md model card.")
+    from gothic.config import EXPORT_FORMATS, GGUF_TYPES
+
+    parser.add_argument("--format", nargs="+", choices=EXPORT_FORMATS, default=["transformers"],
+                        help="transformers (the safetensors folder) and/or gguf (model-<type>.gguf + Modelfile)")
+    parser.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16", help="the GGUF's weight type")
     parser.add_argument("--checkpoint", type=Path, default=Path("models/best.pt"), help="the checkpoint to export")
     parser.add_argument("--out-dir", type=Path, default=Path("export"), help="the folder to (re)write")
     parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"),
@@ -31,7 +37,8 @@ def export_main(argv: list[str] | None = None) -> None:
         from gothic.export import TOLERANCE, export_checkpoint
 
         result = export_checkpoint(args.checkpoint, args.out_dir, metrics_dir=args.metrics_dir,
-                                   samples=args.samples, tokenizer_path=args.tokenizer, verify=not args.no_verify)
+                                   samples=args.samples, tokenizer_path=args.tokenizer, verify=not args.no_verify,
+                                   formats=tuple(dict.fromkeys(args.format)), gguf_type=args.gguf_type)
         print(f"gothic-export: {result.summary()}")
         if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
             print(f"gothic-export: error: the exported model's logits differ from gothic's by "

@@ -350,6 +350,30 @@ def check_device(device: str, key: str) -> list[str]:
     return [f"{key}={device!r} must be auto, cpu, cuda, cuda:N or mps"]
 
 
+EXPORT_FORMATS = ("transformers", "gguf")
+"""transformers: the safetensors folder (gothic.export); gguf: one .gguf for llama.cpp and an Ollama
+Modelfile (gothic.export_gguf)."""
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+"""The weight types a GGUF export writes (vectors stay f32, as llama.cpp's converter keeps them)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExportConfig:
+    """The export stage: what it writes into export/."""
+
+    formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))
+    gguf_type: str = "f16"
+
+    def check(self) -> list[str]:
+        errors = [f"export.formats: {f!r} is not one of {', '.join(EXPORT_FORMATS)}"
+                  for f in self.formats if f not in EXPORT_FORMATS]
+        if not self.formats:
+            errors.append(f"export.formats is empty; list one or more of {', '.join(EXPORT_FORMATS)}")
+        if self.gguf_type not in GGUF_TYPES:
+            errors.append(f"export.gguf_type={self.gguf_type!r} must be one of {', '.join(GGUF_TYPES)}")
+        return errors
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Params:
     """params.yaml: one section per stage, each checked by its own `check`."""
@@ -360,6 +384,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Params)

@@ -3,7 +3,8 @@
     export_checkpoint("models/best.pt", "export", metrics_dir="metrics", samples="samples/samples.md")
 
 writes model.safetensors, config.json, generation_config.json, tokenizer.json (+ tokenizer_config.json)
-and README.md. Every gothic block is a pre-norm transformer block, so each choice of switches is one
+and README.md; with formats=("gguf",) (or both) model-<type>.gguf and an Ollama Modelfile instead
+(gothic.export_gguf). Every gothic block is a pre-norm transformer block, so each choice of switches is one
 of a few transformers architectures with the same arithmetic, given the right weight names:
 
 | gothic switches                                        | transformers architecture |
@@ -35,15 +36,15 @@ import torch
 from torch import Tensor
 
 from gothic.checkpoint import load_model, resolve_tokenizer
-from gothic.config import ModelConfig, SamplingSettings, to_dict
+from gothic.config import EXPORT_FORMATS, ModelConfig, SamplingSettings, to_dict
 from gothic.errors import GothicError
+from gothic.export_gguf import EXTRA_HINT, gguf_architecture, gguf_filename
 from gothic.files import write_json, write_text
 from gothic.model import GPT, ROPE_BASE
 from gothic.tokenizer import EOT
 
 TOLERANCE = 1e-4
 """The largest logit difference from gothic that counts as the same model (float32 round-off is ~1e-6)."""
-EXTRA_HINT = "install the export extra: pip install 'gothic[export]' (make setup does)"
 
 
 @dataclass
@@ -185,88 +186,161 @@ def _linear(t: dict[str, Tensor], prefix: str, linear: torch.nn.Linear) -> None:
 
 # --- the folder -------------------------------------------------------------------------------
 
+# what an export folder may hold; anything else means the folder is not ours to replace
+EXPORT_FILES = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                "tokenizer_config.json", "README.md", "loss.png", "held_out_bits_per_byte.png", "Modelfile"}
+
+
 @dataclass
 class ExportResult:
     out_dir: Path
     architecture: str | None
     reason: str
-    max_logit_diff: float | None  # None: transformers is not installed, so it was not checked
+    max_logit_diff: float | None  # None: transformers is not installed (or not written), so it was not checked
+    gguf: GGUFInfo | None = None
+    transformers: bool = True  # whether the safetensors folder was written
 
     def summary(self) -> str:
-        """The one line that says what was written and whether transformers computes the same model."""
+        """The one line that says what was written and whether transformers (and llama.cpp) compute the same
+        model."""
+        gguf = self.gguf
+        as_gguf = f"{gguf.filename} ({gguf.size}) as llama.cpp's {gguf.architecture}, with a Modelfile" if gguf else ""
+        if not self.transformers:
+            return f"wrote {self.out_dir}/{as_gguf}"
         if self.architecture is None:
-            return (f"wrote {self.out_dir}/ with gothic's own tensor names: no transformers architecture computes "
+            line = (f"wrote {self.out_dir}/ with gothic's own tensor names: no transformers architecture computes "
                     f"this model exactly ({self.reason})")
-        checked = ("not checked: transformers is not installed" if self.max_logit_diff is None
-                   else f"logits match gothic's to {self.max_logit_diff:.1e}")
-        return f"wrote {self.out_dir}/ as transformers' {self.architecture} ({checked})"
+        else:
+            checked = ("not checked: transformers is not installed" if self.max_logit_diff is None
+                       else f"logits match gothic's to {self.max_logit_diff:.1e}")
+            line = f"wrote {self.out_dir}/ as transformers' {self.architecture} ({checked})"
+        return line + (f"; and {as_gguf}" if gguf else "")
+
+
+@dataclass
+class GGUFInfo:
+    """The GGUF file of an export, for the one-line summary and the model card."""
+
+    filename: str
+    architecture: str  # llama.cpp's name for it
+    weight_type: str
+    size: str = ""
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_dir: str | Path | None = None,
                       samples: str | Path | None = None, tokenizer_path: str | Path | None = None,
                       sampling: SamplingSettings | None = None, sources: list[str] | None = None,
-                      verify: bool = True) -> ExportResult:
+                      verify: bool = True, formats: tuple[str, ...] = ("transformers",),
+                      gguf_type: str = "f16") -> ExportResult:
     """Write the export folder for a checkpoint; with verify (and transformers installed), load it
     back with transformers and measure the largest logit difference from gothic's.
 
     Args:
         checkpoint: a gothic checkpoint (format 2 carries its tokenizer).
-        out_dir: the folder to (re)write.
+        out_dir: the folder to (re)write: absent, empty, or an earlier export (never anything else).
         metrics_dir: where metrics/corpus.json, eval.json and train.json are, for the model card.
         samples: samples/samples.md, quoted in the model card.
         tokenizer_path: the tokenizer.json for a format-1 checkpoint that carries none.
-        sampling: generation_config.json's sampling defaults (the sample stage's; None: params.yaml's defaults).
+        sampling: the sampling defaults of generation_config.json and the Modelfile (the sample stage's;
+            None: params.yaml's defaults).
         sources: prepare.sources, for the licence line of the model card.
+        formats: "transformers" (the safetensors folder) and/or "gguf" (one .gguf file for llama.cpp
+            and an Ollama Modelfile).
+        gguf_type: the GGUF's weight type, one of config.GGUF_TYPES.
     """
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise GothicError(f"gothic-export needs safetensors: {EXTRA_HINT}") from None
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise GothicError(f"unknown export format {unknown[0] if unknown else '(none)'!r}; choose from "
+                          f"{', '.join(EXPORT_FORMATS)}")
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    check_replaceable(out_dir)
+    if "transformers" in formats:
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise GothicError(f"gothic-export needs safetensors: {EXTRA_HINT}") from None
     model, info = load_model(checkpoint, device="cpu")
     tokenizer, tokenizer_json = resolve_tokenizer(checkpoint, info, tokenizer_path)
     eot = tokenizer.token_to_id(EOT)
     hf = to_hf(model, eot)
+    gguf = None
+    if "gguf" in formats:  # refused before anything is written
+        arch, why = gguf_architecture(model.cfg)
+        if arch is None:
+            raise GothicError(f"cannot export GGUF: {why}")
+        gguf = GGUFInfo(gguf_filename(gguf_type), arch, gguf_type)
     # built in a temporary folder beside out_dir, then swapped in: never a half-written export
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     except OSError as e:
         raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
+    diff = None
     try:
-        metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info.step)}
-        save_file(hf.tensors, str(tmp / "model.safetensors"), metadata=metadata)
-        write_json(tmp / "config.json", hf.config)
-        write_json(tmp / "generation_config.json", generation_config(eot, sampling or SamplingSettings()))
-        write_text(tmp / "tokenizer.json", tokenizer_json)
-        write_json(tmp / "tokenizer_config.json", {
-            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
-            "model_max_length": model.cfg.block_size, "clean_up_tokenization_spaces": False})
-        diff = max_logit_diff(model, tmp) if verify and hf.architecture and transformers_available() else None
+        sampling = sampling or SamplingSettings()
+        if "transformers" in formats:
+            metadata = {"format": "pt", "gothic_checkpoint": checkpoint.name, "gothic_step": str(info.step)}
+            save_file(hf.tensors, str(tmp / "model.safetensors"), metadata=metadata)
+            write_json(tmp / "config.json", hf.config)
+            write_json(tmp / "generation_config.json", generation_config(eot, sampling, model.cfg.block_size))
+            write_text(tmp / "tokenizer.json", tokenizer_json)
+            write_json(tmp / "tokenizer_config.json", {
+                "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
+                "model_max_length": model.cfg.block_size, "clean_up_tokenization_spaces": False})
+            diff = max_logit_diff(model, tmp) if verify and hf.architecture and transformers_available() else None
+        if gguf is not None:
+            from gothic.export_gguf import file_size_text, modelfile, write_gguf
+
+            write_gguf(model, tokenizer_json, tmp / gguf.filename, gguf_type, name=out_dir.name)
+            gguf.size = file_size_text(tmp / gguf.filename)
+            write_text(tmp / "Modelfile", modelfile(gguf.filename, model.cfg.block_size, sampling))
         from gothic.model_card import model_card
 
-        write_text(tmp / "README.md", model_card(model, info, hf.architecture, hf.reason, diff,
-                                                 Path(metrics_dir) if metrics_dir else None,
+        write_text(tmp / "README.md", model_card(model, info, hf.architecture if "transformers" in formats else None,
+                                                 hf.reason, diff, Path(metrics_dir) if metrics_dir else None,
                                                  Path(samples) if samples else None, out_dir.name, sources,
-                                                 figures_dir=tmp))
+                                                 figures_dir=tmp, gguf=gguf, transformers="transformers" in formats))
         tmp.chmod(0o755)  # mkdtemp makes 0700, and safetensors writes 0600: shared files should be readable
         for path in tmp.iterdir():
             path.chmod(0o644)
+        check_replaceable(out_dir)  # again: the folder may have changed while the export was written
         if out_dir.is_dir():
             shutil.rmtree(out_dir)
-        elif out_dir.exists():
-            raise GothicError(f"{out_dir} exists and is not a folder; remove it or choose another --out-dir")
         tmp.rename(out_dir)
+    except OSError as e:  # a full disk, a read-only folder: nothing half-written is left
+        raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(out_dir, hf.architecture, hf.reason, diff)
+    return ExportResult(out_dir, hf.architecture, hf.reason, diff, gguf, "transformers" in formats)
 
 
-def generation_config(eot: int, sampling: SamplingSettings) -> dict:
-    """Sampling defaults as gothic-generate's (or the sample stage's) for transformers' generate()."""
+def check_replaceable(out_dir: Path) -> None:
+    """An export replaces out_dir only when it is absent, empty or an earlier gothic export: a
+    GothicError for a file, or a folder holding anything an export does not write."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise GothicError(f"{out_dir} exists and is not a folder; remove it or choose another --out-dir")
+    from gothic.model_card import CARD_TITLE
+
+    names = sorted(p.name for p in out_dir.iterdir())
+    foreign = [n for n in names if n not in EXPORT_FILES and not n.endswith(".gguf")]
+    card = out_dir / "README.md"
+    ours = not names or (not foreign and card.is_file() and any(  # the title follows the card's front matter
+        line.startswith(CARD_TITLE) for line in card.read_text(encoding="utf-8", errors="replace").splitlines()))
+    if not ours:
+        what = f"it holds {foreign[0]}" if foreign else "its README.md is not a gothic model card"
+        raise GothicError(f"{out_dir} exists and is not a gothic export ({what}); choose another --out-dir "
+                          f"or remove it yourself")
+
+
+def generation_config(eot: int, sampling: SamplingSettings, block_size: int) -> dict:
+    """Sampling defaults as gothic-generate's (or the sample stage's) for transformers' generate(),
+    and a length that stays inside the context window: transformers does not slide the window as
+    gothic does, and pipeline("text-generation") would otherwise ask for 256 new tokens past it."""
     return {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": not sampling.greedy,
             "temperature": sampling.temperature or 1.0, "top_k": sampling.top_k, "top_p": sampling.top_p,
-            "repetition_penalty": sampling.repetition_penalty}
+            "repetition_penalty": sampling.repetition_penalty, "max_length": block_size}
 
 
 # --- checking against transformers ------------------------------------------------------------

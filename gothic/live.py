@@ -8,6 +8,11 @@ checkpoint's step, so a resumed run's files never hold rows from the abandoned t
 follows the run through its own event files (gothic.runlog.RunLog).
 
     train(..., hooks=TrainHooks(on_log=LiveMetrics("metrics/train.json", "metrics/train_plots")))
+
+Why not dvclive (3.49.1, DVC's own logger): a resumed `Live(resume=True)` continues from the step in
+its metrics file and appends to each plot .tsv (`Metric.dump` opens it with "a"), so a run resumed
+from a checkpoint older than its last logged step would keep the abandoned tail's rows and repeat
+their steps; these files are rewritten from the checkpoint's history instead.
 """
 
 from __future__ import annotations

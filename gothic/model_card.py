@@ -25,20 +25,26 @@ SOURCE_LICENCES = {
            "any other file is its owner's to state)",
 }
 MAX_SAMPLES_CHARS = 4000
+# gothic's bench/README.md (bench/gguf_speed.py), quoted so the card says what speed to expect
+LLAMA_CPP_SPEED = ("Speed: on 2 cores of an AMD EPYC (Zen 4), a model of gothic's demo size (4 layers, 256 wide) "
+                   "generated 1,903 tokens/s in llama.cpp from an f16 GGUF (2,665 from q8_0), against 248 in "
+                   "gothic's own generation.")
+CARD_TITLE = "# gothic GPT"  # how every card begins: marks a folder as a gothic export (export.check_replaceable)
 
 
 def model_card(model: GPT, info: CheckpointInfo, architecture: str | None, reason: str, max_diff: float | None,
                metrics_dir: Path | None, samples: Path | None, folder: str, sources: list[str] | None = None,
-               figures_dir: Path | None = None) -> str:
-    """The card's text; with figures_dir, its loss curve and per-document chart are rendered there as PNGs."""
+               figures_dir: Path | None = None, gguf=None, transformers: bool = True) -> str:
+    """The card's text; with figures_dir, its loss curve and per-document chart are rendered there as PNGs;
+    gguf is the export's GGUFInfo (or None), transformers whether the safetensors folder was written."""
     cfg, train_cfg = model.cfg, info.train_config
     metrics = {name: _read_json(metrics_dir / f"{name}.json") if metrics_dir else {}
                for name in ("corpus", "eval", "train")}
     params = model.num_params(non_embedding=False)
-    parts = [f"# gothic GPT ({params / 1e6:.2f}M parameters)\n",
+    parts = [f"{CARD_TITLE} ({params / 1e6:.2f}M parameters)\n",
              "A small decoder-only language model trained from scratch by the gothic pipeline on a folder "
              "of books.\n",
-             "## Architecture\n", _architecture(cfg, architecture, reason, max_diff, params, model),
+             "## Architecture\n", _architecture(cfg, architecture, reason, max_diff, params, model, transformers, gguf),
              "## Training data\n", _data(metrics["corpus"], sources),
              "## Training\n", _training(info, train_cfg) + figure(
                  figures_dir, "loss", loss_curve_spec(info.history), "train and validation loss"),
@@ -46,7 +52,7 @@ def model_card(model: GPT, info: CheckpointInfo, architecture: str | None, reaso
                  figures_dir, "held_out_bits_per_byte", documents_spec(metrics["eval"].get("documents") or []),
                  "held-out bits per byte of each document"),
              "## Samples\n", _samples(samples),
-             "## How to use\n", _usage(architecture, folder)]
+             "## How to use\n", _usage(architecture, folder, gguf, cfg.block_size)]
     return with_front_matter("\n".join(parts), card_data(architecture, metrics["eval"], sources))
 
 
@@ -57,20 +63,25 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _architecture(cfg, architecture, reason, max_diff, params, model) -> str:
+def _architecture(cfg, architecture, reason, max_diff, params, model, transformers, gguf) -> str:
     rows = [("layers", cfg.n_layer), ("heads", cfg.n_head), ("embedding width", cfg.n_embd),
             ("context (tokens)", cfg.block_size), ("vocabulary", model.vocab_size),
             ("positions", cfg.pos_embedding), ("norm", cfg.norm), ("QK-norm", cfg.qk_norm), ("MLP", cfg.mlp),
             ("biases", cfg.bias), ("tied embedding/head", cfg.tie_embeddings),
             ("parameters", f"{params:,} ({model.num_params():,} non-embedding)")]
     table = "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
-    if architecture is None:
+    if not transformers:
+        note = ""
+    elif architecture is None:
         note = (f"No transformers architecture computes this model exactly ({reason}). model.safetensors "
                 "holds gothic's own tensor names and config.json its model config; load it with gothic.\n")
     else:
         checked = (f" Checked at export: the largest logit difference from gothic on random prompts was "
                    f"{max_diff:.1e}." if max_diff is not None else "")
         note = f"transformers loads it as `{architecture}`, computing exactly what gothic does.{checked}\n"
+    if gguf is not None:
+        note += (f"{'' if not note else chr(10)}`{gguf.filename}` ({gguf.size}, {gguf.weight_type} weights) is the "
+                 f"same model for llama.cpp, as its `{gguf.architecture}` architecture.\n")
     return table + "\n" + note
 
 
@@ -127,20 +138,39 @@ def _samples(samples: Path | None) -> str:
     return "\n".join("##" + line if line.startswith("#") else line for line in lines).strip() + "\n"
 
 
-def _usage(architecture: str | None, folder: str) -> str:
-    gguf = ("To run it with llama.cpp, convert this folder with llama.cpp's own converter: "
-            f"`python convert_hf_to_gguf.py {folder} --outfile gothic.gguf` (for the architectures it supports).\n")
-    gothic = ("With gothic, the checkpoint itself is enough: `gothic-generate --checkpoint models/best.pt "
-              "--prompt \"The night was\"` (it carries its tokenizer).\n")
-    if architecture is None:
-        return gothic
-    return (f"""```python
+def _usage(architecture: str | None, folder: str, gguf, block_size: int) -> str:
+    parts = []
+    if architecture is not None:
+        parts.append(f"""```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok, model = AutoTokenizer.from_pretrained("{folder}"), AutoModelForCausalLM.from_pretrained("{folder}")
 print(tok.decode(model.generate(**tok("The night was", return_tensors="pt"), max_new_tokens=60)[0]))
 ```
+""")
+    if gguf is not None:
+        parts.append(f"""With llama.cpp, through its Python binding (`pip install llama-cpp-python`):
 
-""" + gothic + "\n" + gguf)
+```python
+from llama_cpp import Llama
+llm = Llama("{folder}/{gguf.filename}", n_ctx={block_size}, verbose=False)
+print(llm("The night was", max_tokens={min(60, block_size // 2)})["choices"][0]["text"])
+```
+
+With Ollama, from the folder's Modelfile (params.yaml's sampling defaults, stops at `<|endoftext|>`):
+
+```bash
+ollama create mybooks -f {folder}/Modelfile
+ollama run mybooks "The night was"
+```
+
+LM Studio and text-generation-webui open `{gguf.filename}` as it is. {LLAMA_CPP_SPEED}
+""")
+    else:
+        parts.append("For llama.cpp, Ollama or LM Studio, `gothic-export --format gguf` writes the model as one GGUF "
+                     "file and an Ollama Modelfile (where llama.cpp computes this architecture).\n")
+    parts.append("With gothic, the checkpoint itself is enough: `gothic-generate --checkpoint models/best.pt "
+                 "--prompt \"The night was\"` (it carries its tokenizer).\n")
+    return "\n".join(parts)
 
 
 # The front matter and the figures: what the Hub reads, and the pictures the card shows.

@@ -120,7 +120,8 @@ def test_export_sampling_defaults_are_params_yaml_sample_section():
     sample = yaml.safe_load(committed_text("params.yaml"))["sample"]
     defaults = SamplingSettings()
     assert {f: sample[f] for f in defaults.__slots__} == {f: getattr(defaults, f) for f in defaults.__slots__}
-    config = generation_config(0, defaults)
+    config = generation_config(0, defaults, block_size=64)
+    assert config["max_length"] == 64
     assert (config["temperature"], config["top_k"], config["top_p"]) == (sample["temperature"], sample["top_k"],
                                                                           sample["top_p"])
 
@@ -142,7 +143,7 @@ def test_model_card_quotes_data_evaluation_and_samples(tmp_path, tiny_tokenizer_
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in (tmp_path / "out").iterdir()), "others must read the files"
     for expected in ("11 documents, 123,456 bytes", "1 documents, 7,890 bytes", "0.987654", "bits per byte",
                      "The night was dark and full of dread.", "public domain", "GPT2LMHeadModel",
-                     "AutoModelForCausalLM.from_pretrained(\"out\")", "convert_hf_to_gguf.py",
+                     "AutoModelForCausalLM.from_pretrained(\"out\")", "gothic-export --format gguf",
                      f"{model.num_params(non_embedding=False):,}"):
         assert expected in card, expected
 
@@ -188,3 +189,23 @@ def test_older_checkpoint_exports_with_its_tokenizer_given(tmp_path, tiny_tokeni
     result = export_checkpoint(ckpt, tmp_path / "out", tokenizer_path=tiny_tokenizer_path)
     assert result.architecture == "GPT2LMHeadModel"
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == tiny_tokenizer_path.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_pipeline_text_generation_with_its_defaults_stays_in_the_context(name, tmp_path, tiny_tokenizer_path,
+                                                                         tiny_tokenizer):
+    """The most common client, as the README calls it: pipeline("text-generation") with no arguments
+    would ask for 256 new tokens; the export's generation config stops at the context window."""
+    from transformers import pipeline
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    switches, _ = CASES[name]
+    model = random_model(300, **switches)  # block_size 64
+    export_checkpoint(save_with_tokenizer(tmp_path / "best.pt", model, tiny_tokenizer_path), tmp_path / "export")
+    generator = pipeline("text-generation", model=str(tmp_path / "export"))
+    ids = generator("The night was", return_tensors=True)[0]["generated_token_ids"]
+    eot = tiny_tokenizer.token_to_id("<|endoftext|>")
+    assert len(ids) == model.cfg.block_size or ids[-1] == eot, len(ids)  # the whole context, unless it ended at EOT
+    assert len(ids) <= model.cfg.block_size
