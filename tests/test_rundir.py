@@ -130,8 +130,11 @@ def test_a_busy_run_folder_is_refused_with_one_line(train_bins, tiny_tokenizer_p
 def test_training_imports_on_a_platform_without_fcntl(monkeypatch):
     """Windows has no fcntl: gothic.train (and the lock it takes) must import there all the same."""
     monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` now raises ImportError, as on Windows
-    for name in ("gothic.rundir", "gothic.train"):
-        monkeypatch.delitem(sys.modules, name)
+    import gothic
+
+    for name in ("rundir", "train"):  # the package's attributes too, so later tests see the modules they had
+        monkeypatch.delitem(sys.modules, f"gothic.{name}")
+        monkeypatch.delattr(gothic, name)
     with pytest.raises(ImportError):
         import fcntl  # noqa: F401
     train_module = importlib.import_module("gothic.train")

@@ -436,23 +436,22 @@ def test_stage_publishes_nothing_when_params_yaml_changed_while_it_trained(train
     """`dvc exp apply` (or a second `dvc exp run -S`) rewrote params.yaml mid-run: DVC would record these
     weights under params they were not trained with, so the stage publishes nothing and says how to
     recover; with the params restored, the same command publishes the complete run without training."""
-    import gothic.train as train_module
-
     write_params(tmp_path / "params.yaml", max_iters=4)
     monkeypatch.chdir(tmp_path)
-    session = train_module.train_session
+    stage = runpy.run_path(str(ROOT / "stages" / "train.py"))
+    loop = stage["train"].__globals__  # the gothic.train the stage calls (a test may have re-imported it)
+    session = loop["train_session"]
 
     def apply_another_experiment(run, hooks):
         write_params(tmp_path / "params.yaml", max_iters=4, seed=3)
         session(run, hooks)
-    monkeypatch.setattr(train_module, "train_session", apply_another_experiment)
-    stage = runpy.run_path(str(ROOT / "stages" / "train.py"))
+    monkeypatch.setitem(loop, "train_session", apply_another_experiment)
     args = (str(train_bins), str(tiny_tokenizer_path), "checkpoints", "models", "metrics/train.json",
             "metrics/train_plots")
     with pytest.raises(GothicError, match=r"params.yaml changed while this run trained \(train.seed 7 -> 3\)"):
         stage["main"](*args)
     assert not (tmp_path / "models").exists() and (tmp_path / "checkpoints" / "final.pt").is_file()
-    monkeypatch.setattr(train_module, "train_session", session)
+    monkeypatch.setitem(loop, "train_session", session)
     write_params(tmp_path / "params.yaml", max_iters=4)
     trained = sha256_file(tmp_path / "checkpoints" / "final.pt")
     stage["main"](*args)
