@@ -199,6 +199,7 @@ class ExportResult:
     max_logit_diff: float | None  # None: transformers is not installed (or not written), so it was not checked
     gguf: GGUFInfo | None = None
     transformers: bool = True  # whether the safetensors folder was written
+    gguf_skipped: str = ""  # why no GGUF was written where one was wanted only if llama.cpp computes the model
 
     def summary(self) -> str:
         """The one line that says what was written and whether transformers (and llama.cpp) compute the same
@@ -214,7 +215,8 @@ class ExportResult:
             checked = ("not checked: transformers is not installed" if self.max_logit_diff is None
                        else f"logits match gothic's to {self.max_logit_diff:.1e}")
             line = f"wrote {self.out_dir}/ as transformers' {self.architecture} ({checked})"
-        return line + (f"; and {as_gguf}" if gguf else "")
+        skipped = f"; no GGUF: {self.gguf_skipped}" if self.gguf_skipped else ""
+        return line + (f"; and {as_gguf}" if gguf else "") + skipped
 
 
 @dataclass
@@ -231,7 +233,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
                       samples: str | Path | None = None, tokenizer_path: str | Path | None = None,
                       sampling: SamplingSettings | None = None, sources: list[str] | None = None,
                       verify: bool = True, formats: tuple[str, ...] = ("transformers",),
-                      gguf_type: str = "f16") -> ExportResult:
+                      gguf_type: str = "f16", gguf_if_possible: bool = False) -> ExportResult:
     """Write the export folder for a checkpoint; with verify (and transformers installed), load it
     back with transformers and measure the largest logit difference from gothic's.
 
@@ -247,6 +249,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         formats: "transformers" (the safetensors folder) and/or "gguf" (one .gguf file for llama.cpp
             and an Ollama Modelfile).
         gguf_type: the GGUF's weight type, one of config.GGUF_TYPES.
+        gguf_if_possible: with formats holding transformers too, a model llama.cpp cannot compute
+            gets no GGUF and a note in the summary instead of a refusal (the export stage: a model
+            any switches train must not fail the pipeline at its last stage).
     """
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or not formats:
@@ -263,12 +268,15 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
     tokenizer, tokenizer_json = resolve_tokenizer(checkpoint, info, tokenizer_path)
     eot = tokenizer.token_to_id(EOT)
     hf = to_hf(model, eot)
-    gguf = None
+    gguf, gguf_skipped = None, ""
     if "gguf" in formats:  # refused before anything is written
         arch, why = gguf_architecture(model.cfg)
-        if arch is None:
+        if arch is None and not (gguf_if_possible and "transformers" in formats):
             raise GothicError(f"cannot export GGUF: {why}")
-        gguf = GGUFInfo(gguf_filename(gguf_type), arch, gguf_type)
+        if arch is None:
+            gguf_skipped = why
+        else:
+            gguf = GGUFInfo(gguf_filename(gguf_type), arch, gguf_type)
     # built in a temporary folder beside out_dir, then swapped in: never a half-written export
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +319,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(out_dir, hf.architecture, hf.reason, diff, gguf, "transformers" in formats)
+    return ExportResult(out_dir, hf.architecture, hf.reason, diff, gguf, "transformers" in formats, gguf_skipped)
 
 
 def check_replaceable(out_dir: Path) -> None:

@@ -17,7 +17,8 @@ def main(checkpoint_path: str, metrics_dir: str, samples_path: str, out_dir: str
     params = load_params("params.yaml")
     result = export_checkpoint(checkpoint_path, out_dir, metrics_dir=metrics_dir, samples=samples_path,
                                sampling=params.sample, sources=list(params.prepare.sources),
-                               formats=tuple(params.export.formats), gguf_type=params.export.gguf_type)
+                               formats=tuple(params.export.formats), gguf_type=params.export.gguf_type,
+                               gguf_if_possible=True)
     if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
         raise GothicError(f"the exported model's logits differ from gothic's by {result.max_logit_diff:.1e}")
     print(f"export: {result.summary()}")

@@ -94,6 +94,21 @@ def test_what_llama_cpp_cannot_compute_is_refused_naming_switches_that_export(na
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["best.pt"]
 
 
+
+def test_the_export_stage_writes_no_gguf_for_a_model_llama_cpp_cannot_compute_and_says_why(tmp_path,
+                                                                                          tiny_tokenizer_path):
+    """The stage asks for GGUF only where llama.cpp computes the model (gguf_if_possible): switches that
+    train well but have no llama.cpp graph must not fail `dvc exp run` at its last stage."""
+    switches, hint = REFUSED["rope + GELU"]
+    ckpt = save_tiny_checkpoint(tmp_path / "best.pt", tiny_gpt(300, **switches), tiny_tokenizer_path,
+                                carry_tokenizer=True)
+    result = export_checkpoint(ckpt, tmp_path / "out", formats=("transformers", "gguf"), gguf_if_possible=True,
+                               verify=False)
+    assert result.gguf is None and hint in result.gguf_skipped and "no GGUF: " in result.summary()
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not list((tmp_path / "out").glob("*.gguf"))
+    with pytest.raises(GothicError, match="cannot export GGUF"):  # asked for GGUF alone: a refusal, as before
+        export_checkpoint(ckpt, tmp_path / "out2", formats=("gguf",), gguf_if_possible=True)
+
 def test_the_file_declares_gpt2_byte_level_bpe_with_our_merges(tmp_path, tiny_tokenizer_path, tiny_tokenizer):
     import json
 
