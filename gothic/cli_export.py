@@ -1,4 +1,4 @@
-"""gothic-export: a checkpoint -> a folder that transformers loads, with a model card (gothic.export)."""
+"""gothic-export: a checkpoint -> a folder that transformers loads and/or a GGUF for llama.cpp, with a model card."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Export a checkpoint as a folder that Hugging Face transformers loads, with a model card.
+"""Export a checkpoint as a folder that Hugging Face transformers loads and/or a GGUF for llama.cpp, with a model card.
 
     export_checkpoint("models/best.pt", "export", metrics_dir="metrics", samples="samples/samples.md")
 
