@@ -184,6 +184,9 @@ class RunDirLock:
             return "?"
 
     def __enter__(self) -> RunDirLock:
+        if self.path.is_symlink():  # opening it would truncate and write the link's target, wherever it is
+            raise GothicError(f"{self.path}: is a symbolic link, and a run folder's lock is a plain file; remove the "
+                              "link and run again")
         try:
             self._lock.acquire()
         except Timeout:

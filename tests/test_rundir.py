@@ -236,3 +236,17 @@ def test_a_read_only_publish_folder_is_found_before_any_step(train_bins, tiny_to
     with pytest.raises(GothicError, match="cannot write checkpoints to .*models: Read-only file system"):
         run(train_bins, tiny_tokenizer_path, tmp_path / "ckpt", models, on_step=steps.append)
     assert steps == []
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
+def test_a_planted_link_at_the_lock_is_refused_and_its_target_untouched(train_bins, tiny_tokenizer_path, tmp_path,
+                                                                       dangling):
+    """A link at checkpoints/.lock would make training truncate its target and write a pid there."""
+    work, target = tmp_path / "ckpt", tmp_path / "outside.txt"
+    work.mkdir()
+    if not dangling:
+        target.write_text("precious\n", encoding="utf-8")
+    (work / ".lock").symlink_to(target)
+    with pytest.raises(GothicError, match=r"\.lock: is a symbolic link, and a run folder's lock is a plain file"):
+        run(train_bins, tiny_tokenizer_path, work)
+    assert (target.read_text(encoding="utf-8") == "precious\n") if not dangling else not target.exists()
