@@ -15,6 +15,7 @@ replaced together at the end, or not at all.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import random
@@ -279,7 +280,12 @@ def prepare(cfg: PrepareConfig, raw_dir: Path, out_dir: Path, warn: Callable[[st
     with atomic_paths(out_dir / "train.txt", out_dir / "val.txt", out_dir / "documents.json") as tmps:
         with open(tmps[0], "wb") as train_out, open(tmps[1], "wb") as val_out:
             jobs = [(s, cfg.encoding_fallback) for s in sources]
+            seen: dict[bytes, str] = {}  # the cleaned text's hash -> the first document holding it
             for source, (data, words) in zip(sources, ordered_map(_cleaned, jobs, total), strict=True):
+                first = seen.setdefault(hashlib.sha256(data).digest(), source.name)
+                if first != source.name:  # two copies may land on both sides: held-out text seen in training
+                    raise GothicError(f"{first} and {source.name} hold the same text; remove one of them (a copy "
+                                      "on each side of the split would score the model on text it trained on)")
                 split = "val" if source.name in held_out else "train"
                 out = val_out if split == "val" else train_out
                 if stats[split]["documents"]:

@@ -29,6 +29,7 @@ from gothic.config import to_dict
 from conftest import (
     GENERATION_TEXT,
     ROOT,
+    TINY_TEXT,
     committed_text,
     save_tiny_checkpoint,
     tiny_gpt,
@@ -151,6 +152,10 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
         (root / f"raw_{name}" / "book.txt").write_text(GENERATION_TEXT * 20, encoding="utf-8")
     (root / "raw_nul_late" / "odd.txt").write_bytes(GENERATION_TEXT.encode() * 400 + b"\x00binary")
     (root / "raw_device" / "zero.txt").symlink_to("/dev/zero")
+    (root / "raw_twins").mkdir()
+    for name in ("Book.txt", "book.txt", "other.txt"):  # names that differ in case only, the same text
+        (root / "raw_twins" / name).write_text((GENERATION_TEXT if name != "other.txt" else TINY_TEXT) * 20,
+                                               encoding="utf-8")
     with open(root / "raw_sparse" / "huge.txt", "wb") as f:
         f.truncate(3 << 30)  # 3 GB of nothing: a sparse file, no disk used
     (root / "a_file").write_text("in the way\n", encoding="utf-8")
@@ -335,6 +340,8 @@ CASES = [
          "zero.txt: not a regular file (a device or a pipe?)", subprocess=True),
     case("prepare-sparse-3gb", "gothic-prepare --raw-dir raw_sparse --sources raw --out-dir p3",
          "huge.txt: larger than 1 GiB", subprocess=True),
+    case("prepare-duplicate-documents", "gothic-prepare --raw-dir raw_twins --sources raw --out-dir p4",
+         "raw/Book.txt and raw/book.txt hold the same text; remove one of them", subprocess=True),
     case("prepare-into-raw", "gothic-prepare --raw-dir raw_device --sources raw --out-dir raw_device/out",
          "is inside raw_device/, so the next run would read its own output", subprocess=True),
     case("tok-files-folder", "gothic-tokenize --files bin --output t.json", "bin"),
