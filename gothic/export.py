@@ -27,6 +27,7 @@ safetensors is the `export` extra; transformers (same extra) is needed only to v
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -229,6 +230,22 @@ class GGUFInfo:
     size: str = ""
 
 
+def swap_in(new: Path, out_dir: Path) -> None:
+    """Put the folder `new` at out_dir. An earlier export is moved aside first and deleted only once the
+    new one is in place, so a folder that cannot be replaced (a mount point: EBUSY) loses nothing."""
+    if not out_dir.is_dir():
+        new.rename(out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old.tmp")  # .dvcignore's pattern: DVC never tracks it
+    out_dir.rename(old)
+    try:
+        new.rename(out_dir)
+    except OSError:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_dir: str | Path | None = None,
                       samples: str | Path | None = None, tokenizer_path: str | Path | None = None,
                       sampling: SamplingSettings | None = None, sources: list[str] | None = None,
@@ -312,9 +329,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         for path in tmp.iterdir():
             path.chmod(0o644)
         check_replaceable(out_dir)  # again: the folder may have changed while the export was written
-        if out_dir.is_dir():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        swap_in(tmp, out_dir)
     except OSError as e:  # a full disk, a read-only folder: nothing half-written is left
         raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
     finally:

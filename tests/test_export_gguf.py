@@ -217,6 +217,29 @@ def test_a_full_disk_while_writing_leaves_no_partial_file_and_the_old_export(tmp
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
+
+def test_an_export_folder_that_cannot_be_replaced_loses_nothing(tmp_path, tiny_tokenizer_path, capsys, monkeypatch):
+    """export/ as a mount point: renaming it fails (EBUSY), so the earlier export must not have been
+    deleted first, and nothing half-written may stay beside it."""
+    from pathlib import Path as PathType
+
+    ckpt = save_tiny_checkpoint(tmp_path / "best.pt", random_model(300), tiny_tokenizer_path, carry_tokenizer=True)
+    args = ["--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "out"), "--format", "gguf"]
+    assert run_cli(args, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    rename = PathType.rename
+
+    def mount_point(self, target):
+        if self == tmp_path / "out":
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return rename(self, target)
+
+    monkeypatch.setattr(PathType, "rename", mount_point)
+    code, err = run_cli(args + ["--gguf-type", "q8_0"], capsys)
+    assert code != 0 and err == f"gothic-export: error: cannot write {tmp_path / 'out'}: Device or resource busy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "out"], "a temporary folder was left behind"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
 # --- a real llama.cpp (slow: llama-cpp-python, built from source by make setup) -------------------------------
 
 @pytest.fixture(scope="module")
