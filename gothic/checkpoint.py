@@ -66,7 +66,7 @@ def _schedule_end(ckpt: dict) -> int:
     """A file from before `horizon` was saved was heading for the max_iters it was trained with."""
     train = ckpt.get("train_config")
     max_iters = train.get("max_iters") if isinstance(train, dict) else None
-    return max_iters if isinstance(max_iters, int) and not isinstance(max_iters, bool) else ckpt["step"]
+    return max_iters if _is_int(max_iters) else ckpt["step"]
 
 
 Number = int | float
@@ -191,12 +191,11 @@ class RunState:
 
     @classmethod
     def from_dict(cls, path: Path, info: CheckpointInfo, ckpt: dict) -> RunState:
-        """The saved progress (info: the checked plain values of ckpt), its resume-only values checked
-        here; history rows past the saved step (logged after it) are dropped. lr_segment and
+        """The saved progress (info: the checked plain values of ckpt), the rows of its history and its
+        resume-only values checked here; history rows past the saved step (logged after it) are dropped. lr_segment and
         log_window came after format 2 and may be absent."""
         step = info.step
-        lr_segment, log_window = ckpt.get("lr_segment"), ckpt.get("log_window") or (0.0, 0)
-        history = ckpt["history"]
+        lr_segment, log_window, history = ckpt.get("lr_segment"), ckpt.get("log_window") or (0.0, 0), info.history
         if lr_segment is not None and not _is_pair(lr_segment, int, Number):
             raise _damaged(path, "lr_segment", "a (step, learning rate) pair")
         if not _is_pair(log_window, Number, int):
