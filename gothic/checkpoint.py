@@ -308,6 +308,19 @@ def check_same_tokenizer(trained: TokenizerIdentity, trained_name: str | Path, o
                           f"trained with (sha256 {trained.sha256[:12]}): {remedy}")
 
 
+def weights_sha256(state: dict) -> str:
+    """A checksum of a state_dict's tensors (names, dtypes, shapes and bytes, in name order): what a
+    checkpoint records of its weights, so a flipped bit fails the load instead of changing the model,
+    and what names a fine-tune's base in its run key whatever file it came in (gothic.base)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def config_digest(model_config: dict) -> str:
     """A checksum of the model config as saved. Not every field shows in a weight's shape (n_head
     does not, without QK-norm), so an edited field would otherwise load silently into a wrong model."""
@@ -320,6 +333,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     state = {"format_version": FORMAT_VERSION, **state}
     if isinstance(state.get("model_config"), dict):
         state["model_config_sha256"] = config_digest(state["model_config"])
+    if isinstance(state.get("model"), dict):
+        state["weights_sha256"] = weights_sha256(state["model"])
     with atomic_path(path) as tmp:  # turns OSErrors (ENOSPC, EROFS, ...) into one line, removes tmp
         try:
             torch.save(state, tmp)
@@ -361,7 +376,12 @@ def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, C
                               "(only tensors and plain values are allowed); not a gothic checkpoint") from None
         raise GothicError(f"{path}: cannot be read ({_load_error_detail(e)}); the file is truncated or not a "
                           "checkpoint") from None
-    return ckpt, _check_contents(path, ckpt)
+    info = _check_contents(path, ckpt)
+    recorded = ckpt.get("weights_sha256")  # absent in files written before it was added
+    if isinstance(ckpt.get("model"), dict) and recorded is not None and recorded != weights_sha256(ckpt["model"]):
+        raise GothicError(f"{path}: the weights do not match the checksum recorded with them; the file is damaged "
+                          "(a flipped bit, a bad copy): use another copy or an earlier checkpoint")
+    return ckpt, info
 
 
 def _quiet_load(path: Path, **kwargs):

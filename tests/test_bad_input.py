@@ -54,11 +54,12 @@ class Evil:
 
 
 def tampered(source: Path, target: Path, keep_digest: bool = False, **changes) -> Path:
-    """A copy of a checkpoint with some top-level or model_config values changed; without its config
-    checksum (as files before it had), unless keep_digest, so the checks behind that one are tried too."""
+    """A copy of a checkpoint with some top-level or model_config values changed; without its config and
+    weights checksums (as files before them had), unless keep_digest, so the checks behind those are tried too."""
     ckpt = torch.load(source, weights_only=True)
     if not keep_digest:
         ckpt.pop("model_config_sha256", None)
+        ckpt.pop("weights_sha256", None)
     for key, value in changes.items():
         if key.startswith("cfg_"):
             ckpt["model_config"][key[4:]] = value
@@ -120,7 +121,12 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     tampered(root / "resume_str" / "latest.pt", root / "resume_str" / "latest.pt", model_config="oops")
     nan = torch.load(best, weights_only=True)
     nan["model"]["wte.weight"][0, 0] = float("nan")
+    del nan["weights_sha256"]  # as a file from before the checksum: the NaN check behind it must hold too
     torch.save(nan, bad / "nan.pt")
+    # one flipped bit in the bytes of a weight, the file otherwise intact
+    data, weight = best.read_bytes(), nan["model"]["wte.weight"][1].numpy().tobytes()
+    at = data.index(weight) + 2
+    (bad / "flipped.pt").write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:])
     # latest.pt with one piece of what only resuming reads damaged, each in a models/ copy of its own
     latest = torch.load(root / "models" / "latest.pt", weights_only=True)
     moment_shape = {**latest["optimizer"][0], "state": {**latest["optimizer"][0]["state"],
@@ -294,6 +300,9 @@ CASES = [
     case("ckpt-n-head-qk-norm", f"{GEN} --checkpoint bad/qk_nhead.pt",
          "_norm.weight: (8,) in the file, (16,) expected"),
     case("ckpt-nan-weights", f"{GEN} --checkpoint bad/nan.pt", "bad/nan.pt: the weights hold NaN or infinite values"),
+    case("ckpt-flipped-bit", f"{GEN} --checkpoint bad/flipped.pt", "bad/flipped.pt: the weights do not match the "
+         "checksum"),
+    case("evaluate-flipped-bit", "stages/evaluate.py bad/flipped.pt bin eval.json", "do not match the checksum"),
     case("chat-nan-weights", "gothic-chat --checkpoint bad/nan.pt --tokenizer tok.json", "hold NaN or infinite"),
     case("export-nan-weights", "gothic-export --checkpoint bad/nan.pt --out-dir nan_export", "hold NaN or infinite",
          subprocess=True),
