@@ -53,7 +53,7 @@ def main() -> None:
         try:
             from safetensors.torch import save_file
 
-            from gothic.export import to_hf
+            from gothic.hf_mapping import to_hf
 
             save_file(to_hf(model, 0).tensors, str(Path(tmp) / "model.safetensors"))
             sizes["export/model.safetensors"] = (Path(tmp) / "model.safetensors").stat().st_size

@@ -261,7 +261,7 @@ class TrainingCheckpoint:
     def load_resumable(cls, path: Path) -> TrainingCheckpoint:
         """A checkpoint to continue training from (latest.pt); one without the state resuming needs
         (best.pt, final.pt, an older file) is a GothicError that says so."""
-        ckpt, info = _read(Path(path))
+        ckpt, info = read_checkpoint(Path(path))
         missing = [key for key in RESUME_KEYS if key not in ckpt]
         if missing:
             raise GothicError(f"{path}: holds no training state ({', '.join(missing)}), so it cannot be resumed; "
@@ -359,10 +359,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises GothicError, naming the file, when it is missing, truncated, not a gothic checkpoint,
     written by a newer gothic, or holds objects that would run code when unpickled.
     """
-    return _read(Path(path), map_location)[0]
+    return read_checkpoint(Path(path), map_location)[0]
 
 
-def _read(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, CheckpointInfo]:
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, CheckpointInfo]:
     """load_checkpoint's work: the loaded dict, and its checked plain values."""
     if path.is_dir():
         raise GothicError(f"{path}: is a folder; pass a checkpoint file such as models/best.pt")
@@ -399,7 +399,7 @@ def read_info(path: str | Path) -> CheckpointInfo:
     try:
         ckpt = _quiet_load(path, map_location="cpu", mmap=True)
     except LOAD_ERRORS:
-        return _read(path)[1]  # the full load gives the precise error (or, for the legacy format, the data)
+        return read_checkpoint(path)[1]  # the full load gives the precise error (or, for the legacy format, the data)
     return _check_contents(path, ckpt)
 
 
@@ -575,7 +575,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
-    ckpt, info = _read(path)
+    ckpt, info = read_checkpoint(path)
     cfg = model_config_from(path, ckpt)
     check_weights_fit(path, cfg, ckpt["vocab_size"], ckpt["model"])
     model = GPT(cfg, ckpt["vocab_size"])

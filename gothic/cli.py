@@ -167,10 +167,14 @@ def train_main(argv: list[str] | None = None) -> None:
                         help="training text in --data-dir, encoded once into OUT_DIR/bins; or a .bin of the "
                              "binarize stage, e.g. --data-dir data/bin --train-file train.bin")
     parser.add_argument("--val-file", default="val.txt", help="validation text (or .bin) in --data-dir")
-    parser.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer.json"),
-                        help="tokenizer the bins were built with")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="tokenizer the bins were built with (default: data/tokenizer.json; with --init-from "
+                             "the base's own, written to OUT_DIR/tokenizer.json)")
     parser.add_argument("--out-dir", type=Path, default=Path("checkpoints"),
                         help="checkpoints (best.pt, latest.pt, final.pt) and logs/ for TensorBoard")
+    parser.add_argument("--init-from", default=None, metavar="PATH",
+                        help="fine-tune this model (a gothic checkpoint or an export folder): its weights, shape and "
+                             "tokenizer, a fresh optimizer (default: train.init_from; built-in '' = from scratch)")
     _add_params_flags(parser)
     shorthands = {  # flag dest -> (params key, what it sets)
         "max_iters": ("train.max_iters", "total optimizer steps"),
@@ -193,7 +197,7 @@ def train_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     flag_values = {**{key: getattr(args, dest) for dest, (key, _) in shorthands.items()},
-                   "train.resume": args.resume, "train.compile": args.compile}
+                   "train.resume": args.resume, "train.compile": args.compile, "train.init_from": args.init_from}
     flag_values = {key: value for key, value in flag_values.items() if value is not None}
     is_rank0 = os.environ.get("RANK", "0") == "0"
 
@@ -206,13 +210,15 @@ def train_main(argv: list[str] | None = None) -> None:
         from gothic.data import bins_for
         from gothic.train import train  # torch: only once the params are known to be good
 
-        bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, args.tokenizer,
+        tokenizer = args.tokenizer or (base_tokenizer(params.train.init_from, args.out_dir)
+                                       if params.train.init_from else Path("data/tokenizer.json"))
+        bin_dir, train_file, val_file = bins_for(args.data_dir, args.train_file, args.val_file, tokenizer,
                                                  args.out_dir / "bins")
         from gothic.progress import step_display
         from gothic.runlog import TrainHooks
 
         with step_display("train", show=None if is_rank0 else False) as (log, progress):
-            result = train(params.model, params.train, bin_dir, args.tokenizer, args.out_dir,
+            result = train(params.model, params.train, bin_dir, tokenizer, args.out_dir,
                            train_file=train_file, val_file=val_file, hooks=TrainHooks(log, progress))
         if result.rank == 0:
             if args.metrics:
@@ -222,6 +228,18 @@ def train_main(argv: list[str] | None = None) -> None:
                   f"checkpoints in {args.out_dir}")
 
     run_main(run, "gothic-train")
+
+
+def base_tokenizer(init_from: str, out_dir: Path) -> Path:
+    """gothic-train --init-from without --tokenizer: the base's tokenizer, written into the run folder
+    (atomically: under torchrun every rank writes the same bytes), so the texts are encoded with the ids
+    its weights know."""
+    from gothic.base import load_base, write_base_tokenizer
+
+    path = out_dir / "tokenizer.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_base_tokenizer(load_base(init_from), path)
+    return path
 
 
 # Sampling flags: SamplingSettings field -> (flag, help). Each flag's dest is its field and its

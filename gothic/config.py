@@ -212,6 +212,10 @@ class TrainConfig:
     resume: bool | str = "auto"
     """'auto': continue this very run from the run folder's latest.pt if it was stopped (same result as
     never stopping); true: also continue it to a new max_iters; false: always start fresh (gothic.rundir)."""
+    init_from: str = ""
+    """'' trains from random weights; a gothic checkpoint (best.pt, final.pt, latest.pt) or an export
+    folder fine-tunes it: its weights, model shape and tokenizer, with a fresh optimizer and this
+    section's schedule (gothic.base). The pipeline reads it from data/base/, which DVC tracks."""
 
     def check(self) -> list[str]:
         errors = []
@@ -255,6 +259,10 @@ class EvaluateConfig:
     held-out split costs minutes, not hours. Below the cap every token is scored."""
     device: str = "auto"
     """Where to score: 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    extra: list[str] = field(default_factory=list)
+    """More held-out sets, each a text file or a folder of .txt/.md files (cleaned as prepare cleans
+    books), scored like val and reported under `extra` in metrics/eval.json: after a fine-tune, the
+    base corpus's text shows what the new books cost it. The pipeline reads them from data/heldout/."""
 
     def check(self) -> list[str]:
         errors = []

@@ -186,8 +186,9 @@ class TrainingData:
     """The tokenizer.json text; every checkpoint carries it, so a model needs no other file."""
 
 
-def _load_tokens(bin_dir: Path, file_name: str, split: str, meta: dict, block_size: int) -> np.ndarray:
-    """Memory-map one split; a split too short for a single window is a GothicError."""
+def _load_tokens(bin_dir: Path, file_name: str, split: str, meta: dict, block_size: int,
+                 remedy: str = "lower model.block_size or add text") -> np.ndarray:
+    """Memory-map one split; a split too short for a single window is a GothicError saying `remedy`."""
     if file_name == f"{split}.bin":
         data = load_split(bin_dir, split, meta)
     else:  # a differently named file: meta.json cannot vouch for its length
@@ -197,13 +198,15 @@ def _load_tokens(bin_dir: Path, file_name: str, split: str, meta: dict, block_si
         data = memmap_tokens(path, meta["dtype"])
     if data.size <= block_size:
         raise GothicError(f"{bin_dir / file_name}: {data.size} tokens cannot fill one window of "
-                          f"model.block_size={block_size} (+1 target); lower model.block_size or add text")
+                          f"model.block_size={block_size} (+1 target); {remedy}")
     return data
 
 
 def load_training_data(bin_dir: Path, tokenizer_path: Path, block_size: int, train_file: str = "train.bin",
-                       val_file: str = "val.bin") -> TrainingData:
-    """Open the bins and check they were built with this tokenizer."""
+                       val_file: str = "val.bin", too_short: str = "lower model.block_size or add text"
+                       ) -> TrainingData:
+    """Open the bins and check they were built with this tokenizer (too_short: what to do about a split
+    shorter than one window)."""
     meta = load_meta(bin_dir)
     if not Path(tokenizer_path).is_file():
         raise GothicError(f"{tokenizer_path}: tokenizer not found (run `dvc repro tokenize` or pass --tokenizer)")
@@ -212,9 +215,9 @@ def load_training_data(bin_dir: Path, tokenizer_path: Path, block_size: int, tra
     if sha != meta.get("tokenizer_sha256"):
         raise GothicError(f"{bin_dir}/meta.json: bins were built with another tokenizer than {tokenizer_path}; "
                           "rebuild them with `dvc repro binarize`")
-    return TrainingData(_load_tokens(bin_dir, train_file, "train", meta, block_size),
-                        _load_tokens(bin_dir, val_file, "val", meta, block_size), int(meta["vocab_size"]), sha,
-                        data_fingerprint(bin_dir / "meta.json"), tokenizer_json)
+    return TrainingData(_load_tokens(bin_dir, train_file, "train", meta, block_size, too_short),
+                        _load_tokens(bin_dir, val_file, "val", meta, block_size, too_short), int(meta["vocab_size"]),
+                        sha, data_fingerprint(bin_dir / "meta.json"), tokenizer_json)
 
 
 def data_fingerprint(meta_path: Path) -> str:

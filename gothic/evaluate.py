@@ -32,12 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gothic.checkpoint import TokenizerIdentity, check_same_tokenizer, load_model
-from gothic.data import load_meta, load_split
+from gothic.checkpoint import TokenizerIdentity, check_same_tokenizer, load_model, resolve_tokenizer
+from gothic.corpus import Source, clean_source, raw_files, shown
+from gothic.data import encode_documents, load_meta, load_split
 from gothic.errors import GothicError
 from gothic.runtime import resolve_device
+from gothic.tokenizer import EOT
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
     from gothic.config import EvaluateConfig
     from gothic.model import GPT
 
@@ -199,6 +203,44 @@ def val_document_names(documents_path: Path | None) -> list[str] | None:
     return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
+def heldout_texts(path: Path) -> list[tuple[str, str]]:
+    """(name, cleaned text) of each document of an extra held-out set: a .txt/.md file or a folder of
+    them, cleaned as prepare cleans books (Gutenberg header and licence, line ends, Unicode)."""
+    if not path.exists():
+        raise GothicError(f"evaluate.extra: {path} does not exist; give a text file or a folder of .txt/.md files")
+    files = raw_files(path) if path.is_dir() else [path]
+    if not files:
+        raise GothicError(f"evaluate.extra: {path}/ holds no .txt or .md files")
+    return [(shown(f), clean_source(Source(f.name, f, builtin=False), "none") or "") for f in files]
+
+
+def evaluate_texts(model: GPT, tok: Tokenizer, texts: list[tuple[str, str]], cfg: EvaluateConfig,
+                   device: torch.device) -> dict:
+    """Score documents as the val split is scored (one stream, <|endoftext|> between documents): the
+    headline figures of `evaluate_tokens`."""
+    eot = tok.token_to_id(EOT)
+    encoded = encode_documents(tok, [text for _, text in texts])
+    documents, start = [], 0
+    for ids, (_, text) in zip(encoded, texts, strict=True):
+        documents.append({"start": start, "tokens": len(ids), "bytes": len(text.encode("utf-8"))})
+        start += len(ids) + 1
+    stream = np.concatenate([np.concatenate([ids, [eot]]) for ids in encoded])[:-1]
+    if len(stream) <= model.cfg.block_size:
+        raise GothicError(f"evaluate.extra: {len(stream)} tokens cannot fill one window of {model.cfg.block_size}; "
+                          "add text to the held-out set")
+    metrics = evaluate_tokens(model, stream, documents, eot, cfg.batch_size, device, None, cfg.max_tokens,
+                              [name for name, _ in texts])
+    return {k: metrics[k] for k in ("bits_per_byte", "val_loss", "perplexity", "eval_tokens")}
+
+
+def extra_texts(entries: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """evaluate.extra's sets by the name metrics/eval.json gives them: a file's stem, a folder's name."""
+    names = [Path(entry).stem if Path(entry).is_file() else Path(entry).name for entry in entries]
+    if len(set(names)) < len(names):
+        raise GothicError(f"evaluate.extra: two sets have the same name ({', '.join(names)}); rename one")
+    return {name: heldout_texts(Path(entry)) for name, entry in zip(names, entries, strict=True)}
+
+
 def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfig,
                         progress_factory: Callable[[int], Progress] | None = None,
                         documents_path: Path | None = None) -> dict:
@@ -220,6 +262,7 @@ def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfi
     check_same_tokenizer(info.tokenizer_identity, checkpoint_path,
                          TokenizerIdentity(int(meta["vocab_size"]), meta["tokenizer_sha256"]), f"the bins in {bin_dir}",
                          "evaluate with the bins and tokenizer the model was trained with")
+    extra = extra_texts(cfg.extra)  # read (and refused) before the long part
     tokens = load_split(bin_dir, "val", meta)
     to_score = sum(e - s for s, e in select_windows(len(tokens), model.cfg.block_size, cfg.max_tokens))
     progress = progress_factory(to_score) if progress_factory else None
@@ -227,4 +270,8 @@ def evaluate_checkpoint(checkpoint_path: Path, bin_dir: Path, cfg: EvaluateConfi
     model = model.float().eval()
     metrics = evaluate_tokens(model, tokens, meta["splits"]["val"]["documents"], int(meta["eot_id"]),
                               cfg.batch_size, device, progress, cfg.max_tokens, val_document_names(documents_path))
-    return {"checkpoint_step": info.step, **metrics}
+    metrics = {"checkpoint_step": info.step, **metrics}
+    if extra:
+        tok = resolve_tokenizer(checkpoint_path, info, None)[0]
+        metrics["extra"] = {name: evaluate_texts(model, tok, docs, cfg, device) for name, docs in extra.items()}
+    return metrics

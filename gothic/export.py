@@ -4,22 +4,9 @@
 
 writes model.safetensors, config.json, generation_config.json, tokenizer.json (+ tokenizer_config.json)
 and README.md; with formats=("gguf",) (or both) model-<type>.gguf and an Ollama Modelfile instead
-(gothic.export_gguf). Every gothic block is a pre-norm transformer block, so each choice of switches is one
-of a few transformers architectures with the same arithmetic, given the right weight names:
-
-| gothic switches                                        | transformers architecture |
-| ------------------------------------------------------ | ------------------------- |
-| learned positions, LayerNorm, GELU or ReLU^2 (seed)    | GPT2LMHeadModel           |
-| rope, RMSNorm, SwiGLU                                  | LlamaForCausalLM          |
-| rope, RMSNorm, QK-norm, SwiGLU, no biases              | Qwen3ForCausalLM          |
-| rope, RMSNorm, GELU or ReLU^2                          | ArceeForCausalLM          |
-| rope, RMSNorm, QK-norm, GELU or ReLU^2, no biases      | ApertusForCausalLM        |
-
-each with a tied or untied head. gothic's rotary layout (rotate the first half of a head against
-the second) is transformers' `rotate_half`, so q and k need no permutation. Biases gothic leaves
-out are written as zeros where the target always has them (GPT-2). Any other combination (learned
-positions with RMSNorm, rope with LayerNorm, ...) has no exact counterpart: the folder then holds
-gothic's own tensor names and config, and `export_checkpoint` says so.
+(gothic.export_gguf). The weights go under the names of the transformers architecture that computes
+the same model (gothic.hf_mapping); a model with no such architecture keeps gothic's own names, and
+`export_checkpoint` says so.
 
 safetensors is the `export` extra; transformers (same extra) is needed only to verify the export.
 """
@@ -30,159 +17,22 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from gothic.checkpoint import load_model, resolve_tokenizer
-from gothic.config import EXPORT_FORMATS, ModelConfig, SamplingSettings, to_dict
+from gothic.config import EXPORT_FORMATS, SamplingSettings
 from gothic.errors import GothicError
 from gothic.export_gguf import EXTRA_HINT, gguf_architecture, gguf_filename
 from gothic.files import write_json, write_text
-from gothic.model import GPT, ROPE_BASE
+from gothic.hf_mapping import to_hf
+from gothic.model import GPT
 from gothic.tokenizer import EOT
 
 TOLERANCE = 1e-4
 """The largest logit difference from gothic that counts as the same model (float32 round-off is ~1e-6)."""
-
-
-@dataclass
-class HFModel:
-    """What an export writes: an architecture's config.json fields and its named tensors."""
-
-    architecture: str | None  # None: no transformers architecture computes this model exactly
-    config: dict
-    tensors: dict[str, Tensor] = field(default_factory=dict)
-    reason: str = ""  # why architecture is None
-
-
-def choose_architecture(cfg: ModelConfig) -> tuple[str | None, str]:
-    """The transformers class that computes exactly what this gothic model does, or (None, why not)."""
-    gated = cfg.mlp == "swiglu"
-    if cfg.pos_embedding == "learned":
-        if cfg.norm == "layernorm" and not cfg.qk_norm and not gated:
-            return "GPT2LMHeadModel", ""
-        return None, ("learned positions exist in transformers only as GPT-2, which has LayerNorm, no QK-norm "
-                      "and an ungated MLP")
-    if cfg.norm != "rmsnorm":
-        return None, "no transformers architecture combines rotary positions with gothic's LayerNorm blocks"
-    if gated:
-        if not cfg.qk_norm:
-            return "LlamaForCausalLM", ""
-        return ("Qwen3ForCausalLM", "") if not cfg.bias else \
-            (None, "Qwen3 (SwiGLU with QK-norm) has no MLP biases; train with model.bias: false")
-    if not cfg.qk_norm:
-        return "ArceeForCausalLM", ""
-    return ("ApertusForCausalLM", "") if not cfg.bias else \
-        (None, "Apertus (an ungated MLP with QK-norm) has no MLP biases; train with model.bias: false")
-
-
-def to_hf(model: GPT, eot: int) -> HFModel:
-    """gothic's weights under the names (and in the shapes) of the chosen architecture."""
-    cfg = model.cfg
-    arch, reason = choose_architecture(cfg)
-    common = {"vocab_size": model.vocab_size, "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
-              "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": "float32", "use_cache": True}
-    if arch is None:
-        state = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
-        return HFModel(None, {"model_type": "gothic", **common, "gothic_model_config": to_dict(cfg)}, state, reason)
-    build = _gpt2 if arch == "GPT2LMHeadModel" else _llama_family
-    config, tensors = build(model, arch)
-    if not cfg.tie_embeddings:
-        tensors["lm_head.weight"] = model.lm_head.weight
-    config = {"architectures": [arch], **config, **common}
-    return HFModel(arch, config, {k: v.detach().contiguous() for k, v in tensors.items()})
-
-
-def _gpt2(model: GPT, arch: str) -> tuple[dict, dict[str, Tensor]]:
-    cfg = model.cfg
-    config = {"model_type": "gpt2", "n_positions": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
-              "n_head": cfg.n_head, "n_inner": 4 * cfg.n_embd,
-              # "gelu" is the exact (erf) GELU that F.gelu computes; GPT-2's own default is the tanh one
-              "activation_function": "gelu" if cfg.mlp == "gelu" else "relu2",
-              "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-    t: dict[str, Tensor] = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.wpe.weight}
-    # GPT-2's Conv1D stores weights as (in, out): the transpose of nn.Linear's
-    for i, block in enumerate(model.blocks):
-        p = f"transformer.h.{i}."
-        for hf_name, module in (("ln_1", block.norm1), ("ln_2", block.norm2)):
-            t |= _norm_tensors(p + hf_name, module)
-        for hf_name, linear in (("attn.c_attn", block.attn.qkv), ("attn.c_proj", block.attn.proj),
-                                ("mlp.c_fc", block.mlp.fc), ("mlp.c_proj", block.mlp.proj)):
-            t[p + hf_name + ".weight"] = linear.weight.t()
-            t[p + hf_name + ".bias"] = _bias(linear)
-    t |= _norm_tensors("transformer.ln_f", model.norm_f)
-    return config, t
-
-
-def _norm_tensors(prefix: str, norm: torch.nn.LayerNorm) -> dict[str, Tensor]:
-    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
-    return {prefix + ".weight": norm.weight, prefix + ".bias": bias}
-
-
-def _bias(linear: torch.nn.Linear) -> Tensor:
-    return linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
-
-
-# per architecture: model_type, the two norms' names, and whether it takes bias flags
-_LLAMA_FAMILY = {
-    "LlamaForCausalLM": ("llama", "input_layernorm", "post_attention_layernorm", True),
-    "Qwen3ForCausalLM": ("qwen3", "input_layernorm", "post_attention_layernorm", False),
-    "ArceeForCausalLM": ("arcee", "input_layernorm", "post_attention_layernorm", True),
-    "ApertusForCausalLM": ("apertus", "attention_layernorm", "feedforward_layernorm", False),
-}
-
-
-def _llama_family(model: GPT, arch: str) -> tuple[dict, dict[str, Tensor]]:
-    cfg = model.cfg
-    model_type, norm1, norm2, takes_bias = _LLAMA_FAMILY[arch]
-    head_size = cfg.n_embd // cfg.n_head
-    fc_out = model.blocks[0].mlp.fc.out_features
-    config = {"model_type": model_type, "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
-              "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": head_size,
-              "intermediate_size": fc_out // 2 if cfg.mlp == "swiglu" else fc_out,
-              "hidden_act": "silu" if cfg.mlp == "swiglu" else cfg.mlp,
-              "max_position_embeddings": cfg.block_size,
-              # torch's RMSNorm with eps=None uses the dtype's machine epsilon
-              "rms_norm_eps": torch.finfo(torch.float32).eps,
-              # rope_parameters is transformers 5's spelling, rope_theta 4.x's
-              "rope_theta": ROPE_BASE, "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
-              "attention_dropout": 0.0}
-    if takes_bias:
-        config |= {"attention_bias": cfg.bias, "mlp_bias": cfg.bias}
-    t: dict[str, Tensor] = {"model.embed_tokens.weight": model.wte.weight, "model.norm.weight": model.norm_f.weight}
-    for i, block in enumerate(model.blocks):
-        p = f"model.layers.{i}."
-        t[p + norm1 + ".weight"] = block.norm1.weight
-        t[p + norm2 + ".weight"] = block.norm2.weight
-        attn, mlp = block.attn, block.mlp
-        # gothic's fused qkv is q, k, v stacked along the output rows, heads contiguous in each
-        for name, w in zip(("q_proj", "k_proj", "v_proj"), attn.qkv.weight.chunk(3), strict=True):
-            t[p + f"self_attn.{name}.weight"] = w
-        if attn.qkv.bias is not None:
-            for name, b in zip(("q_proj", "k_proj", "v_proj"), attn.qkv.bias.chunk(3), strict=True):
-                t[p + f"self_attn.{name}.bias"] = b
-        _linear(t, p + "self_attn.o_proj", attn.proj)
-        if attn.q_norm is not None:
-            t[p + "self_attn.q_norm.weight"] = attn.q_norm.weight
-            t[p + "self_attn.k_norm.weight"] = attn.k_norm.weight
-        if cfg.mlp == "swiglu":  # gothic splits fc's output into (gate, value) halves
-            gate, up = mlp.fc.weight.chunk(2)
-            t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"] = gate, up
-            if mlp.fc.bias is not None:
-                t[p + "mlp.gate_proj.bias"], t[p + "mlp.up_proj.bias"] = mlp.fc.bias.chunk(2)
-        else:
-            _linear(t, p + "mlp.up_proj", mlp.fc)
-        _linear(t, p + "mlp.down_proj", mlp.proj)
-    return config, t
-
-
-def _linear(t: dict[str, Tensor], prefix: str, linear: torch.nn.Linear) -> None:
-    t[prefix + ".weight"] = linear.weight
-    if linear.bias is not None:
-        t[prefix + ".bias"] = linear.bias
 
 
 # --- the folder -------------------------------------------------------------------------------

@@ -169,3 +169,13 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_inside(value: str, folder: Path, param: str, what: str) -> None:
+    """The stages' rule for a path param: it must lie in `folder`, which dvc.yaml lists as the stage's
+    dependency, or DVC would not see the file change. `what` names what the folder holds."""
+    resolved, home = Path(value).resolve(), folder.resolve()
+    if resolved != home and home not in resolved.parents:
+        raise GothicError(f"{param}: {value} is outside {folder}/, the folder DVC tracks for {what}: copy it there "
+                          f"(cp -r {value} {folder}/) or bring it with `dvc import ... -o {folder}/NAME`, then set "
+                          f"{param} to that path")

@@ -44,16 +44,18 @@ from gothic.files import WriteError, atomic_path, remove_stale_temps
 
 # train.* fields that do not change the trajectory: a run may continue with other values of these
 NOT_IN_RUN_KEY = ("max_iters", "eval_interval", "eval_iters", "log_interval", "compile", "device", "resume",
-                  "micro_batch")
+                  "micro_batch", "init_from")  # init_from: a base is known by its weights' hash, not its path
 LOCK_NAME = ".lock"
 PUBLISHED = ("best.pt", "final.pt", "latest.pt")
 
 
-def run_identity(model_cfg: ModelConfig, train_cfg: TrainConfig, data_fingerprint: str) -> dict:
-    """The settings that define a run's trajectory, as plain values (dropout excepted: it may change)."""
+def run_identity(model_cfg: ModelConfig, train_cfg: TrainConfig, data_fingerprint: str,
+                 base_sha256: str | None = None) -> dict:
+    """The settings that define a run's trajectory, as plain values (dropout excepted: it may change);
+    a fine-tune adds its base's weights hash (gothic.base), a run from scratch has no "base" key."""
     model = {k: v for k, v in to_dict(model_cfg).items() if k != "dropout"}
     train = {k: v for k, v in to_dict(train_cfg).items() if k not in NOT_IN_RUN_KEY}
-    return {"model": model, "train": train, "data": data_fingerprint}
+    return {"model": model, "train": train, "data": data_fingerprint} | ({"base": base_sha256} if base_sha256 else {})
 
 
 def run_key(identity: dict) -> str:
@@ -68,6 +70,8 @@ def describe_difference(saved: dict, wanted: dict) -> str:
         diffs += [f"{section}.{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
     if saved.get("data") != wanted.get("data"):
         diffs.append("the token bins changed")
+    if saved.get("base") != wanted.get("base"):
+        diffs.append("another base (train.init_from)" if wanted.get("base") else "not fine-tuned from its base")
     return "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "") or "an older checkpoint format"
 
 
@@ -107,6 +111,10 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
         return Start("fresh")
     info = found[path]
     if not same_run(info):
+        if mode is True and "base" in identity:
+            raise GothicError(f"train.resume: true continues a run, but {path} is another run "
+                              f"({describe_difference(info.run_identity or {}, identity)}); a fine-tune starts from "
+                              "train.init_from with train.resume: auto (or false)")
         if mode is True and info.run_identity is None:
             return Start("continue", path, f"{path}: an older checkpoint without a run key; continuing it")
         difference = describe_difference(info.run_identity or {}, identity)

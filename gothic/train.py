@@ -18,6 +18,7 @@ SIGTERM) finishes the current step, saves latest.pt and stops; a second Ctrl+C s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -30,7 +31,15 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-from gothic.checkpoint import RunState, TrainingCheckpoint, first_nonfinite, load_weights
+from gothic.base import Base, load_base, shape_from_base
+from gothic.checkpoint import (
+    RunState,
+    TokenizerIdentity,
+    TrainingCheckpoint,
+    check_same_tokenizer,
+    first_nonfinite,
+    load_weights,
+)
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, BatchStream, StepBatches, TrainingData, load_training_data
 from gothic.errors import GothicError
@@ -299,6 +308,10 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
     window = Window(run.device)
     window.restore(*state.log_window, run.dist)
     step_tokens = tokens_per_step(run)
+    if cfg.init_from and state.step == 0 and not state.history["val"]:
+        # a fine-tune's first row is its base's loss on the new books (the weights were loaded, and
+        # how far they start from the new text); the base is best.pt until a step beats it
+        evaluate_and_save(run, run_log, window, final=False)
     with closing(StepBatches(run.stream, cfg.grad_accum, run.device)) as step_batches:
         while state.step < cfg.max_iters:
             lr = set_lr(run.optimizers, state.step, cfg, state.lr_segment)
@@ -354,14 +367,25 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
     hooks = hooks if hooks is not None and dist.is_main else TrainHooks()  # only rank 0 reports
     publish_dir = Path(publish_dir) if publish_dir is not None else None
     try:
-        data = load_training_data(Path(bin_dir), Path(tokenizer_path), model_cfg.block_size, train_file, val_file)
-        identity = run_identity(model_cfg, train_cfg, data.fingerprint)
+        base = load_base(train_cfg.init_from) if train_cfg.init_from else None
+        if base is not None:
+            model_cfg, note = shape_from_base(model_cfg, base)
+            if note and hooks.log is not None:
+                hooks.log(note)
+        data = load_training_data(Path(bin_dir), Path(tokenizer_path), model_cfg.block_size, train_file, val_file,
+                                  "add text (a base's context cannot shrink)" if base else
+                                  "lower model.block_size or add text")
+        if base is not None:
+            check_base_tokenizer(base, data, Path(tokenizer_path))
+        identity = run_identity(model_cfg, train_cfg, data.fingerprint, base.weights_sha256 if base else None)
         with run_folder(Path(out_dir), identity, train_cfg, publish_dir, dist.is_main, hooks.log) as folder, \
                 oom_as_error(model_cfg, train_cfg, device):
             run = build_run(model_cfg, train_cfg, data, Path(out_dir), dist, device, identity)
             if folder.start.checkpoint is not None:
                 resume_run(run, folder.start.checkpoint)
                 folder.adopt()
+            elif base is not None:
+                load_weights(run.model, base.state, base.path)  # the optimizer and schedule start fresh
             if folder.start.action != "complete":
                 train_session(run, hooks)
             if hooks.before_publish is not None:
@@ -370,6 +394,16 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
     finally:
         if dist.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def check_base_tokenizer(base: Base, data: TrainingData, tokenizer_path: Path) -> None:
+    """A fine-tune's bins must be encoded with its base's tokenizer: other ids would mean other words."""
+    base_sha = hashlib.sha256(base.tokenizer_json.encode("utf-8")).hexdigest()
+    check_same_tokenizer(TokenizerIdentity(base.vocab_size, base_sha), base.path,
+                         TokenizerIdentity(data.vocab_size, data.tokenizer_sha256),
+                         f"the bins' tokenizer {tokenizer_path}",
+                         "encode the new books with the base's tokenizer: `dvc repro` (the tokenize stage writes "
+                         "it when train.init_from is set), or gothic-train --init-from without --tokenizer")
 
 
 def train_session(run: Run, hooks: TrainHooks) -> None:

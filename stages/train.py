@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from gothic.base import check_pipeline_base
 from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.files import write_json
@@ -26,6 +27,7 @@ from gothic.train import train
 def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metrics_path: str,
          plots_dir: str) -> None:
     params = load_params("params.yaml", require=("model", "train"))
+    check_pipeline_base(params.train.init_from)
 
     def still_these_params() -> None:  # what DVC will record the outputs under
         now = load_params("params.yaml", require=("model", "train"))

@@ -11,15 +11,9 @@ import torch
 import yaml
 
 from gothic.config import SamplingSettings
-from gothic.export import (
-    TOLERANCE,
-    choose_architecture,
-    export_checkpoint,
-    generation_config,
-    load_hf,
-    max_logit_diff,
-)
+from gothic.export import TOLERANCE, export_checkpoint, generation_config, load_hf, max_logit_diff
 from gothic.generation import generate_tokens
+from gothic.hf_mapping import choose_architecture
 
 from conftest import committed_text, save_tiny_checkpoint, tiny_gpt
 
