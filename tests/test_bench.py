@@ -60,6 +60,23 @@ def test_quality_trains_each_profile_and_names_the_held_out_documents(tmp_path):
     assert {p["profile"] for p in result["curve"]} == set(profiles)
 
 
+def test_finetune_compares_scratch_and_fine_tunes_on_a_new_author(tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    for i in range(4):  # the base's books, one held out
+        (books / f"book{i}.txt").write_text(TINY_TEXT * 4 + f"\nThe end of book {i}.\n", encoding="utf-8")
+    (books / "letters.txt").write_text("".join(f"Chapter {i}\n\n" + "Dear Margaret, the roses are late. " * 30 + "\n\n"
+                                               for i in range(1, 11)), encoding="utf-8")
+    run_bench("finetune.py", "--corpus", str(books), "--new-author", "letters", "--base-steps", "4", "--steps", "4",
+              "--vocab-size", "280", "--val-fraction", "0.25", "--min-chapter-chars", "100", "--recipes", "demo",
+              "--set", "model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=16",
+              results_dir=tmp_path / "results")
+    result = json.loads((tmp_path / "results" / "finetune.json").read_text())
+    assert [r["run"] for r in result["rows"]] == ["base (no stage 2)", "from scratch", "fine-tune (demo)"]
+    assert result["chapters"] == {"train": 8, "val": 2} and len(result["base_held_out"]) == 1
+    assert all(0 < r["new author bpb"] < 20 and 0 < r["base books bpb"] < 20 for r in result["rows"])
+
+
 def test_checkpoint_size_compares_latest_best_and_export(tmp_path):
     run_bench("checkpoint_size.py", "--size", "tiny", results_dir=tmp_path)
     rows = {r["file"]: r["MB"] for r in json.loads((tmp_path / "checkpoint_size.json").read_text())["rows"]}
