@@ -135,8 +135,8 @@ def shape_from_base(params_cfg: ModelConfig, base: Base) -> tuple[ModelConfig, s
     wanted, saved = to_dict(params_cfg), to_dict(base.model_config)
     diffs = [f"{k} {wanted[k]!r} -> {v!r}" for k, v in saved.items() if k != "dropout" and wanted[k] != v]
     cfg = ModelConfig(**{**saved, "dropout": params_cfg.dropout})
-    note = (f"the model's shape comes from the base {base.path}: model.{'; model.'.join(diffs)} (params.yaml's "
-            "model section is ignored where it differs)") if diffs else None
+    note = (f"the model's shape comes from the base {base.path}: model.{'; model.'.join(diffs)} (the model "
+            "params are ignored where they differ)") if diffs else None
     return cfg, note
 
 

@@ -205,13 +205,18 @@ def val_document_names(documents_path: Path | None) -> list[str] | None:
 
 def heldout_texts(path: Path) -> list[tuple[str, str]]:
     """(name, cleaned text) of each document of an extra held-out set: a .txt/.md file or a folder of
-    them, cleaned as prepare cleans books (Gutenberg header and licence, line ends, Unicode)."""
+    them, cleaned as prepare cleans books (Gutenberg header and licence, line ends, Unicode). A file
+    may hold several documents separated by <|endoftext|>, as prepare's val.txt does."""
     if not path.exists():
         raise GothicError(f"evaluate.extra: {path} does not exist; give a text file or a folder of .txt/.md files")
     files = raw_files(path) if path.is_dir() else [path]
     if not files:
         raise GothicError(f"evaluate.extra: {path}/ holds no .txt or .md files")
-    return [(shown(f), clean_source(Source(f.name, f, builtin=False), "none") or "") for f in files]
+    documents = []
+    for file in files:
+        parts = [p for p in (clean_source(Source(file.name, file, builtin=False), "none") or "").split(EOT) if p]
+        documents += [(shown(file) + (f" #{i + 1}" if len(parts) > 1 else ""), p) for i, p in enumerate(parts)]
+    return documents
 
 
 def evaluate_texts(model: GPT, tok: Tokenizer, texts: list[tuple[str, str]], cfg: EvaluateConfig,

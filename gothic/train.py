@@ -232,7 +232,8 @@ def startup_line(run: Run) -> str:
     cfg, m = run.train_cfg, run.model
     compiled = "on" if should_compile(cfg.compile, run.device) else "off"
     ranks = f" x {run.dist.world_size} ranks" if run.dist.enabled else ""
-    start = f"resuming at step {run.state.step}" if run.state.step else "from scratch"
+    start = (f"resuming at step {run.state.step}" if run.state.step else
+             f"fine-tuning {cfg.init_from}" if cfg.init_from else "from scratch")
     # only where auto chose the CPU: an explicit device: cpu is what the user wants
     fallback = cuda_fallback_note() if cfg.device == "auto" and run.device.type == "cpu" else ""
     device = f"{run.device} ({fallback})" if fallback else str(run.device)

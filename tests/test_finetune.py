@@ -193,3 +193,43 @@ def test_exported_config_records_the_gothic_model_config(base, tmp_path):
 
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["gothic_model_config"] == to_dict(dataclasses.replace(tiny_model_config()))
+
+
+def test_the_seed_cli_fine_tunes_a_base_on_text_files(base, tiny_tokenizer_path, tmp_path, monkeypatch, capsys):
+    from gothic.cli import train_main
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the built-in defaults, and the base's shape
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.txt").write_text(NEW_BOOK * 60, encoding="utf-8")
+    (tmp_path / "mine" / "val.txt").write_text(NEW_BOOK.upper() * 10, encoding="utf-8")
+    settings = ("train.eval_iters=2", "train.eval_interval=2", "train.dtype=float32", "train.device=cpu",
+                "train.warmup_iters=1")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--init-from", str(base / "best.pt"), "--data-dir", "mine", "--out-dir", "ft", "--max-iters", "4",
+                    "--batch-size", "2", "--grad-accum", "1", *[a for kv in settings for a in ("--set", kv)]])
+    assert exit_info.value.code == 0
+    assert (tmp_path / "ft" / "tokenizer.json").read_bytes() == tiny_tokenizer_path.read_bytes()
+    final = load_checkpoint(tmp_path / "ft" / "final.pt")
+    assert final["step"] == 4 and final["history"]["val"][0]["step"] == 0
+    assert final["model_config"]["n_embd"] == 32  # the base's, not the built-in 512
+    out = capsys.readouterr().out
+    assert "the model's shape comes from the base" in out and f"fine-tuning {base / 'best.pt'}, to step 4" in out
+
+
+def test_evaluate_extra_scores_held_out_text_like_the_val_split(base, train_bins, tmp_path):
+    from gothic.config import EvaluateConfig
+    from gothic.evaluate import evaluate_checkpoint
+
+    (tmp_path / "heldout").mkdir()
+    (tmp_path / "heldout" / "same_as_val.txt").write_text(TINY_TEXT * 10, encoding="utf-8")
+    (tmp_path / "heldout" / "two_docs.txt").write_text(NEW_BOOK * 5 + EOT + TINY_TEXT * 5, encoding="utf-8")
+    cfg = EvaluateConfig(device="cpu", extra=[str(tmp_path / "heldout" / "same_as_val.txt"),
+                                              str(tmp_path / "heldout" / "two_docs.txt")])
+    metrics = evaluate_checkpoint(base / "best.pt", train_bins, cfg)
+    extra = metrics["extra"]
+    assert set(extra) == {"same_as_val", "two_docs"}
+    assert extra["same_as_val"]["bits_per_byte"] == pytest.approx(metrics["bits_per_byte"], rel=0.02)
+    assert extra["two_docs"]["bits_per_byte"] > extra["same_as_val"]["bits_per_byte"]  # half of it is new text
+    with pytest.raises(GothicError, match="evaluate.extra: .*missing.txt does not exist"):
+        evaluate_checkpoint(base / "best.pt", train_bins,
+                            EvaluateConfig(device="cpu", extra=[str(tmp_path / "missing.txt")]))
