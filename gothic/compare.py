@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gothic.config import SECTIONS
 from gothic.errors import GothicError, run_main
 
 # what `make compare` leaves to `dvc exp show`: corpus statistics, step counts, speeds, code hashes, outputs
@@ -64,15 +65,17 @@ def dvc_exp_show(args: list[str], drop: str = DROP) -> str:
 def read_columns(text: str) -> tuple[list[Column], list[str], list[str]]:
     """Parse `dvc exp show --csv` (with rev and typ kept) into columns, metric names and param names.
 
-    The CSV does not say which figures are params: params.yaml nests every param in a section
-    (`train.seed`), and the metrics left after DROP are top-level keys of gothic's metrics files."""
+    The CSV does not say which figures are params: every param is in one of params.yaml's sections
+    (`train.seed`); the rest are metrics, top-level keys of gothic's metrics files or nested ones
+    (`extra.NAME.bits_per_byte`)."""
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows:
         return [], [], []
     fields = [f for f in rows[0] if f not in ("Experiment", "rev", "typ", "State", "parent")]
     columns = [Column(row["Experiment"] or row["rev"], {f: row[f] or "" for f in fields}, row.get("State") or "")
                for row in rows]
-    return columns, [f for f in fields if "." not in f], [f for f in fields if "." in f]
+    is_param = {f: f.partition(".")[0] in SECTIONS and "." in f for f in fields}
+    return columns, [f for f in fields if not is_param[f]], [f for f in fields if is_param[f]]
 
 
 def choose(columns: list[Column], metrics: list[str]) -> tuple[list[Column], list[str]]:

@@ -76,3 +76,11 @@ def test_no_results_yet_is_one_clear_error():
     only_commit = "\n".join([text[0], text[2]])  # the header and the never-run commit
     with pytest.raises(GothicError, match="no experiment has results yet"):
         print_tables(*read_columns(only_commit), Console(file=io.StringIO()))
+
+
+def test_nested_metrics_are_metrics_and_only_params_yaml_sections_are_params():
+    text = ("Experiment,rev,typ,State,parent,bits_per_byte,extra.base_val.bits_per_byte,train.seed,evaluate.extra\n"
+            "ft,abc,branch_commit,,,7.6,7.4,5,[data/heldout/base_val.txt]\n")
+    _, metrics, params = read_columns(text)
+    assert metrics == ["bits_per_byte", "extra.base_val.bits_per_byte"]
+    assert params == ["train.seed", "evaluate.extra"]

@@ -176,7 +176,9 @@ IDENTITY = {"GIT_AUTHOR_NAME": "gothic tests", "GIT_AUTHOR_EMAIL": "t@gothic.inv
 
 def dvc_identity_run(cmd: list[str], repo: Path, home: Path, ok: bool = True) -> str:
     """A dvc command that commits experiments, with an identity given as `make demo` gives it."""
+    started = time.time()
     proc = subprocess.run(cmd, cwd=repo, env={**user_env(home), **IDENTITY}, capture_output=True, text=True)
+    print(f"{time.time() - started:.0f}s: {' '.join(cmd[:4])}")
     if ok:
         assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
@@ -284,3 +286,79 @@ def test_gothic_and_dvc_read_params_yaml_the_same_way(clone, home):
     assert from_file[:2] == [dvc["train"]["learning_rate"], dvc["sample"]["prompts"]]
     from_set = json.loads(sh([sys.executable, "-c", read, "train.min_lr=3e-5"], clone, home).stdout)
     assert from_set[2] == 3e-5
+
+
+def test_fine_tune_a_base_from_an_earlier_experiment_and_from_another_repository(clone, home, tmp_path):
+    """README's recipes (a) and (b): a base trained on data/raw's books in one experiment, fine-tuned on
+    other books in the next; the same base brought into another repository with `dvc import`."""
+    dvc_identity_run(["dvc", "exp", "run", "-n", "base", *overrides()], clone, home)
+    dvc_identity_run(["dvc", "exp", "apply", "base"], clone, home)
+    base_tokenizer = (clone / "data" / "tokenizer.json").read_bytes()
+    shutil.copy(clone / "models" / "best.pt", clone / "data" / "base" / "best.pt")
+    shutil.copy(clone / "data" / "processed" / "val.txt", clone / "data" / "heldout" / "base_val.txt")
+    sh(["dvc", "add", "data/base/best.pt"], clone, home)
+    for book in (clone / "data" / "raw").glob("book*.txt"):  # the new books replace the base's
+        book.unlink()
+    for i in range(3):
+        (clone / "data" / "raw" / f"letters{i}.txt").write_text(f"Dear Margaret, letter {i} came. " * 150,
+                                                                encoding="utf-8")
+    sh(["git", "add", "-A"], clone, home)
+    sh(["git", "-c", "user.name=me", "-c", "user.email=me@gothic.invalid", "commit", "-qm", "the base"], clone, home)
+    finetune = overrides(**{"train.init_from": "data/base/best.pt", "evaluate.extra": "[data/heldout/base_val.txt]",
+                            "train.max_iters": "40", "train.eval_interval": "10"})
+    command = ["dvc", "exp", "run", "-n", "ft", *finetune]
+    proc = subprocess.Popen(command, cwd=clone, env={**user_env(home), **IDENTITY}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (clone / "checkpoints" / "latest.pt").is_file() or \
+            "base" not in torch.load(clone / "checkpoints" / "latest.pt", weights_only=True)["run_identity"]:
+        assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C
+    stopped = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "stopped at step" in stopped, stopped[-2000:]
+    again = dvc_identity_run(command, clone, home)
+    assert "resuming at step" in again and "fine-tuning" not in again.split("resuming at step")[0][-200:], again[-2000:]
+    assert (clone / "data" / "tokenizer.json").read_bytes() == base_tokenizer
+    assert json.loads((clone / "metrics" / "tokenizer.json").read_text())["from_base"] == "data/base/best.pt"
+    # the first logged validation loss is the base's loss on the new books: its weights were loaded
+    from gothic.checkpoint import load_model
+    from gothic.data import load_training_data
+    from gothic.runtime import resolve_precision
+    from gothic.train import estimate_loss
+
+    model, _ = load_model(clone / "data" / "base" / "best.pt")
+    val = load_training_data(clone / "data" / "bin", clone / "data" / "tokenizer.json", 16).val
+    expected = estimate_loss(model.train(), val, 2, 2, 1337, resolve_precision("float32", torch.device("cpu")))
+    history = torch.load(clone / "models" / "final.pt", weights_only=True)["history"]["val"]
+    assert history[0]["step"] == 0 and history[0]["val_loss"] == expected
+    evaluation = json.loads((clone / "metrics" / "eval.json").read_text())
+    assert 0 < evaluation["extra"]["base_val"]["bits_per_byte"] < 20
+    shutil.copy(clone / "models" / "final.pt", tmp_path / "continued.pt")
+    dvc_identity_run(["dvc", "exp", "run", "-n", "ft-straight", *finetune, "-S", "train.resume=false"], clone, home)
+    assert same_weights(tmp_path / "continued.pt", clone / "models" / "final.pt")  # the Ctrl+C changed nothing
+    for name, expected_best in (("base", clone / "data" / "base" / "best.pt"), ("ft", None)):
+        dvc_identity_run(["dvc", "exp", "apply", name], clone, home)
+        if expected_best is not None:
+            assert same_weights(expected_best, clone / "models" / "best.pt")
+        else:
+            assert torch.load(clone / "models" / "best.pt", weights_only=True)["run_identity"]["base"]
+    view = sh(["make", "-s", "compare", f"VENV={VENV}"], clone, home, env_extra={"COLUMNS": "120"}).stdout
+    # main is the base's commit: base and fine-tune side by side, the base corpus's held-out figure a metric
+    assert {"main", "ft", "train.init_from", "data/base/best.pt"} <= set(view.split()), view
+    assert view.index("extra.base_val.bits_per_byte") < view.index("params that differ"), view
+
+    # (b) another repository imports the base's export (`dvc import`) and fine-tunes it
+    dvc_identity_run(["dvc", "exp", "apply", "base"], clone, home)
+    sh(["git", "add", "-A"], clone, home)
+    sh(["git", "-c", "user.name=me", "-c", "user.email=me@gothic.invalid", "commit", "-qm", "base applied"], clone,
+       home)
+    other = tmp_path / "other"
+    sh(["git", "clone", "-q", str(clone), str(other)], clone, home)
+    sh(["dvc", "import", str(clone), "export", "-o", "data/base/export"], other, home)
+    sh(["git", "add", "-A"], other, home)
+    sh(["git", "-c", "user.name=me", "-c", "user.email=me@gothic.invalid", "commit", "-qm", "import"], other, home)
+    imported = dvc_identity_run(["dvc", "exp", "run", *overrides(**{"train.init_from": "data/base/export"})], other,
+                                home)
+    assert "fine-tuning data/base/export" in imported, imported[-2000:]
+    assert (other / "data" / "tokenizer.json").read_bytes() == base_tokenizer
