@@ -49,7 +49,10 @@ def home(tmp_path) -> Path:
 def clone(tmp_path, home) -> Path:
     """This repository as a new user gets it: the committed tree (never the workspace, which `make demo`
     and experiments change), with a few small books in data/raw, in a new git repo."""
-    repo = tmp_path / "gothic"
+    return new_clone(tmp_path / "gothic", home)
+
+
+def new_clone(repo: Path, home: Path) -> Path:
     repo.mkdir()
     archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True)
     if archive.returncode != 0:
@@ -353,8 +356,7 @@ def test_fine_tune_a_base_from_an_earlier_experiment_and_from_another_repository
     sh(["git", "add", "-A"], clone, home)
     sh(["git", "-c", "user.name=me", "-c", "user.email=me@gothic.invalid", "commit", "-qm", "base applied"], clone,
        home)
-    other = tmp_path / "other"
-    sh(["git", "clone", "-q", str(clone), str(other)], clone, home)
+    other = new_clone(tmp_path / "other", home)
     sh(["dvc", "import", str(clone), "export", "-o", "data/base/export"], other, home)
     sh(["git", "add", "-A"], other, home)
     sh(["git", "-c", "user.name=me", "-c", "user.email=me@gothic.invalid", "commit", "-qm", "import"], other, home)
