@@ -33,7 +33,12 @@ DEMO_PARAMS ?= -S model.n_layer=4 -S model.n_head=4 -S model.n_embd=256 -S model
 	-S train.batch_size=8 -S train.grad_accum=1 -S train.max_iters=900 -S train.warmup_iters=45 \
 	-S train.weight_decay=1.0 -S train.eval_interval=150 -S train.eval_iters=10
 
-.PHONY: help setup demo demo-params repro test test-slow test-all lint tensorboard plots compare chat clean
+# Fine-tuning a base (train.init_from, README "Fine-tune a trained model") on a few hundred KB, on top of
+# DEMO_PARAMS: fewer steps at lower peak rates, chosen by bench/finetune.py (bench/README.md).
+FINETUNE_PARAMS ?= -S train.max_iters=300 -S train.warmup_iters=15 -S train.eval_interval=50 \
+	-S train.learning_rate=1.0e-3 -S train.min_lr=1.0e-4 -S train.muon_lr=0.0067
+
+.PHONY: help setup demo demo-params finetune-params repro test test-slow test-all lint tensorboard plots compare chat clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +77,9 @@ demo: setup  ## the pipeline on the built-in corpus, CPU profile (~10 min)
 
 demo-params:  ## print the demo profile's -S overrides
 	@echo $(DEMO_PARAMS)
+
+finetune-params:  ## print the fine-tuning recipe's -S overrides
+	@echo $(FINETUNE_PARAMS)
 
 repro: setup  ## dvc repro with params.yaml as it is
 	$(RUN) dvc repro

@@ -107,6 +107,9 @@ def _training(info: CheckpointInfo, train_cfg: dict) -> str:
     rows = [("step", info.step), ("tokens seen", f"{info.tokens_seen:,}"),
             ("wall time (s)", round(info.wall_time_s, 1))]
     rows += [(k, train_cfg[k]) for k in keys if k in train_cfg]
+    base = (info.run_identity or {}).get("base")
+    if train_cfg.get("init_from") and base:  # a fine-tune: its base, by path and weights hash
+        rows.append(("fine-tuned from", f"`{train_cfg['init_from']}` (weights sha256 {base[:12]})"))
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 

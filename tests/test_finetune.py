@@ -233,3 +233,13 @@ def test_evaluate_extra_scores_held_out_text_like_the_val_split(base, train_bins
     with pytest.raises(GothicError, match="evaluate.extra: .*missing.txt does not exist"):
         evaluate_checkpoint(base / "best.pt", train_bins,
                             EvaluateConfig(device="cpu", extra=[str(tmp_path / "missing.txt")]))
+
+
+def test_a_fine_tunes_model_card_names_its_base(base, new_bins, tiny_tokenizer_path, tmp_path):
+    pytest.importorskip("safetensors")
+    train(tiny_model_config(), finetune_config(base / "best.pt", max_iters=2), new_bins, tiny_tokenizer_path,
+          tmp_path / "ft")
+    export_checkpoint(tmp_path / "ft" / "best.pt", tmp_path / "export", verify=False)
+    card = (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
+    sha = load_base(base / "best.pt").weights_sha256
+    assert f"| fine-tuned from | `{base / 'best.pt'}` (weights sha256 {sha[:12]}) |" in card
