@@ -300,6 +300,10 @@ CASES = [
     case("ckpt-n-head-qk-norm", f"{GEN} --checkpoint bad/qk_nhead.pt",
          "_norm.weight: (8,) in the file, (16,) expected"),
     case("ckpt-nan-weights", f"{GEN} --checkpoint bad/nan.pt", "bad/nan.pt: the weights hold NaN or infinite values"),
+    case("init-from-missing", f"{TRAIN} --init-from bad/nothing.pt", "train.init_from: bad/nothing.pt does not exist"),
+    case("init-from-truncated", f"{TRAIN} --init-from bad/truncated.pt", "bad/truncated.pt: cannot be read"),
+    case("init-from-a-folder", f"{TRAIN} --init-from bad", "bad is not a gothic checkpoint or export folder"),
+    case("init-from-flipped-bit", f"{TRAIN} --init-from bad/flipped.pt", "do not match the checksum"),
     case("ckpt-flipped-bit", f"{GEN} --checkpoint bad/flipped.pt", "bad/flipped.pt: the weights do not match the "
          "checksum"),
     case("evaluate-flipped-bit", "stages/evaluate.py bad/flipped.pt bin eval.json", "do not match the checksum"),
