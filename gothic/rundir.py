@@ -17,7 +17,11 @@ decision of what to do with a folder's latest.pt is exact:
 - `train.resume: true` also continues this run to another max_iters (the learning rate then
   continues smoothly from where it was, see gothic.optim.get_lr). With no checkpoint at all it is
   an error that says how to get one; a checkpoint of another run starts this one fresh, with a note.
-- `train.resume: false` starts fresh whatever is there.
+- `train.resume: false` starts fresh whatever is there (dropping this run's own stopped checkpoint).
+
+A stopped run is never trained over by another: a session that will not continue the folder's
+stopped run first moves it to stopped/<run key>-<max_iters>/ (at most KEEP_STOPPED kept, the
+oldest dropped), and a session of a kept run brings it back to continue it (settle_stopped_runs).
 
 `run_folder` is a training session's whole use of the folder: checked and locked, the start
 planned, a continued run adopted and its copies repaired (once it loaded), a complete run published.
@@ -31,10 +35,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.distributed as torch_dist
 from filelock import FileLock, Timeout
 
 from gothic.checkpoint import CheckpointInfo, TrainingCheckpoint, read_info
@@ -89,17 +94,12 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
     mode = train_cfg.resume
     if mode is False:
         return Start("fresh")
-    key = run_key(identity)
-
-    def same_run(info: CheckpointInfo) -> bool:
-        return info.run_identity is not None and run_key(info.run_identity) == key
-
     candidates = [work_dir / "latest.pt"] + ([fallback_dir / "latest.pt"] if fallback_dir else [])
     # plain values only (mmap): even a large checkpoint is inspected at once
     found = {p: read_info(p) for p in candidates if p.is_file()}
     # this run's checkpoint, wherever it is (after `dvc exp apply`, models/ may hold it while
     # checkpoints/ holds a later experiment); else the first one, to say what it is
-    path = next((p for p, info in found.items() if same_run(info)), next(iter(found), None))
+    path = next((p for p, info in found.items() if same_run(info, identity)), next(iter(found), None))
     if path is None:
         if mode is True:
             looked = " or ".join(str(p) for p in candidates)
@@ -109,18 +109,26 @@ def plan_start(work_dir: Path, identity: dict, train_cfg: TrainConfig, fallback_
                 "(`dvc exp run -S train.resume=true ...` after it), or commit it first (`dvc exp apply NAME`, then "
                 "git commit); or start fresh with train.resume: auto")
         return Start("fresh")
-    info = found[path]
-    if not same_run(info):
-        if mode is True and "base" in identity:
+    return judge(path, found[path], identity, train_cfg)
+
+
+def same_run(info: CheckpointInfo, identity: dict) -> bool:
+    return info.run_identity is not None and run_key(info.run_identity) == run_key(identity)
+
+
+def judge(path: Path, info: CheckpointInfo, identity: dict, train_cfg: TrainConfig) -> Start:
+    """How this session starts from one checkpoint found (train.resume auto or true)."""
+    if not same_run(info, identity):
+        if train_cfg.resume is True and "base" in identity:
             raise GothicError(f"train.resume: true continues a run, but {path} is another run "
                               f"({describe_difference(info.run_identity or {}, identity)}); a fine-tune starts from "
                               "train.init_from with train.resume: auto (or false)")
-        if mode is True and info.run_identity is None:
+        if train_cfg.resume is True and info.run_identity is None:
             return Start("continue", path, f"{path}: an older checkpoint without a run key; continuing it")
         difference = describe_difference(info.run_identity or {}, identity)
         return Start("fresh", note=f"{path} is another run ({difference}); training this one from scratch")
     step, horizon = info.step, info.horizon
-    if horizon != train_cfg.max_iters and mode == "auto":
+    if horizon != train_cfg.max_iters and train_cfg.resume == "auto":
         return Start("fresh", note=(f"{path} is this run trained to max_iters {horizon}, not "
                                     f"{train_cfg.max_iters}; training from scratch (train.resume: true "
                                     "continues it to the new max_iters instead)"))
@@ -252,6 +260,107 @@ def publish(work_dir: Path, publish_dir: Path) -> None:
             copy_file(work_dir / name, publish_dir / name)
 
 
+# --- stopped runs kept aside -----------------------------------------------------------------------
+# A stopped run is a latest.pt short of its max_iters. When a session will not continue the stopped
+# run in the folder (another experiment in the same workspace), that run's files move to
+# stopped/<run key>-<max_iters>/ instead of being overwritten; a later session of that run moves them
+# back and continues it exactly. Moves are renames inside one folder: no copy, nothing half-written.
+
+STOPPED_DIR = "stopped"
+KEEP_STOPPED = 3
+# latest.pt (what makes a folder a run) moves last, so a stop between two renames leaves the run
+# whole on the side that still holds latest.pt
+RUN_FILES = ("best.pt", "logs", "latest.pt")
+
+
+def is_stopped(info: CheckpointInfo) -> bool:
+    return info.run_identity is not None and info.step < info.horizon
+
+
+def kept_runs(work_dir: Path) -> list[Path]:
+    """The kept stopped runs, the one kept longest ago first."""
+    shelf = work_dir / STOPPED_DIR
+    entries = [d for d in shelf.iterdir() if (d / "latest.pt").is_file()] if shelf.is_dir() else []
+    return sorted(entries, key=lambda d: d.stat().st_mtime_ns)
+
+
+def describe_kept(folder: Path) -> str:
+    info = read_info(folder / "latest.pt")
+    return f"{folder} (step {info.step} of {info.horizon})"
+
+
+def move_run(src: Path, dst: Path, names: tuple[str, ...] = RUN_FILES) -> None:
+    """Move a run's files between the work folder and a kept folder; TensorBoard event files join the
+    logs/ already there (their names are unique), so no run's logs are lost either way."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if not (src / name).exists():
+            continue
+        if name == "logs" and (dst / name).is_dir():
+            for event_file in (src / name).iterdir():
+                os.replace(event_file, dst / name / event_file.name)
+            (src / name).rmdir()
+        else:
+            os.replace(src / name, dst / name)
+    os.utime(dst)  # a kept folder's time is when it was kept: the oldest is pruned first
+
+
+def drop_kept(folder: Path, why: str, log: Callable[[str], None]) -> None:
+    line = f"train: dropped the kept stopped run {describe_kept(folder)}: {why}"
+    shutil.rmtree(folder)
+    log(line)
+
+
+def keep_stopped(work_dir: Path, info: CheckpointInfo, identity: dict, train_cfg: TrainConfig,
+                 log: Callable[[str], None]) -> None:
+    """Move the folder's stopped run aside, then drop the kept runs beyond KEEP_STOPPED, oldest first."""
+    dst = work_dir / STOPPED_DIR / f"{run_key(info.run_identity)}-{info.horizon}"
+    if dst.exists():  # only a copy made by hand gets here: a session of that run would have brought it back
+        drop_kept(dst, "the same run stopped later replaces it", log)
+    best = work_dir / "best.pt"  # its best.pt goes with it, not one another run left there
+    with_best = best.is_file() and read_info(best).run_identity == info.run_identity
+    move_run(work_dir, dst, RUN_FILES if with_best else tuple(n for n in RUN_FILES if n != "best.pt"))
+    why = (describe_difference(info.run_identity, identity) if not same_run(info, identity)
+           else f"train.max_iters {info.horizon} -> {train_cfg.max_iters}")
+    log(f"train: {work_dir / 'latest.pt'} is another run ({why}), stopped at step {info.step} of {info.horizon}: "
+        f"kept in {dst} (its own params continue it from there)")
+    for old in kept_runs(work_dir)[:-KEEP_STOPPED]:
+        drop_kept(old, f"at most {KEEP_STOPPED} are kept, the oldest is dropped", log)
+
+
+def settle_stopped_runs(work_dir: Path, identity: dict, train_cfg: TrainConfig, log: Callable[[str], None]) -> None:
+    """Before a session plans its start (rank 0, under the lock): keep aside the folder's stopped run
+    if this session will not continue it, and bring back a kept run that this session continues.
+
+    train.resume: false starts this run fresh: its own stopped checkpoint (same run key, in the folder
+    or kept) is dropped, as asked; other runs' are kept as with auto.
+    """
+    fresh = train_cfg.resume is False
+    latest = work_dir / "latest.pt"
+    info = read_info(latest) if latest.is_file() else None
+    ours = info is not None and not fresh and judge(latest, info, identity, train_cfg).action != "fresh"
+    if info is not None and is_stopped(info) and not ours and not (fresh and same_run(info, identity)):
+        keep_stopped(work_dir, info, identity, train_cfg, log)
+    for folder in kept_runs(work_dir):
+        kept = read_info(folder / "latest.pt")
+        if fresh and same_run(kept, identity):
+            drop_kept(folder, "train.resume: false starts this run fresh", log)
+        elif not fresh and not ours and judge(folder / "latest.pt", kept, identity, train_cfg).action != "fresh":
+            # over what the folder holds now: a complete run (published, or trained over as before) or nothing
+            log(f"train: bringing back this run, stopped at step {kept.step} of {kept.horizon}, from {folder}")
+            move_run(folder, work_dir)
+            with suppress(OSError):  # a file of the user's in it keeps it (no latest.pt: no longer a kept run)
+                folder.rmdir()
+            return
+
+
+def wait_for_rank_0() -> None:
+    """In a DDP job the other ranks plan only once rank 0 has moved kept runs (torchrun ends the job
+    if rank 0 fails first)."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
 @dataclass
 class RunFolder:
     """One training session's use of its folder (run_folder): how to start, and the adoption of a run
@@ -289,6 +398,9 @@ def run_folder(work_dir: Path, identity: dict, train_cfg: TrainConfig, publish_d
         if publish_dir is not None:
             check_writable(publish_dir, create=False)  # created only when a complete run is published
     with RunDirLock(work_dir) if owner else nullcontext():
+        if owner:
+            settle_stopped_runs(work_dir, identity, train_cfg, log)
+        wait_for_rank_0()
         start = plan_start(work_dir, identity, train_cfg, publish_dir)
         if start.note:
             log(f"train: {start.note}")

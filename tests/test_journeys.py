@@ -196,6 +196,19 @@ def checkpoint_seed(path: Path) -> int | None:
         return None
 
 
+def stop_when_training(command: list[str], clone: Path, home: Path, seed: int) -> int:
+    """Start `command`, Ctrl+C it once its run (train.seed `seed`) has saved latest.pt; the step it stopped at."""
+    proc = subprocess.Popen(command, cwd=clone, env={**user_env(home), **IDENTITY}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while checkpoint_seed(clone / "checkpoints" / "latest.pt") != seed and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C sends to the terminal's foreground process group
+    stopped_output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "stopped at step" in stopped_output, stopped_output[-2000:]
+    return torch.load(clone / "checkpoints" / "latest.pt", weights_only=True)["step"]
+
+
 def test_a_stopped_dvc_experiment_continues_where_it_stopped_not_an_older_run(clone, home):
     """Ctrl+C in `dvc exp run`, in a repo that already holds a finished run; the same command again
     continues the stopped run (train.resume: auto) and ends with the weights of a run never stopped."""
@@ -204,21 +217,34 @@ def test_a_stopped_dvc_experiment_continues_where_it_stopped_not_an_older_run(cl
     sh(["git", "-c", "user.name=setup", "-c", "user.email=s@gothic.invalid", "commit", "-qam", "a finished run"],
        clone, home)
     command = ["dvc", "exp", "run", *overrides(**long, **{"train.seed": "5"})]
-    proc = subprocess.Popen(command, cwd=clone, env={**user_env(home), **IDENTITY}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while checkpoint_seed(clone / "checkpoints" / "latest.pt") != 5 and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C sends to the terminal's foreground process group
-    stopped_output = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0 and "stopped at step" in stopped_output, stopped_output[-2000:]
-    stopped_at = torch.load(clone / "checkpoints" / "latest.pt", weights_only=True)["step"]
+    stopped_at = stop_when_training(command, clone, home, seed=5)
     assert 0 < stopped_at < 150
 
     again = dvc_identity_run(command, clone, home)
     assert f"resuming at step {stopped_at}" in again, again[-2000:]
     shutil.copy(clone / "models" / "final.pt", clone.parent / "continued.pt")
     dvc_identity_run(command + ["-S", "train.resume=false"], clone, home)
+    assert same_weights(clone.parent / "continued.pt", clone / "models" / "final.pt")
+
+
+def test_another_experiment_keeps_a_stopped_one_which_its_own_command_then_continues(clone, home):
+    """Experiment A stopped by Ctrl+C, experiment B run to the end in the same workspace, then A's
+    command again: A continues from where it stopped (kept in checkpoints/stopped/) and ends with the
+    weights of an A never stopped."""
+    long = {"train.max_iters": "150", "train.eval_interval": "10", "train.log_interval": "10"}
+    command_a = ["dvc", "exp", "run", *overrides(**long, **{"train.seed": "4"})]
+    stopped_at = stop_when_training(command_a, clone, home, seed=4)
+    assert 0 < stopped_at < 150
+
+    b = dvc_identity_run(["dvc", "exp", "run", *overrides(**{"train.seed": "5"})], clone, home)
+    assert f"stopped at step {stopped_at} of 150: kept in checkpoints/stopped/" in b, b[-2000:]
+    assert torch.load(clone / "models" / "final.pt", weights_only=True)["run_identity"]["train"]["seed"] == 5
+
+    again = dvc_identity_run(command_a, clone, home)
+    assert f"bringing back this run, stopped at step {stopped_at} of 150" in again, again[-2000:]
+    assert f"resuming at step {stopped_at}" in again and not list((clone / "checkpoints" / "stopped").iterdir())
+    shutil.copy(clone / "models" / "final.pt", clone.parent / "continued.pt")
+    dvc_identity_run(command_a + ["-S", "train.resume=false"], clone, home)  # A never stopped
     assert same_weights(clone.parent / "continued.pt", clone / "models" / "final.pt")
 
 

@@ -250,3 +250,98 @@ def test_a_planted_link_at_the_lock_is_refused_and_its_target_untouched(train_bi
     with pytest.raises(GothicError, match=r"\.lock: is a symbolic link, and a run folder's lock is a plain file"):
         run(train_bins, tiny_tokenizer_path, work)
     assert (target.read_text(encoding="utf-8") == "precious\n") if not dangling else not target.exists()
+
+
+# --- stopped runs kept aside (another experiment in the same workspace) -----------------------------
+
+def stop_at(step_to_stop: int):
+    def on_step(step: int) -> None:
+        if step == step_to_stop:
+            raise KeyboardInterrupt
+    return on_step
+
+
+def stopped(bins: Path, tokenizer: Path, work: Path, at: int = 6, **train_overrides) -> None:
+    """A run stopped at step `at`, its latest.pt from the evaluation before (step 4, or 2 for at=3 with
+    eval_interval 2)."""
+    with pytest.raises(KeyboardInterrupt):
+        run(bins, tokenizer, work, on_step=stop_at(at), **train_overrides)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def kept(work: Path) -> list[str]:
+    return sorted(p.name for p in (work / "stopped").iterdir()) if (work / "stopped").is_dir() else []
+
+
+def test_another_run_keeps_a_stopped_run_aside_and_its_own_params_continue_it_exactly(train_bins,
+                                                                                       tiny_tokenizer_path, tmp_path):
+    work = tmp_path / "ckpt"
+    stopped(train_bins, tiny_tokenizer_path, work)  # A, stopped after step 6 of 12: latest.pt at 4
+    a_latest, a_best = sha256_file(work / "latest.pt"), sha256_file(work / "best.pt")
+    log: list[str] = []
+    run(train_bins, tiny_tokenizer_path, work, log=log, seed=8)  # B, to the end, in the same folder
+    (folder,) = (work / "stopped").iterdir()
+    assert log[0] == (f"train: {work / 'latest.pt'} is another run (train.seed 7 -> 8), stopped at step 4 of 12: "
+                      f"kept in {folder} (its own params continue it from there)")
+    assert sha256_file(folder / "latest.pt") == a_latest and sha256_file(folder / "best.pt") == a_best
+    assert (folder / "logs").is_dir() and load_checkpoint(work / "final.pt")["train_config"]["seed"] == 8
+
+    log.clear()
+    steps: list[int] = []
+    run(train_bins, tiny_tokenizer_path, work, log=log, on_step=steps.append)  # A's command again
+    assert steps == list(range(5, 13)), "A continues from its step 4, not from scratch"
+    assert any(f"bringing back this run, stopped at step 4 of 12, from {folder}" in line for line in log), log
+    assert not folder.exists()
+    run(train_bins, tiny_tokenizer_path, tmp_path / "straight")  # A never stopped
+    for name in ("final.pt", "best.pt"):
+        assert same_weights(work / name, tmp_path / "straight" / name), name
+
+
+def test_the_same_run_to_another_max_iters_keeps_the_stopped_one_too(train_bins, tiny_tokenizer_path, tmp_path):
+    """train.resume: auto does not stretch a run, and does not train over it either."""
+    work = tmp_path / "ckpt"
+    stopped(train_bins, tiny_tokenizer_path, work)
+    log: list[str] = []
+    run(train_bins, tiny_tokenizer_path, work, log=log, max_iters=8)
+    assert any("(train.max_iters 12 -> 8), stopped at step 4 of 12: kept in" in line for line in log), log
+    assert [name.split("-")[1] for name in kept(work)] == ["12"]
+    steps: list[int] = []
+    run(train_bins, tiny_tokenizer_path, work, on_step=steps.append)
+    assert steps[0] == 5 and kept(work) == []
+
+
+def test_at_most_three_stopped_runs_are_kept_and_the_oldest_is_dropped_with_a_line(train_bins, tiny_tokenizer_path,
+                                                                                   tmp_path):
+    work = tmp_path / "ckpt"
+    names = []
+    for seed in (1, 2, 3, 4):
+        stopped(train_bins, tiny_tokenizer_path, work, at=3, max_iters=4, eval_interval=2, seed=seed)
+        log: list[str] = []
+        run(train_bins, tiny_tokenizer_path, work, log=log, max_iters=4, eval_interval=2, seed=seed + 10)  # A kept
+        names.append(next(n for n in kept(work) if n not in names))
+    assert kept(work) == sorted(names[1:])
+    assert any(f"dropped the kept stopped run {work / 'stopped' / names[0]} (step 2 of 4): at most 3 are kept"
+               in line for line in log), log
+
+
+def test_resume_false_drops_this_runs_kept_checkpoint_and_keeps_the_others(train_bins, tiny_tokenizer_path,
+                                                                          tmp_path):
+    work = tmp_path / "ckpt"
+    stopped(train_bins, tiny_tokenizer_path, work, at=3, max_iters=4, eval_interval=2)  # A
+    stopped(train_bins, tiny_tokenizer_path, work, at=3, max_iters=4, eval_interval=2, seed=8)  # B: A kept
+    (a_kept,) = kept(work)
+    log: list[str] = []
+    steps: list[int] = []
+    run(train_bins, tiny_tokenizer_path, work, log=log, on_step=steps.append, max_iters=4, eval_interval=2,
+        resume=False)  # A anew
+    assert steps == [1, 2, 3, 4]
+    assert any(f"dropped the kept stopped run {work / 'stopped' / a_kept} (step 2 of 4): train.resume: false" in line
+               for line in log), log
+    assert len(kept(work)) == 1 and kept(work) != [a_kept], "B, stopped in the folder, is kept aside"
+    steps.clear()
+    run(train_bins, tiny_tokenizer_path, work, on_step=steps.append, max_iters=4, eval_interval=2, seed=8)
+    assert steps == [3, 4], "B's command continues B"
