@@ -28,7 +28,7 @@ from gothic.config import (
     seed_problem,
     set_values,
 )
-from gothic.errors import GothicError, run_main
+from gothic.errors import GothicError, printable, run_main
 from gothic.script_args import script_parser
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def tokenize_main(argv: list[str] | None = None) -> None:
 
         tok = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
         save_tokenizer(tok, args.output)
-        print(f"wrote {args.output} ({tok.get_vocab_size()} tokens)")
+        print(printable(f"wrote {args.output} ({tok.get_vocab_size()} tokens)"))
 
     run_main(run, "gothic-tokenize")
 
@@ -143,8 +143,8 @@ def prepare_main(argv: list[str] | None = None) -> None:
         metrics = prepare(params.prepare, args.raw_dir, args.out_dir)
         if args.metrics:
             write_json(args.metrics, metrics)
-        print(f"gothic-prepare: {metrics['train']['documents']} train / {metrics['val']['documents']} val "
-              f"documents in {args.out_dir}")
+        print(printable(f"gothic-prepare: {metrics['train']['documents']} train / {metrics['val']['documents']} "
+                        f"val documents in {args.out_dir}"))
 
     run_main(run, "gothic-prepare")
 
@@ -224,8 +224,8 @@ def train_main(argv: list[str] | None = None) -> None:
             if args.metrics:
                 write_json(args.metrics, result.metrics)
             m = result.metrics
-            print(f"gothic-train: step {m['step']}, best val loss {m['best_val_loss']} at step {m['best_step']}; "
-                  f"checkpoints in {args.out_dir}")
+            print(printable(f"gothic-train: step {m['step']}, best val loss {m['best_val_loss']} at step "
+                            f"{m['best_step']}; checkpoints in {args.out_dir}"))
 
     run_main(run, "gothic-train")
 

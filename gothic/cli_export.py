@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gothic.errors import run_main
+from gothic.errors import printable, run_main
 from gothic.script_args import script_parser
 
 
@@ -39,7 +39,7 @@ def export_main(argv: list[str] | None = None) -> None:
         result = export_checkpoint(args.checkpoint, args.out_dir, metrics_dir=args.metrics_dir,
                                    samples=args.samples, tokenizer_path=args.tokenizer, verify=not args.no_verify,
                                    formats=tuple(dict.fromkeys(args.format)), gguf_type=args.gguf_type)
-        print(f"gothic-export: {result.summary()}")
+        print(printable(f"gothic-export: {result.summary()}"))
         if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
             print(f"gothic-export: error: the exported model's logits differ from gothic's by "
                   f"{result.max_logit_diff:.1e} (> {TOLERANCE:.0e}); please report this", file=sys.stderr)

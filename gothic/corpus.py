@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gothic.config import PrepareConfig
-from gothic.errors import GothicError
+from gothic.errors import GothicError, printable
 from gothic.files import atomic_paths, json_text
 from gothic.parallel import ordered_map
 from gothic.tokenizer import EOT
@@ -298,5 +298,5 @@ def prepare(cfg: PrepareConfig, raw_dir: Path, out_dir: Path, warn: Callable[[st
         tmps[2].write_text(json_text(names), encoding="utf-8")
     message = held_out_warning(stats, cfg.val_fraction)
     if message:
-        (warn or (lambda m: print(f"prepare: warning: {m}", file=sys.stderr)))(message)
+        (warn or (lambda m: print(printable(f"prepare: warning: {m}"), file=sys.stderr)))(message)
     return stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -24,6 +25,28 @@ MACHINE_REFUSALS = {
 failed write says (gothic.files.write_error) and what run_main shows of one met anywhere else."""
 
 
+# What a terminal acts on instead of showing: C0 and C1 controls (ESC starts the escape sequences that
+# recolour, retitle or clear a terminal), the bidirectional overrides and isolates (they reorder what
+# follows them), and the lone surrogates that stand for a file name's bytes that are not UTF-8.
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escaped(match: re.Match) -> str:
+    ch = match.group()
+    if "\udc80" <= ch <= "\udcff":  # os.fsdecode's stand-in for the byte 0x80-0xff of a name
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return ch.encode("unicode_escape").decode("ascii")
+
+
+def printable(text: object) -> str:
+    """text as one safe line for a terminal: every character it would act on written as its escape,
+    as repr writes it (a file named "a\x1b[2J.txt" shows as a\\x1b[2J.txt, a newline as \\n).
+
+    The one owner of that rule: every message that can carry a user's file name passes through it on
+    its way out (run_main, the stages' and CLIs' lines, the training log, the chat's notes)."""
+    return UNPRINTABLE.sub(_escaped, str(text))
+
+
 class GothicError(Exception):
     """A problem the user can fix; str() is the complete message."""
 
@@ -36,7 +59,7 @@ def run_main(main: Callable[[], object], prog: str) -> None:
     try:
         code = main()
     except GothicError as e:  # gothic.config.ConfigError included
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {printable(e)}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
@@ -49,6 +72,6 @@ def run_main(main: Callable[[], object], prog: str) -> None:
         if e.errno not in MACHINE_REFUSALS:
             raise  # a bug or an unforeseen case: the traceback is what a report needs
         where = f"{e.filename}: " if e.filename else ""
-        print(f"{prog}: error: {where}{e.strerror} ({MACHINE_REFUSALS[e.errno]})", file=sys.stderr)
+        print(printable(f"{prog}: error: {where}{e.strerror} ({MACHINE_REFUSALS[e.errno]})"), file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

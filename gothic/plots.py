@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gothic.errors import GothicError, run_main
+from gothic.errors import GothicError, printable, run_main
 from gothic.files import atomic_path, write_text
 
 # one size for every chart, so a card, a folder of PNGs and a slide line up; "fit" makes it the
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     if not specs:
         raise GothicError("no plot data yet: train a model first (make demo, or dvc exp run)")
     pngs = render_all(specs, out_dir)
-    print(f"plots: {', '.join(str(p) for p in pngs)} (open {out_dir / 'index.html'}; each .html is interactive)")
+    print(printable(f"plots: {', '.join(str(p) for p in pngs)} (open {out_dir / 'index.html'}; each .html is "
+                    "interactive)"))
 
 
 if __name__ == "__main__":

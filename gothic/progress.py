@@ -17,6 +17,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from gothic.errors import printable
+
 
 def progress_bar(transient: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -36,7 +38,7 @@ def step_display(description: str, show: bool | None = None) -> Iterator[tuple[C
     bar that the progress callback moves and log lines printed above it; otherwise plain print and
     no progress callback, so the loop logs a line per report instead."""
     if not (sys.stdout.isatty() if show is None else show):
-        yield print, None
+        yield (lambda msg: print(printable(msg))), None
         return
     bar = progress_bar()
     task = None
@@ -49,4 +51,4 @@ def step_display(description: str, show: bool | None = None) -> Iterator[tuple[C
 
     with bar:
         # plain text, so a path with [brackets] is no markup
-        yield (lambda msg: bar.console.print(msg, markup=False, highlight=False)), progress
+        yield (lambda msg: bar.console.print(printable(msg), markup=False, highlight=False)), progress

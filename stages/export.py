@@ -9,7 +9,7 @@ export/ is declared under `artifacts:` in dvc.yaml, so `dvc push` shares it thro
 import sys
 
 from gothic.config import load_params
-from gothic.errors import GothicError, run_main
+from gothic.errors import GothicError, printable, run_main
 from gothic.export import TOLERANCE, export_checkpoint
 
 
@@ -21,7 +21,7 @@ def main(checkpoint_path: str, metrics_dir: str, samples_path: str, out_dir: str
                                gguf_if_possible=True)
     if result.max_logit_diff is not None and not result.max_logit_diff <= TOLERANCE:
         raise GothicError(f"the exported model's logits differ from gothic's by {result.max_logit_diff:.1e}")
-    print(f"export: {result.summary()}")
+    print(printable(f"export: {result.summary()}"))
 
 
 if __name__ == "__main__":

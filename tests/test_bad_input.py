@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from gothic.config import to_dict
+from gothic.errors import UNPRINTABLE
 
 from conftest import (
     GENERATION_TEXT,
@@ -165,6 +166,12 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     with open(root / "raw_sparse" / "huge.txt", "wb") as f:
         f.truncate(3 << 30)  # 3 GB of nothing: a sparse file, no disk used
     (root / "a_file").write_text("in the way\n", encoding="utf-8")
+    # file names a terminal would act on: escape sequences, a newline, bytes that are not UTF-8
+    for name, odd in {"escape": ESCAPES + ".txt", "newline": "two\nlines.txt",
+                      "not_utf8": os.fsdecode(b"\xff\xfe.txt")}.items():
+        (root / f"raw_{name}").mkdir()
+        (root / f"raw_{name}" / "book.txt").write_text(GENERATION_TEXT * 20, encoding="utf-8")
+        (root / f"raw_{name}" / odd).write_bytes(b"\x00binary")
     return root
 
 
@@ -206,6 +213,9 @@ def case(id: str, command: str, message: str, code: int = 2, fault: str | None =
     return Case(id, tuple(command.split()), message, code, fault, subprocess, may_change)
 
 
+# clears the screen, retitles the terminal and rings its bell if printed raw
+ESCAPES = "odd\x1b[2J\x1b]0;owned\x07"
+ESCAPES_SHOWN = "odd\\x1b[2J\\x1b]0;owned\\x07"
 GEN = "gothic-generate --tokenizer tok.json --device cpu --max-tokens 4"
 TRAIN = ("gothic-train --data-dir bin --train-file train.bin --val-file val.bin --tokenizer tok.json "
          "--params params.yaml")
@@ -380,6 +390,21 @@ CASES = [
          "max tokens must be at most"),
     case("chat-checkpoint-evil", "gothic-chat --checkpoint bad/evil4.pt --tokenizer tok.json", "refused to load",
          subprocess=True),
+    # --- a user's file names are shown escaped (gothic.errors.printable), never acted on by the terminal ---
+    case("name-escapes-prepare", "gothic-prepare --raw-dir raw_escape --sources raw --out-dir p5",
+         f"{ESCAPES_SHOWN}.txt: looks like a binary file", subprocess=True),
+    case("name-newline-prepare", "gothic-prepare --raw-dir raw_newline --sources raw --out-dir p6",
+         "two\\nlines.txt: looks like a binary file", subprocess=True),
+    case("name-not-utf8-prepare", "gothic-prepare --raw-dir raw_not_utf8 --sources raw --out-dir p7",
+         "\\xff\\xfe.txt: looks like a binary file", subprocess=True),
+    case("name-escapes-checkpoint", f"{GEN} --checkpoint models/{ESCAPES}.pt", f"models/{ESCAPES_SHOWN}.pt"),
+    case("name-escapes-chat", f"gothic-chat --checkpoint {ESCAPES}.pt --tokenizer tok.json", f"{ESCAPES_SHOWN}.pt"),
+    case("name-escapes-tokenize", f"gothic-tokenize --files {ESCAPES}.txt --output t.json", ESCAPES_SHOWN),
+    case("name-escapes-train-out-dir", f"{TRAIN} --out-dir a_file/{ESCAPES}",
+         f"cannot write checkpoints to a_file/{ESCAPES_SHOWN}", code=1),
+    case("name-escapes-export", f"gothic-export --checkpoint {ESCAPES}.pt --out-dir e1", ESCAPES_SHOWN,
+         subprocess=True),
+    case("name-escapes-stage", f"stages/evaluate.py {ESCAPES}.pt bin m.json d.json", ESCAPES_SHOWN),
 ]
 
 
@@ -418,6 +443,7 @@ def test_bad_input_is_one_clean_line(ws, bad: Case, capsys, monkeypatch):
         code, out, err = run_in_process(argv, cwd, bad.fault, capsys, monkeypatch)
     assert "Traceback" not in out + err, err
     assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert not UNPRINTABLE.search(err[:-1]), f"a control character reached the terminal: {err!r}"
     assert bad.message in err, err
     assert code == bad.code, err
     after = snapshot(ws)

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from gothic.chat.session import ChatSession, ReplyStats, no_checkpoint_message
 from gothic.checkpoint import find_checkpoints, summarize_checkpoint
+from gothic.errors import printable
 
 REPLY_INDENT = "  "
 MAX_WRAP = 100
@@ -99,7 +100,7 @@ def header(session: ChatSession) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style=STYLES["label"])
     grid.add_column(overflow="fold")  # long paths break rather than vanish in '...'
-    grid.add_row("model", Text(model_line(session)))
+    grid.add_row("model", Text(printable(model_line(session))))
     grid.add_row("size", Text(size_line(session)))
     grid.add_row("sampling", Text(session.settings_line()))
     grid.add_row("", Text("/help for commands · Ctrl+C stops a reply · Ctrl+D leaves", style="dim"))
@@ -113,7 +114,7 @@ def models_table(models_dir: Path, current: Path | None = None) -> RenderableTyp
         found.append(current)
     if not found:
         return Note(no_checkpoint_message(models_dir), "warn")
-    table = Table(title=Text(f"checkpoints in {models_dir}/"), title_justify="left")
+    table = Table(title=Text(printable(f"checkpoints in {models_dir}/")), title_justify="left")
     for column, justify in (("#", "right"), ("checkpoint", "left"), ("step", "right"), ("val loss", "right"),
                             ("size", "right"), ("modified", "left"), ("", "left")):
         table.add_column(column, justify=justify)
@@ -128,7 +129,7 @@ def models_table(models_dir: Path, current: Path | None = None) -> RenderableTyp
 
 
 def display_path(path: Path, models_dir: Path) -> str:
-    return str(path.relative_to(models_dir)) if path.is_relative_to(models_dir) else str(path)
+    return printable(path.relative_to(models_dir) if path.is_relative_to(models_dir) else path)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -193,7 +194,7 @@ def render(console: Console, result: Result) -> None:
     if result is None:
         return
     if isinstance(result, Note):
-        console.print(Text(result.text, style=STYLES[result.kind]), soft_wrap=True)
+        console.print(Text(printable(result.text), style=STYLES[result.kind]), soft_wrap=True)
     else:
         console.print(result)
 
