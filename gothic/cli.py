@@ -84,8 +84,10 @@ def tokenize_main(argv: list[str] | None = None) -> None:
         if any(args.output.resolve() == f.resolve() for f in args.files):
             raise GothicError(f"--output {args.output} is one of the --files: it would overwrite the text it learns "
                               "from; write the tokenizer elsewhere (data/tokenizer.json)")
-        from gothic.tokenizer import save_tokenizer, train_tokenizer
+        from gothic.files import check_replaceable
+        from gothic.tokenizer import is_tokenizer_file, save_tokenizer, train_tokenizer
 
+        check_replaceable(args.output, "--output", "a tokenizer.json", is_tokenizer_file)
         tok = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
         save_tokenizer(tok, args.output)
         print(printable(f"wrote {args.output} ({tok.get_vocab_size()} tokens)"))
@@ -103,6 +105,13 @@ def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], 
             print(f"{prog}: no params.yaml here; using the built-in defaults", file=sys.stderr)
         return params_from_dict(set_values(apply_overrides({}, overrides), values or {}), "built-in defaults")
     return load_params(params_path or Path("params.yaml"), overrides, require=require, values=values)
+
+
+def _check_metrics_path(path: Path | None) -> None:
+    from gothic.files import check_replaceable, is_metrics_file
+
+    if path is not None:
+        check_replaceable(path, "--metrics", "a metrics JSON file", is_metrics_file)
 
 
 def _add_params_flags(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +149,7 @@ def prepare_main(argv: list[str] | None = None) -> None:
 
         params = _load_cli_params("gothic-prepare", args.params, args.overrides, require=("prepare",),
                                   values=values)
+        _check_metrics_path(args.metrics)
         metrics = prepare(params.prepare, args.raw_dir, args.out_dir)
         if args.metrics:
             write_json(args.metrics, metrics)
@@ -207,6 +217,7 @@ def train_main(argv: list[str] | None = None) -> None:
         # the two sections training reads must be in the file: a missing one would train the default
         params = _load_cli_params("gothic-train", args.params, args.overrides, quiet=not is_rank0,
                                   require=("model", "train"), values=flag_values)
+        _check_metrics_path(args.metrics)  # before training, not after it
         from gothic.data import bins_for
         from gothic.train import train  # torch: only once the params are known to be good
 

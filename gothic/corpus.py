@@ -28,7 +28,7 @@ from pathlib import Path
 
 from gothic.config import PrepareConfig
 from gothic.errors import GothicError, printable
-from gothic.files import atomic_paths, json_text
+from gothic.files import atomic_paths, json_object, json_text
 from gothic.parallel import ordered_map
 from gothic.tokenizer import EOT
 
@@ -105,9 +105,10 @@ def normalize(text: str) -> str:
 
 # --- sources ---------------------------------------------------------------------------------------
 def shown(path: Path | str) -> str:
-    """A path as text that can always be printed and written as UTF-8: bytes of a file name that
-    are not UTF-8 (kept by Python as surrogates) appear as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path as text that can always be printed and written as UTF-8 (gothic.errors.printable): bytes
+    of a file name that are not UTF-8 (kept by Python as surrogates) appear as \\xNN, control
+    characters as their escapes."""
+    return printable(os.fspath(path))
 
 
 def builtin_files() -> list[tuple[str, Path]]:
@@ -254,6 +255,20 @@ def held_out_warning(metrics: dict, val_fraction: float) -> str | None:
             "prepare.seed to draw other documents, adjust prepare.val_fraction, or add more, smaller documents")
 
 
+SPLIT_FILES = ("train.txt", "val.txt", "documents.json")
+
+
+def check_splits_folder(out_dir: Path) -> None:
+    """The splits replace only an earlier prepare's, recognised by its documents.json (the rule every
+    output folder a user names follows: gothic.files.check_replaceable), never a user's own train.txt."""
+    found = [name for name in SPLIT_FILES if (out_dir / name).is_file()]
+    listing = json_object(out_dir / "documents.json")
+    if not found or (listing is not None and all(isinstance(listing.get(k), list) for k in ("train", "val"))):
+        return
+    raise GothicError(f"{shown(out_dir / found[0])} exists and is not an earlier prepare's output (one has a "
+                      "documents.json listing train and val); choose another --out-dir or remove it yourself")
+
+
 def prepare(cfg: PrepareConfig, raw_dir: Path, out_dir: Path, warn: Callable[[str], None] | None = None) -> dict:
     """Clean and split the corpus into `out_dir/{train,val}.txt` and `documents.json`.
 
@@ -268,6 +283,7 @@ def prepare(cfg: PrepareConfig, raw_dir: Path, out_dir: Path, warn: Callable[[st
     if "raw" in cfg.sources and Path(out_dir).resolve().is_relative_to(Path(raw_dir).resolve()):
         raise GothicError(f"{shown(out_dir)} is inside {shown(raw_dir)}/, so the next run would read its own output as "
                           "books; write the splits elsewhere (data/processed)")
+    check_splits_folder(Path(out_dir))
     sources = list_sources(cfg, raw_dir)
     total = sum(s.path.stat().st_size for s in sources)
     if cfg.encoding_fallback == "skip":

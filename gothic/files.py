@@ -11,11 +11,11 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gothic.errors import MACHINE_REFUSALS, GothicError
+from gothic.errors import MACHINE_REFUSALS, GothicError, printable
 
 TEMP_PATTERN = ".*.tmp"
 """Every temporary file is `.<target name>.<pid>.<random>.tmp` beside its target (a rename is atomic
@@ -161,6 +161,39 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json_text(obj))
+
+
+# --- what an output a user names may replace ---------------------------------------------------------
+
+JSON_OUTPUT_LIMIT = 256 << 20
+"""The largest file read to tell whether it is an earlier output (a 1M-token tokenizer.json is ~60 MB)."""
+
+
+def json_object(path: Path) -> dict | None:
+    """The JSON object a regular file holds, or None (not one, or larger than JSON_OUTPUT_LIMIT)."""
+    try:
+        if not path.is_file() or path.stat().st_size > JSON_OUTPUT_LIMIT:
+            return None
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def is_metrics_file(path: Path) -> bool:
+    obj = json_object(path)
+    return obj is not None and "model" not in obj  # a tokenizer.json holds its model
+
+
+def check_replaceable(path: str | Path, flag: str, kind: str, is_kind: Callable[[Path], bool]) -> None:
+    """An output file a user names replaces nothing but an earlier output of its kind (as an export
+    replaces only an earlier export): `--output models/best.pt` must not turn a checkpoint into a
+    tokenizer. Checked before any work; a link is fine (the write replaces the link, never its target)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file() or is_kind(path):
+        return  # nothing there, or a folder, which the write itself refuses in one line
+    raise GothicError(f"{flag} {printable(path)} exists and is not {kind}; choose another {flag} or remove it "
+                      "yourself")
 
 
 def sha256_file(path: str | Path) -> str:

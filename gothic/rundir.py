@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -199,10 +200,27 @@ class RunDirLock:
         except OSError:
             return "?"
 
+    def check_planted(self) -> None:
+        """Refuse a lock file that is not this folder's own plain file: taking it truncates it and writes
+        a pid there, so a symbolic or hard link would change a file elsewhere, and a FIFO or a device
+        cannot hold a pid."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            what = "is a symbolic link"
+        elif not stat.S_ISREG(st.st_mode):
+            what = "is not a file (a FIFO, a device or a folder)"
+        elif st.st_nlink > 1:
+            what = f"is a hard link ({st.st_nlink} names share the file)"
+        else:
+            return
+        raise GothicError(f"{self.path}: {what}, and a run folder's lock is a plain file of its own; remove it and "
+                          "run again")
+
     def __enter__(self) -> RunDirLock:
-        if self.path.is_symlink():  # opening it would truncate and write the link's target, wherever it is
-            raise GothicError(f"{self.path}: is a symbolic link, and a run folder's lock is a plain file; remove the "
-                              "link and run again")
+        self.check_planted()
         try:
             self._lock.acquire()
         except Timeout:
@@ -315,6 +333,10 @@ def keep_stopped(work_dir: Path, info: CheckpointInfo, identity: dict, train_cfg
                  log: Callable[[str], None]) -> None:
     """Move the folder's stopped run aside, then drop the kept runs beyond KEEP_STOPPED, oldest first."""
     dst = work_dir / STOPPED_DIR / f"{run_key(info.run_identity)}-{info.horizon}"
+    for folder in (dst.parent, dst):  # a planted link would move the run outside the work folder
+        if folder.is_symlink():
+            raise GothicError(f"{folder}: is a symbolic link, and a stopped run is kept in a folder of the run "
+                              "folder's own; remove the link and run again")
     if dst.exists():  # only a copy made by hand gets here: a session of that run would have brought it back
         drop_kept(dst, "the same run stopped later replaces it", log)
     best = work_dir / "best.pt"  # its best.pt goes with it, not one another run left there

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gothic.config import MIN_VOCAB_SIZE
 from gothic.errors import GothicError
-from gothic.files import sha256_file, write_text
+from gothic.files import json_object, sha256_file, write_text
 
 EOT = "<|endoftext|>"
 # Pieces are cut about every PIECE_CHARS characters: enough work per piece for the batch encoder,
@@ -285,6 +285,12 @@ def train_tokenizer(files: list[Path], vocab_size: int, min_frequency: int, samp
 
 def save_tokenizer(tok: Tokenizer, path: Path) -> None:
     write_text(path, tok.to_str(pretty=True))
+
+
+def is_tokenizer_file(path: Path) -> bool:
+    """Whether path holds a tokenizers JSON (what gothic-tokenize --output may replace)."""
+    obj = json_object(path)
+    return obj is not None and {"model", "added_tokens"} <= obj.keys()
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -345,3 +345,30 @@ def test_resume_false_drops_this_runs_kept_checkpoint_and_keeps_the_others(train
     steps.clear()
     run(train_bins, tiny_tokenizer_path, work, on_step=steps.append, max_iters=4, eval_interval=2, seed=8)
     assert steps == [3, 4], "B's command continues B"
+
+
+@pytest.mark.parametrize("planted", ["hard-link", "fifo"])
+def test_a_lock_that_is_no_plain_file_of_its_own_is_refused(train_bins, tiny_tokenizer_path, tmp_path, planted):
+    """A hard link at .lock would let training truncate a file elsewhere; a FIFO cannot hold a pid."""
+    work, outside = tmp_path / "ckpt", tmp_path / "outside.txt"
+    work.mkdir()
+    outside.write_text("precious\n", encoding="utf-8")
+    if planted == "hard-link":
+        os.link(outside, work / ".lock")
+    else:
+        os.mkfifo(work / ".lock")
+    refusal = r"\.lock: is (a hard link \(2 names|not a file \(a FIFO).*lock is a plain file"
+    with pytest.raises(GothicError, match=refusal):
+        run(train_bins, tiny_tokenizer_path, work)
+    assert outside.read_text(encoding="utf-8") == "precious\n" and not (work / "latest.pt").exists()
+
+
+def test_a_planted_link_at_the_kept_runs_folder_is_refused(train_bins, tiny_tokenizer_path, tmp_path):
+    work, outside = tmp_path / "ckpt", tmp_path / "outside"
+    stopped(train_bins, tiny_tokenizer_path, work)
+    outside.mkdir()
+    (work / "stopped").symlink_to(outside)
+    before = sha256_file(work / "latest.pt")
+    with pytest.raises(GothicError, match=r"stopped: is a symbolic link, and a stopped run is kept in a folder"):
+        run(train_bins, tiny_tokenizer_path, work, seed=8)
+    assert list(outside.iterdir()) == [] and sha256_file(work / "latest.pt") == before
