@@ -201,9 +201,8 @@ class RunState:
         if not _is_pair(log_window, Number, int):
             raise _damaged(path, "log_window", "a (loss sum, steps) pair")
         if not (isinstance(history, dict) and set(history) == {"train", "val"} and all(
-                isinstance(rows, list) and all(isinstance(r, dict) and _is_int(r.get("step")) for r in rows)
-                for rows in history.values())):
-            raise _damaged(path, "history", "train and val lists of rows with a step")
+                isinstance(rows, list) and all(_is_row(r) for r in rows) for rows in history.values())):
+            raise _damaged(path, "history", "train and val lists of rows of numbers with a step")
         return cls(step=step, best_val_loss=info.best_val_loss, best_step=info.best_step, val_loss=info.val_loss,
                    tokens_seen=info.tokens_seen, wall_time_s=info.wall_time_s, train_time_s=info.train_time_s,
                    horizon=info.horizon, lr_segment=tuple(lr_segment) if lr_segment else None,
@@ -213,6 +212,12 @@ class RunState:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_row(row) -> bool:
+    """A logged row: its step, and numbers (a string where a loss belongs would reach the plots)."""
+    return isinstance(row, dict) and _is_int(row.get("step")) and all(
+        isinstance(v, Number) and not isinstance(v, bool) for v in row.values())
 
 
 def _is_pair(value, first: type, second: type) -> bool:
@@ -451,7 +456,10 @@ def _check_contents(path: Path, ckpt) -> CheckpointInfo:
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise GothicError(f"{path}: not a gothic checkpoint (no format_version); train one with gothic-train")
     version = ckpt["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not _is_int(version):
+        raise GothicError(f"{path}: format_version is a {type(version).__name__}, not a whole number; the file is "
+                          "damaged or not from gothic")
+    if version > FORMAT_VERSION:
         raise GothicError(f"{path}: checkpoint format {version!r} is newer than this gothic reads "
                           f"({FORMAT_VERSION}); upgrade gothic")
     info = CheckpointInfo.from_dict(path, ckpt)

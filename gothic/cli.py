@@ -84,10 +84,10 @@ def tokenize_main(argv: list[str] | None = None) -> None:
         if any(args.output.resolve() == f.resolve() for f in args.files):
             raise GothicError(f"--output {args.output} is one of the --files: it would overwrite the text it learns "
                               "from; write the tokenizer elsewhere (data/tokenizer.json)")
-        from gothic.files import check_replaceable
+        from gothic.files import check_output_file
         from gothic.tokenizer import is_tokenizer_file, save_tokenizer, train_tokenizer
 
-        check_replaceable(args.output, "--output", "a tokenizer.json", is_tokenizer_file)
+        check_output_file(args.output, "--output", "a tokenizer.json", is_tokenizer_file)
         tok = train_tokenizer(args.files, args.vocab_size, args.min_frequency)
         save_tokenizer(tok, args.output)
         print(printable(f"wrote {args.output} ({tok.get_vocab_size()} tokens)"))
@@ -108,10 +108,10 @@ def _load_cli_params(prog: str, params_path: Path | None, overrides: list[str], 
 
 
 def _check_metrics_path(path: Path | None) -> None:
-    from gothic.files import check_replaceable, is_metrics_file
+    from gothic.files import check_output_file, is_metrics_file
 
     if path is not None:
-        check_replaceable(path, "--metrics", "a metrics JSON file", is_metrics_file)
+        check_output_file(path, "--metrics", "a metrics JSON file", is_metrics_file)
 
 
 def _add_params_flags(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,10 @@ MIN_VOCAB_SIZE = 257
 MAX_VOCAB_SIZE = 2**20
 # a longer context is a typo or a tampered checkpoint: its tables and KV cache would not fit in memory
 MAX_BLOCK_SIZE = 65536
+# far past the deepest and widest published GPTs (~126 layers, width 16,384): a larger value is a typo
+# whose weights would be built for minutes before the machine ran out of memory
+MAX_LAYERS = 1024
+MAX_WIDTH = 65536
 # numpy's and torch's seeds must fit in 32 unsigned bits
 MAX_SEED = 2**32 - 1
 # a reply or sample longer than this is a typo (days of CPU time), not a wish
@@ -152,6 +156,8 @@ class ModelConfig:
         for key in ("block_size", "n_layer", "n_head", "n_embd"):
             _range(errors, f"model.{key}", getattr(self, key), 1)
         _range(errors, "model.block_size", self.block_size, hi=MAX_BLOCK_SIZE)
+        _range(errors, "model.n_layer", self.n_layer, hi=MAX_LAYERS)
+        _range(errors, "model.n_embd", self.n_embd, hi=MAX_WIDTH)
         _range(errors, "model.dropout", self.dropout, 0.0, 1.0)
         if self.n_head >= 1 and self.n_embd % self.n_head:
             errors.append(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
@@ -478,9 +484,12 @@ def parse_yaml(text: str):
     """YAML the way DVC reads params.yaml (ruamel.yaml, YAML 1.2, safe): `3e-4` is a float and `no`
     a string for gothic exactly as for `dvc exp run -S`, `dvc params diff` and dvc.lock.
     Raises ruamel's YAMLError (imported here: ruamel takes longer to import than a --help takes)."""
-    from ruamel.yaml import YAML
+    from ruamel.yaml import YAML, YAMLError
 
-    return YAML(typ="safe").load(text)  # the very call dvc.utils.serialize.parse_yaml makes
+    try:
+        return YAML(typ="safe").load(text)  # the very call dvc.utils.serialize.parse_yaml makes
+    except RecursionError:  # `[[[[...` thousands deep: ruamel parses nesting by recursion
+        raise YAMLError("nested thousands of levels deep (a params file is a few levels deep)") from None
 
 
 MAX_PARAMS_BYTES = 1 << 20

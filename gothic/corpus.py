@@ -260,7 +260,7 @@ SPLIT_FILES = ("train.txt", "val.txt", "documents.json")
 
 def check_splits_folder(out_dir: Path) -> None:
     """The splits replace only an earlier prepare's, recognised by its documents.json (the rule every
-    output folder a user names follows: gothic.files.check_replaceable), never a user's own train.txt."""
+    output folder a user names follows: gothic.files.check_output_file), never a user's own train.txt."""
     found = [name for name in SPLIT_FILES if (out_dir / name).is_file()]
     listing = json_object(out_dir / "documents.json")
     if not found or (listing is not None and all(isinstance(listing.get(k), list) for k in ("train", "val"))):

@@ -26,7 +26,7 @@ from gothic.checkpoint import load_model, resolve_tokenizer
 from gothic.config import EXPORT_FORMATS, SamplingSettings
 from gothic.errors import GothicError
 from gothic.export_gguf import EXTRA_HINT, gguf_architecture, gguf_filename
-from gothic.files import write_json, write_text
+from gothic.files import write_error, write_json, write_text
 from gothic.hf_mapping import to_hf
 from gothic.model import GPT
 from gothic.tokenizer import EOT
@@ -78,6 +78,12 @@ class GGUFInfo:
     architecture: str  # llama.cpp's name for it
     weight_type: str
     size: str = ""
+
+
+def cannot_write(out_dir: Path, e: OSError) -> GothicError:
+    """A full disk or a read-only folder is the machine's refusal (exit 1, gothic.files.write_error);
+    anything else met while writing the folder is still one line."""
+    return write_error(out_dir, e) or GothicError(f"cannot write {out_dir}: {e.strerror or e}")
 
 
 def swap_in(new: Path, out_dir: Path) -> None:
@@ -149,7 +155,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     except OSError as e:
-        raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
+        raise cannot_write(out_dir, e) from None
     diff = None
     try:
         sampling = sampling or SamplingSettings()
@@ -181,7 +187,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, metrics_di
         check_replaceable(out_dir)  # again: the folder may have changed while the export was written
         swap_in(tmp, out_dir)
     except OSError as e:  # a full disk, a read-only folder: nothing half-written is left
-        raise GothicError(f"cannot write {out_dir}: {e.strerror or e}") from None
+        raise cannot_write(out_dir, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out_dir, hf.architecture, hf.reason, diff, gguf, "transformers" in formats, gguf_skipped)

@@ -185,7 +185,7 @@ def is_metrics_file(path: Path) -> bool:
     return obj is not None and "model" not in obj  # a tokenizer.json holds its model
 
 
-def check_replaceable(path: str | Path, flag: str, kind: str, is_kind: Callable[[Path], bool]) -> None:
+def check_output_file(path: str | Path, flag: str, kind: str, is_kind: Callable[[Path], bool]) -> None:
     """An output file a user names replaces nothing but an earlier output of its kind (as an export
     replaces only an earlier export): `--output models/best.pt` must not turn a checkpoint into a
     tokenizer. Checked before any work; a link is fine (the write replaces the link, never its target)."""

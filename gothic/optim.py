@@ -132,6 +132,19 @@ def build_optimizers(model: GPT, cfg: TrainConfig, device: torch.device) -> list
     return [adamw, muon]
 
 
+def _same_kind(saved, fresh) -> bool:
+    """Whether a saved optimizer setting is the kind of value the fresh one is (a number, a flag, a pair
+    of numbers, ...): the values may differ, their kinds may not."""
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        return type(saved) is type(fresh)
+    if isinstance(fresh, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    if isinstance(fresh, (tuple, list)):
+        return (isinstance(saved, (tuple, list)) and len(saved) == len(fresh)
+                and all(_same_kind(a, b) for a, b in zip(saved, fresh, strict=True)))
+    return type(saved) is type(fresh)
+
+
 def state_mismatch(opt: torch.optim.Optimizer, state) -> str | None:
     """Why a saved optimizer state does not fit opt's parameters (None: it fits): its groups, and every
     tensor's shape and dtype against the parameter it belongs to (the step counter is a scalar)."""
@@ -143,6 +156,10 @@ def state_mismatch(opt: torch.optim.Optimizer, state) -> str | None:
         ids = saved.get("params") if isinstance(saved, dict) else None
         if not isinstance(ids, list) or len(ids) != len(group["params"]):
             return "its parameter groups differ"
+        # the optimizer takes its settings (betas, eps, ...) from the file and unpacks them unchecked
+        wrong = next((k for k, v in group.items() if k != "params" and not _same_kind(saved.get(k, v), v)), None)
+        if wrong is not None:
+            return f"its {wrong} is {saved[wrong]!r:.40}, not like {group[wrong]!r}"
         params.update(zip(ids, group["params"], strict=True))
     for index, values in state["state"].items():
         if index not in params or not isinstance(values, dict):
@@ -155,6 +172,8 @@ def state_mismatch(opt: torch.optim.Optimizer, state) -> str | None:
             if (value.shape, value.dtype) != want:
                 return (f"{name} of parameter {index} is {tuple(value.shape)} {value.dtype}, "
                         f"expected {tuple(want[0])} {want[1]}")
+            if not torch.isfinite(value).all():  # else the first step turns every weight NaN
+                return f"{name} of parameter {index} holds NaN or infinite values"
     return None
 
 

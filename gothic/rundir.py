@@ -46,7 +46,7 @@ from filelock import FileLock, Timeout
 from gothic.checkpoint import CheckpointInfo, TrainingCheckpoint, read_info
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.errors import GothicError
-from gothic.files import WriteError, atomic_path, remove_stale_temps
+from gothic.files import WriteError, atomic_path, remove_stale_temps, sha256_file
 
 # train.* fields that do not change the trajectory: a run may continue with other values of these
 NOT_IN_RUN_KEY = ("max_iters", "eval_interval", "eval_iters", "log_interval", "compile", "device", "resume",
@@ -155,6 +155,29 @@ def check_params_unchanged(model_cfg: ModelConfig, train_cfg: TrainConfig, now_m
                       f"checkpoints are not published to be recorded under those params; they stay in {work_dir}. "
                       "Restore the params it trained with (git checkout params.yaml, or dvc exp apply the experiment "
                       "you meant) and run again: the complete run is then published without training")
+
+
+def input_digests(paths: list[Path]) -> dict[str, str | None]:
+    """The sha256 of each input the stage is recorded with beside its params (None: unreadable, which
+    training itself reports in its own words)."""
+    digests = {}
+    for path in paths:
+        try:
+            digests[str(path)] = sha256_file(path)
+        except OSError:
+            digests[str(path)] = None
+    return digests
+
+
+def check_inputs_unchanged(started: dict[str, str | None], now: dict[str, str | None], work_dir: Path) -> None:
+    """Refuse to publish a run whose inputs changed while it trained (a `dvc repro binarize` or
+    `tokenize` in another shell): DVC would record the weights with files they were not trained on."""
+    changed = [name for name, digest in started.items() if now.get(name) != digest]
+    if changed:
+        raise GothicError(f"{' and '.join(changed)} changed while this run trained, so its checkpoints are not "
+                          f"published to be recorded with them; they stay in {work_dir}. Restore the files it trained "
+                          "on (dvc checkout, or dvc repro of the stages before train) and run again to publish it "
+                          "without training, or run again to train on the new ones")
 
 
 def check_writable(out_dir: Path, create: bool = True) -> None:

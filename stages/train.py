@@ -19,7 +19,7 @@ from gothic.errors import run_main
 from gothic.files import write_json
 from gothic.live import LiveMetrics
 from gothic.progress import step_display
-from gothic.rundir import check_params_unchanged
+from gothic.rundir import check_inputs_unchanged, check_params_unchanged, input_digests
 from gothic.runlog import TrainHooks, write_curves
 from gothic.train import train
 
@@ -28,10 +28,13 @@ def main(bin_dir: str, tokenizer_path: str, work_dir: str, models_dir: str, metr
          plots_dir: str) -> None:
     params = load_params("params.yaml", require=("model", "train"))
     check_pipeline_base(params.train.init_from)
+    inputs = [Path(bin_dir) / "meta.json", Path(tokenizer_path)]  # meta.json: the bins' counts and tokenizer
+    started = input_digests(inputs)
 
     def still_these_params() -> None:  # what DVC will record the outputs under
         now = load_params("params.yaml", require=("model", "train"))
         check_params_unchanged(params.model, params.train, now.model, now.train, Path(work_dir))
+        check_inputs_unchanged(started, input_digests(inputs), Path(work_dir))
     # the metrics and plots are rewritten as training goes (dvc exp show / dvc plots show follow it),
     # then once more from the final result
     with step_display("train", show=None if os.environ.get("RANK", "0") == "0" else False) as (log, progress):

@@ -93,6 +93,7 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     (root / "laughs.yaml").write_text(laughs + yaml.safe_dump({"model": params["model"]}) + "train:\n  max_iters: 4\n"
                                       "prepare:\n  sources: *l8\n", encoding="utf-8")
     (root / "zero.yaml").symlink_to("/dev/zero")
+    (root / "deep.yaml").write_text("train:\n  max_iters: " + "[" * 50_000 + "]" * 50_000 + "\n", encoding="utf-8")
 
     bad = root / "bad"
     bad.mkdir()
@@ -113,6 +114,7 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     tampered(best, bad / "nhead_edited.pt", keep_digest=True, cfg_n_head=4)  # every weight keeps its shape
     tampered(best, bad / "layers_huge.pt", cfg_n_layer=10**9)
     tampered(best, bad / "newer.pt", format_version=99)
+    tampered(best, bad / "format_str.pt", format_version="2")
     qk = save_tiny_checkpoint(bad / "qk.pt", tiny_gpt(300, qk_norm=True), root / "tok.json")
     tampered(qk, bad / "qk_nhead.pt", cfg_n_head=1)  # n_embd 16 / 1 divides, but q_norm weights are size 8
     # a tokenizer with another vocabulary than the models' 300
@@ -133,7 +135,18 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     moment_shape = {**latest["optimizer"][0], "state": {**latest["optimizer"][0]["state"],
                                                         0: {"step": torch.tensor(4.0), "exp_avg": torch.zeros(3),
                                                             "exp_avg_sq": torch.zeros(3)}}}
+    moments = latest["optimizer"][0]["state"][0]
+    nan_moment = {**latest["optimizer"][0], "state": {**latest["optimizer"][0]["state"], 0: {
+        **moments, "exp_avg_sq": torch.full_like(moments["exp_avg_sq"], float("nan"))}}}
+
+    def group_with(**settings) -> list:  # AdamW's state with one of its group settings damaged
+        adamw = latest["optimizer"][0]
+        groups = [{**adamw["param_groups"][0], **settings}, *adamw["param_groups"][1:]]
+        return [{**adamw, "param_groups": groups}, *latest["optimizer"][1:]]
     for name, damage in {"opt_shape": {"optimizer": [moment_shape]}, "opt_list": {"optimizer": ["adam"]},
+                         "opt_betas": {"optimizer": group_with(betas="x")}, "opt_nan": {"optimizer": [nan_moment]},
+                         "opt_eps_str": {"optimizer": group_with(eps="1e-8")},
+                         "history_str": {"history": {"train": [], "val": [{"step": 4, "val_loss": "low"}]}},
                          "rng": {"rng": [{"python": "x"}]}, "rng_empty": {"rng": []},
                          "sampler": {"sampler": {"batches_drawn": "eight"}},
                          "history": {"history": {"train": [{"loss": 1.0}], "val": []}},
@@ -166,6 +179,12 @@ def ws(tmp_path_factory, tiny_tokenizer_path, train_bins) -> Path:
     with open(root / "raw_sparse" / "huge.txt", "wb") as f:
         f.truncate(3 << 30)  # 3 GB of nothing: a sparse file, no disk used
     (root / "a_file").write_text("in the way\n", encoding="utf-8")
+    (root / "notes").mkdir()  # a folder of the user's that holds a train.txt of its own
+    (root / "notes" / "train.txt").write_text("my training plan\n", encoding="utf-8")
+    for name in ("fifo_lock", "linked_lock"):  # run folders whose .lock was planted
+        (root / name).mkdir()
+    os.mkfifo(root / "fifo_lock" / ".lock")
+    os.link(root / "a_file", root / "linked_lock" / ".lock")  # truncating it would empty a_file
     # file names a terminal would act on: escape sequences, a newline, bytes that are not UTF-8
     for name, odd in {"escape": ESCAPES + ".txt", "newline": "two\nlines.txt",
                       "not_utf8": os.fsdecode(b"\xff\xfe.txt")}.items():
@@ -231,6 +250,11 @@ CASES = [
     case("params-duplicate-key", "gothic-train --params dup.yaml", "duplicate key"),
     case("params-billion-laughs", "gothic-train --params laughs.yaml",
          "more than 100,000 values once its YAML aliases"),
+    case("params-nested-50k-deep", "gothic-train --params deep.yaml",
+         "not valid YAML: nested thousands of levels deep"),
+    case("set-n-layer-1e5", f"{TRAIN} --set model.n_layer=100000", "model.n_layer=100000 must be <= 1024"),
+    case("set-n-embd-1e6", f"{TRAIN} --set model.n_embd=1048576 --set model.n_head=1",
+         "model.n_embd=1048576 must be <= 65536"),
     case("params-dev-zero", "gothic-train --params zero.yaml", "larger than 1 MiB, so not a params file"),
     case("set-batch-size-1e7", f"{TRAIN} --set train.batch_size=10000000",
          "train.batch_size=10000000 must be <= 65536"),
@@ -268,6 +292,10 @@ CASES = [
          "latest.pt: the write stopped part-way", code=1, fault="full:latest.pt", subprocess=True),
     case("train-disk-full-best", f"{TRAIN} --out-dir models --max-iters 8", "best.pt: the write stopped part-way",
          code=1, fault="full:best.pt", may_change=("models/latest.pt",)),
+    case("train-metrics-over-a-checkpoint", f"{TRAIN} --out-dir m_run --metrics models/best.pt",
+         "--metrics models/best.pt exists and is not a metrics JSON file"),
+    case("train-lock-fifo", f"{TRAIN} --out-dir fifo_lock", "fifo_lock/.lock: is not a file (a FIFO"),
+    case("train-lock-hard-link", f"{TRAIN} --out-dir linked_lock", "linked_lock/.lock: is a hard link (2 names"),
     case("train-resume-config-str", f"{TRAIN} --out-dir resume_str --resume --max-iters 8",
          "model_config is a str"),
     # --- a latest.pt whose resume state is damaged: one line before a step is trained ---
@@ -281,11 +309,19 @@ CASES = [
     case("train-resume-sampler", f"{TRAIN} --out-dir resume_sampler --resume --max-iters 8",
          "sampler or RNG state is damaged"),
     case("train-resume-history", f"{TRAIN} --out-dir resume_history --resume --max-iters 8",
-         "history is not train and val lists of rows with a step"),
+         "history is not train and val lists of rows of numbers with a step"),
     case("train-resume-log-window", f"{TRAIN} --out-dir resume_window --resume --max-iters 8",
          "log_window is not a (loss sum, steps) pair"),
     case("train-resume-horizon-str", f"{TRAIN} --out-dir resume_horizon --resume --max-iters 8",
          "horizon is a str, not a whole number"),
+    case("train-resume-betas-str", f"{TRAIN} --out-dir resume_opt_betas --resume --max-iters 8",
+         "optimizer state does not fit the model (its betas is 'x', not like (0.9, 0.95))", subprocess=True),
+    case("train-resume-eps-str", f"{TRAIN} --out-dir resume_opt_eps_str --resume --max-iters 8",
+         "optimizer state does not fit the model (its eps is '1e-8'"),
+    case("train-resume-moment-nan", f"{TRAIN} --out-dir resume_opt_nan --resume --max-iters 8",
+         "optimizer state does not fit the model (exp_avg_sq of parameter 0 holds NaN or infinite values)"),
+    case("train-resume-history-loss-str", f"{TRAIN} --out-dir resume_history_str --resume --max-iters 8",
+         "history is not train and val lists of rows of numbers"),
     # --- checkpoints ---
     case("ckpt-missing", f"{GEN} --checkpoint models/nope.pt", "checkpoint not found"),
     case("ckpt-is-folder", f"{GEN} --checkpoint models", "is a folder"),
@@ -298,6 +334,7 @@ CASES = [
     case("ckpt-pickle-zip", f"{GEN} --checkpoint bad/evil_zip.pt", "refused to load"),
     case("ckpt-foreign", f"{GEN} --checkpoint bad/foreign.pt", "not a gothic checkpoint"),
     case("ckpt-newer", f"{GEN} --checkpoint bad/newer.pt", "newer than this gothic"),
+    case("ckpt-format-str", f"{GEN} --checkpoint bad/format_str.pt", "format_version is a str, not a whole number"),
     case("ckpt-config-str", f"{GEN} --checkpoint bad/config_str.pt", "model_config is a str"),
     case("ckpt-vocab-1e9", f"{GEN} --checkpoint bad/vocab_huge.pt", "vocab_size 1000000000", subprocess=True),
     case("ckpt-vocab-str", f"{GEN} --checkpoint bad/vocab_str.pt", "vocab_size is a str"),
@@ -318,6 +355,10 @@ CASES = [
          "checksum"),
     case("evaluate-flipped-bit", "stages/evaluate.py bad/flipped.pt bin eval.json", "do not match the checksum"),
     case("chat-nan-weights", "gothic-chat --checkpoint bad/nan.pt --tokenizer tok.json", "hold NaN or infinite"),
+    case("export-read-only-folder", "gothic-export --checkpoint models/best.pt --out-dir ro/export --no-verify",
+         "cannot write ro/export: Read-only file system", code=1, fault="readonly:{ws}/ro", subprocess=True),
+    case("export-disk-full-card", "gothic-export --checkpoint models/best.pt --out-dir full_export --no-verify",
+         "README.md: No space left on device", code=1, fault="full:README.md", subprocess=True),
     case("export-nan-weights", "gothic-export --checkpoint bad/nan.pt --out-dir nan_export", "hold NaN or infinite",
          subprocess=True),
     case("ckpt-other-tokenizer", "gothic-generate --checkpoint models/best.pt --tokenizer other_tok.json",
@@ -367,6 +408,13 @@ CASES = [
          "raw/Book.txt and raw/book.txt hold the same text; remove one of them", subprocess=True),
     case("prepare-into-raw", "gothic-prepare --raw-dir raw_device --sources raw --out-dir raw_device/out",
          "is inside raw_device/, so the next run would read its own output", subprocess=True),
+    case("tok-output-over-a-checkpoint", f"{TOK} --output models/best.pt",
+         "--output models/best.pt exists and is not a tokenizer.json"),
+    case("tok-output-over-params", f"{TOK} --output params.yaml", "--output params.yaml exists and is not a tokenizer"),
+    case("prepare-metrics-over-params", "gothic-prepare --raw-dir raw_twins --sources raw --out-dir p8 --metrics "
+         "params.yaml", "--metrics params.yaml exists and is not a metrics JSON file", subprocess=True),
+    case("prepare-into-a-users-folder", "gothic-prepare --raw-dir raw_device --sources raw --out-dir notes",
+         "notes/train.txt exists and is not an earlier prepare's output", subprocess=True),
     case("tok-files-folder", "gothic-tokenize --files bin --output t.json", "bin"),
     case("tok-files-not-utf8", "gothic-tokenize --files models/best.pt --vocab-size 280 --output t.json",
          "valid UTF-8"),

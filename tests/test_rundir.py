@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from gothic.rundir import RunDirLock
 from gothic.runlog import TrainHooks
 from gothic.train import train
 
-from conftest import tiny_model_config, tiny_train_config, venv_env
+from conftest import ROOT, tiny_model_config, tiny_train_config, venv_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -372,3 +373,33 @@ def test_a_planted_link_at_the_kept_runs_folder_is_refused(train_bins, tiny_toke
     with pytest.raises(GothicError, match=r"stopped: is a symbolic link, and a stopped run is kept in a folder"):
         run(train_bins, tiny_tokenizer_path, work, seed=8)
     assert list(outside.iterdir()) == [] and sha256_file(work / "latest.pt") == before
+
+
+@pytest.mark.parametrize("changed", ["tokenizer", "bins"])
+def test_stage_publishes_nothing_when_its_inputs_changed_while_it_trained(train_bins, tiny_tokenizer_path, tmp_path,
+                                                                         monkeypatch, changed):
+    """A `dvc repro tokenize` (or binarize) in another shell while the stage trains: DVC would record the
+    weights with files they were not trained on, so the stage publishes nothing and says why."""
+    import yaml
+
+    from gothic.config import to_dict
+
+    bins, tokenizer = Path(shutil.copytree(train_bins, tmp_path / "bin")), tmp_path / "tokenizer.json"
+    shutil.copy(tiny_tokenizer_path, tokenizer)
+    params = {"model": to_dict(tiny_model_config()), "train": to_dict(tiny_train_config(max_iters=4))}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    stage = runpy.run_path(str(ROOT / "stages" / "train.py"))
+    loop = stage["train"].__globals__
+    session = loop["train_session"]
+    target = tokenizer if changed == "tokenizer" else bins / "meta.json"
+
+    def rebuild_an_input(run, hooks):
+        session(run, hooks)
+        target.write_text(target.read_text(encoding="utf-8") + " ", encoding="utf-8")
+    monkeypatch.setitem(loop, "train_session", rebuild_an_input)
+    args = (str(bins), str(tokenizer), "checkpoints", "models", "metrics/train.json", "metrics/train_plots")
+    with pytest.raises(GothicError, match=rf"{target.name} changed while this run trained, so its checkpoints are not "
+                                          "published"):
+        stage["main"](*args)
+    assert not (tmp_path / "models").exists() and (tmp_path / "checkpoints" / "final.pt").is_file()
