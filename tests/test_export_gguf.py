@@ -212,7 +212,8 @@ def test_a_full_disk_while_writing_leaves_no_partial_file_and_the_old_export(tmp
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", disk_fills)
     code, err = run_cli(args + ["--gguf-type", "q8_0"], capsys)
-    assert code != 0 and err == f"gothic-export: error: cannot write {tmp_path / 'out'}: No space left on device"
+    assert code == 1 and err == (f"gothic-export: error: cannot write {tmp_path / 'out'}: No space left on device "
+                                 "(free some disk space and run again; files written before are intact)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "out"], "a temporary file was left behind"
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
