@@ -390,7 +390,8 @@ def settle_stopped_runs(work_dir: Path, identity: dict, train_cfg: TrainConfig, 
         kept = read_info(folder / "latest.pt")
         if fresh and same_run(kept, identity):
             drop_kept(folder, "train.resume: false starts this run fresh", log)
-        elif not fresh and not ours and judge(folder / "latest.pt", kept, identity, train_cfg).action != "fresh":
+        elif not fresh and not ours and same_run(kept, identity) and \
+                judge(folder / "latest.pt", kept, identity, train_cfg).action != "fresh":
             # over what the folder holds now: a complete run (published, or trained over as before) or nothing
             log(f"train: bringing back this run, stopped at step {kept.step} of {kept.horizon}, from {folder}")
             move_run(folder, work_dir)
