@@ -340,7 +340,7 @@ CASES = [
     case("ckpt-vocab-str", f"{GEN} --checkpoint bad/vocab_str.pt", "vocab_size is a str"),
     case("ckpt-config-value-str", f"{GEN} --checkpoint bad/layers_str.pt", "model.n_layer: expected int, got '2'"),
     case("ckpt-block-1e9", f"{GEN} --checkpoint bad/block_huge.pt", "model.block_size=1000000000"),
-    case("ckpt-layers-1e9", f"{GEN} --checkpoint bad/layers_huge.pt", "n_layer 1000000000"),
+    case("ckpt-layers-1e9", f"{GEN} --checkpoint bad/layers_huge.pt", "model.n_layer=1000000000 must be <= 1024"),
     case("ckpt-n-head-indivisible", f"{GEN} --checkpoint bad/nhead_3.pt", "divisible by model.n_head=3"),
     case("ckpt-n-head-edited", f"{GEN} --checkpoint bad/nhead_edited.pt",
          "model_config was changed after the checkpoint was written"),
