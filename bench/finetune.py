@@ -74,13 +74,13 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[dict], dict]:
         raise SystemExit(f"--new-author {args.new_author}: no {args.new_author}.txt in {args.corpus}")
     # stage 1: the base, on every other book, whole books held out
     raw = work / "base_raw"
-    raw.mkdir()
+    raw.mkdir(exist_ok=True)
     for book in books:
         if book != new_book:
             shutil.copy(book, raw / book.name)
     prepare(PrepareConfig(sources=["raw"], val_fraction=args.val_fraction, seed=args.seed), raw, work / "base")
     base_heldout = work / "heldout" / "base_books"  # the base's held-out books, as evaluate.extra reads them
-    base_heldout.mkdir(parents=True)
+    base_heldout.mkdir(parents=True, exist_ok=True)
     held_out = [name.removeprefix("raw/") for name in json.loads((work / "base" / "documents.json").read_text())["val"]]
     for name in held_out:
         shutil.copy(raw / name, base_heldout / name)
@@ -154,11 +154,17 @@ def main() -> None:
     parser.add_argument("--min-chapter-chars", type=int, default=2000)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=1337, help="seed of the base's book split")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep the splits and runs here (a stopped bench continues them; default: a temp folder)")
     parser.add_argument("--name", default="finetune")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="gothic-finetune-") as tmp:
-        rows, extra = run(args, Path(tmp))
+    if args.work_dir:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        rows, extra = run(args, args.work_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="gothic-finetune-") as tmp:
+            rows, extra = run(args, Path(tmp))
     fine = [r for r in rows if r["run"].startswith("fine-tune")]
     best = min(fine, key=lambda r: r["new author bpb"]) if fine else None
     notes = (f"base: {extra['base_steps']} steps on the books but {extra['new_author']}, held out: "
