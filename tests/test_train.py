@@ -283,6 +283,17 @@ def test_ema_weights_are_what_the_run_evaluates_and_publishes(train_bins, tiny_t
                                                                                   abs=1e-9)
 
 
+def test_an_ema_model_exports_like_any_other(train_bins, tiny_tokenizer_path, tmp_path):
+    """final.pt of a run with train.ema is a plain checkpoint: the transformers export matches its logits."""
+    from gothic.export import TOLERANCE, export_checkpoint, max_logit_diff
+
+    run_training(train_bins, tiny_tokenizer_path, tmp_path, ema=0.9, max_iters=4)
+    result = export_checkpoint(tmp_path / "final.pt", tmp_path / "export")
+    assert result.max_logit_diff is not None and result.max_logit_diff <= TOLERANCE
+    model, _ = load_model(tmp_path / "final.pt")
+    assert max_logit_diff(model, tmp_path / "export") <= TOLERANCE
+
+
 def test_resuming_with_ema_from_a_run_without_it_is_an_error(train_bins, tiny_tokenizer_path, tmp_path):
     """train() never gets here (train.ema is part of the run key); a hand-made or damaged latest.pt might."""
     run_training(train_bins, tiny_tokenizer_path, tmp_path / "plain", max_iters=4)
