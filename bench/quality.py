@@ -339,6 +339,10 @@ def main() -> None:
                     row, points = pool.submit(train_for, name, model_cfg, train_cfg, bin_dir, args.minutes * 60,
                                               args.eval_every, args.steps, not args.emulated_bf16).result()
                 rows.append({"regime": regime, **row})
+                # each row as it comes: a long screen cut short keeps the rows it finished
+                print(f"{regime}: {name}: {row['steps']} steps, {row['passes']:.1f} passes: held-out bpb "
+                      f"{row['held-out bpb']:.4f} final, {row['best.pt held-out bpb']:.4f} best.pt "
+                      f"(step {row['best step']})", flush=True)
                 curve += [{"regime": regime, **p} for p in points]
     print_table("held-out curve", curve)
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
