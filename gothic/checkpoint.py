@@ -7,8 +7,9 @@ never executed. Writes are atomic (temp file, fsync, rename), so a crash never l
 `TrainingCheckpoint` is the layout (FORMAT_VERSION 2): the weights, the model and train configs,
 the vocabulary size and the tokenizer (the text of its tokenizer.json and its sha256), the run
 identity (gothic.rundir), the run's progress (`RunState`: step, losses, tokens, clocks, schedule,
-history), and, in latest.pt only, what resuming needs (optimizer, scaler, sampler, rng). best.pt
-and final.pt leave that out, so they are a third of the size. Training writes and resumes through
+history), and, in latest.pt only, what resuming needs (optimizer, scaler, sampler, rng, and the
+weight average with train.ema). best.pt and final.pt leave that out, so they are a third of the
+size; with train.ema their model is the average (`published_weights`). Training writes and resumes through
 it. Every reader asks `CheckpointInfo`, the typed view of a file's plain values with one table
 of what older files mean by a missing key (`INFO_FIELDS`); most need only `load_model`:
 
@@ -51,9 +52,10 @@ FORMAT_VERSION = 2  # 2: the tokenizer travels inside; best/final hold no optimi
 
 
 # What resuming needs beyond what every checkpoint has; best.pt and final.pt leave it out.
-TRAINING_STATE_KEYS = ("optimizer", "scaler", "sampler", "rng")
-RESUME_KEYS = ("train_config", *TRAINING_STATE_KEYS, "best_step", "val_loss", "tokens_seen", "wall_time_s",
-               "history")
+TRAINING_STATE_KEYS = ("optimizer", "scaler", "sampler", "rng", "ema")
+# ema (the weight average, gothic.ema) came later and is None without train.ema: a file may lack it
+RESUME_KEYS = ("train_config", *(k for k in TRAINING_STATE_KEYS if k != "ema"), "best_step", "val_loss",
+               "tokens_seen", "wall_time_s", "history")
 
 
 # --- the read side: one typed view of a checkpoint's plain values ---------------------------------
@@ -245,18 +247,23 @@ class TrainingCheckpoint:
     run_identity: dict | None = None
     state: RunState = field(default_factory=RunState)
     optimizer: list[dict] | None = None
-    """This and the next three: only in latest.pt, for resuming (TRAINING_STATE_KEYS)."""
+    """This and the next four: only in latest.pt, for resuming (TRAINING_STATE_KEYS)."""
     scaler: dict | None = None
     sampler: dict | None = None
     rng: list[dict] | None = None
+    ema: dict | None = None
+    """The weight average's state (gothic.ema.WeightAverage.state_dict), when train.ema is on."""
 
     def to_dict(self, resumable: bool = True) -> dict:
-        """What torch.save writes (save_checkpoint adds the format version and config checksum)."""
-        out = {"model": self.model, "model_config": self.model_config, "train_config": self.train_config,
+        """What torch.save writes (save_checkpoint adds the format version and config checksum). The
+        published copy (not resumable: best.pt, final.pt) of a run with a weight average holds the
+        average as its model; latest.pt the raw weights, which training continues from."""
+        model = self.model if resumable or self.ema is None else published_weights(self.model, self.ema)
+        out = {"model": model, "model_config": self.model_config, "train_config": self.train_config,
                "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256,
                "tokenizer": self.tokenizer, "run_identity": self.run_identity, **self.state.to_dict()}
         if resumable:
-            out.update(optimizer=self.optimizer, scaler=self.scaler, sampler=self.sampler, rng=self.rng)
+            out.update(optimizer=self.optimizer, scaler=self.scaler, sampler=self.sampler, rng=self.rng, ema=self.ema)
         return out
 
     def save(self, path: str | Path, resumable: bool = True) -> None:
@@ -291,6 +298,14 @@ class TrainingCheckpoint:
         saved = self.train_config.get("optimizer")
         if saved != optimizer or len(self.optimizer) != n_optimizers:
             raise GothicError(f"{path}: trained with optimizer {saved!r}, params say {optimizer!r}")
+
+
+def published_weights(model: dict, ema: dict) -> dict:
+    """The model state_dict with the weight average's tensors (gothic.ema) in place of the raw ones, each
+    in the raw one's dtype. A tied weight, listed once in the average, is replaced under every name
+    that shares its storage, so the copies stay one tensor."""
+    averaged = {model[name].data_ptr(): weight.to(model[name].dtype) for name, weight in ema["weights"].items()}
+    return {key: averaged.get(value.data_ptr(), value) for key, value in model.items()}
 
 
 def check_same_tokenizer(trained: TokenizerIdentity, trained_name: str | Path, other: TokenizerIdentity,

@@ -42,6 +42,8 @@ MAX_BATCH = 65_536
 16, and a bound on what a typo (batch_size: 10000000) would try to allocate."""
 SOURCES = ("builtin", "raw")
 DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("cosine", "wsd")
+SAMPLINGS = ("random", "epochs")
 
 
 class ConfigError(GothicError, ValueError):
@@ -186,9 +188,14 @@ class TrainConfig:
     learning_rate: float = 3.0e-4
     """Peak AdamW rate, reached after warmup (gothic.optim.get_lr scales every group's rate by the schedule)."""
     min_lr: float = 3.0e-5
-    """Where the cosine decay ends, at max_iters."""
+    """Where the decay (cosine or wsd) ends, at max_iters."""
     warmup_iters: int = 1000
     """Steps of linear warmup from learning_rate / warmup_iters to learning_rate."""
+    schedule: str = "cosine"
+    """After warmup: 'cosine' (a cosine from learning_rate to min_lr at max_iters) or 'wsd' (warmup-stable-
+    decay: learning_rate until the last decay_frac of max_iters, then a straight line to min_lr)."""
+    decay_frac: float = 0.2
+    """With schedule=wsd: the share of max_iters spent decaying to min_lr at the end."""
     weight_decay: float = 0.1
     """Applied to weight matrices only, never to biases, norms or embeddings' positions."""
     beta1: float = 0.9
@@ -197,6 +204,13 @@ class TrainConfig:
     """AdamW's second-moment decay."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights, updated every step in float32 (0: off).
+    When on, the periodic val loss, best.pt and final.pt are the average's; latest.pt keeps the raw
+    weights and the average, so a resumed run is exact (gothic.ema)."""
+    sampling: str = "random"
+    """'random' (each window at a random offset, the seed's) or 'epochs' (shuffled non-overlapping windows:
+    every window once per pass over the data, gothic.data.BatchSampler)."""
     optimizer: str = "adamw"
     """'adamw' (seed) or 'muon' (Muon for hidden matrices, AdamW for the rest)."""
     muon_lr: float = 0.02
@@ -243,6 +257,14 @@ class TrainConfig:
         _range(errors, "train.beta1", self.beta1, 0.0, 1.0)
         _range(errors, "train.beta2", self.beta2, 0.0, 1.0)
         _range(errors, "train.grad_clip", self.grad_clip, 0.0)
+        _range(errors, "train.ema", self.ema, 0.0)
+        if self.ema >= 1.0:
+            errors.append(f"train.ema={self.ema!r} must be below 1 (e.g. 0.999), or 0 to turn the average off")
+        _range(errors, "train.decay_frac", self.decay_frac, 0.0, 1.0)
+        if self.schedule not in SCHEDULES:
+            errors.append(f"train.schedule={self.schedule!r} must be one of {', '.join(SCHEDULES)}")
+        if self.sampling not in SAMPLINGS:
+            errors.append(f"train.sampling={self.sampling!r} must be one of {', '.join(SAMPLINGS)}")
         _seed(errors, "train.seed", self.seed)
         if self.optimizer not in ("adamw", "muon"):
             errors.append(f"train.optimizer={self.optimizer!r} must be adamw or muon")

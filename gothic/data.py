@@ -226,28 +226,62 @@ def data_fingerprint(meta_path: Path) -> str:
 
 
 class BatchSampler:
-    """Random training windows from a token memmap, reproducible and resumable.
+    """Training windows from a token memmap, reproducible and resumable.
 
     Batch number n is a pure function of (seed, n): `batch(n)` draws it from a generator seeded
     with them, so whoever numbers the batches (BatchStream, or estimate_loss's fixed batches) needs
     no sampler state, and resuming needs only the next number.
+
+    Two ways to pick the windows (train.sampling):
+    - random (the seed's): every window starts at a random offset, so some text is seen twice
+      before other text is seen once;
+    - epochs: the data is cut into `windows_per_epoch` non-overlapping windows (from an offset
+      drawn per epoch, so the cuts move), shuffled per epoch; batches take them in that order, so
+      every window is seen once before any is seen again. Window number g of the stream is the
+      (g mod W)-th of epoch g // W: still a pure function of (seed, n).
     """
 
-    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int):
+    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int, epochs: bool = False):
         if data.size <= block_size:
             raise GothicError(f"a split of {data.size} tokens cannot fill one window of block_size={block_size} "
                               "(+1 target); lower model.block_size or add text")
         self.data, self.block_size, self.batch_size, self.seed = data, block_size, batch_size, seed
+        self.epochs = epochs
+        self.windows_per_epoch = (data.size - 1) // block_size
+        """Whole windows (block_size inputs and the next token as the last target) in the data."""
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its shuffled window starts): the last one used
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch number n: (inputs, targets), each int64 of shape (batch_size, block_size)."""
         import torch  # here, not at the top: the binarize stage needs no torch and starts a second faster
 
-        # the 0 once held a rank; kept so runs and checkpoints from before draw the same windows
-        rng = np.random.default_rng([self.seed, 0, n])
-        starts = rng.integers(0, self.data.size - self.block_size, size=self.batch_size)
+        starts = self._epoch_starts(n) if self.epochs else self._random_starts(n)
         window = np.stack([self.data[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
         return torch.from_numpy(window[:, :-1].copy()), torch.from_numpy(window[:, 1:].copy())
+
+    def _random_starts(self, n: int) -> np.ndarray:
+        # the 0 once held a rank; kept so runs and checkpoints from before draw the same windows
+        rng = np.random.default_rng([self.seed, 0, n])
+        return rng.integers(0, self.data.size - self.block_size, size=self.batch_size)
+
+    def _epoch_starts(self, n: int) -> list[int]:
+        first = n * self.batch_size
+        return [self.epoch_order(g // self.windows_per_epoch)[g % self.windows_per_epoch]
+                for g in range(first, first + self.batch_size)]
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The window starts of one epoch, in the order they are trained on."""
+        order = self._order  # one read: a prefetch thread may replace it meanwhile
+        if order is None or order[0] != epoch:
+            rng = np.random.default_rng([self.seed, 1, epoch])  # 1: another stream than the random windows'
+            slack = self.data.size - 1 - self.windows_per_epoch * self.block_size  # tokens no window covers
+            offset = int(rng.integers(0, slack + 1))
+            order = self._order = (epoch, offset + self.block_size * rng.permutation(self.windows_per_epoch))
+        return order[1]
+
+    def position(self, batches: int) -> tuple[int, int]:
+        """(epoch, windows of it done) once `batches` batches are drawn, with sampling by epochs."""
+        return divmod(batches * self.batch_size, self.windows_per_epoch)
 
 
 class BatchStream:
@@ -278,12 +312,19 @@ class BatchStream:
         self.consumed += count * self.world_size
 
     def state_dict(self) -> dict:
-        return {"seed": self.sampler.seed, "rank": 0, "batches_drawn": self.consumed}
+        """The position; with sampling by epochs also the epoch and the windows of it done (what
+        the position means, written so a reader sees how far the run went through its data)."""
+        state = {"seed": self.sampler.seed, "rank": 0, "batches_drawn": self.consumed}
+        if self.sampler.epochs:
+            state["epoch"], state["epoch_windows_done"] = self.sampler.position(self.consumed)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         consumed = state["batches_drawn"]
         if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
             raise ValueError(f"batches_drawn {consumed!r} is not a count")
+        if self.sampler.epochs and (state["epoch"], state["epoch_windows_done"]) != self.sampler.position(consumed):
+            raise ValueError("the epoch position does not match batches_drawn")
         self.consumed = consumed
 
 

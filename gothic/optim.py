@@ -184,16 +184,19 @@ LrSegment = tuple[int, float]
 
 def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> float:
     """The schedule's multiplier of the peak rates for optimizer step `step` (0-based): linear warmup,
-    then cosine to min_lr (the multiplier min_lr / learning_rate). Every param group's rate is its
-    base_lr times this, so AdamW's rate is learning_rate times it.
+    then down to min_lr (the multiplier min_lr / learning_rate) along train.schedule's curve: a cosine
+    over the whole rest of the run, or (wsd) the peak until the last decay_frac of max_iters and a
+    straight line from there. Every param group's rate is its base_lr times this, so AdamW's rate is
+    learning_rate times it.
 
     Warmup reaches learning_rate at step warmup_iters - 1 (step 0 already moves, at lr/warmup);
-    the cosine runs from warmup_iters to max_iters, where it lands on min_lr and stays.
+    the decay lands on min_lr at max_iters and stays there.
 
     segment = (start_step, start_lr) is how a run continued to another max_iters goes on: from
-    start_step the rate falls along a cosine from start_lr (the rate the old schedule had reached
-    there) to min_lr at the new max_iters. So it never jumps: a run stopped mid-decay finishes its
-    decay over the new length, and a finished run goes on at min_lr.
+    start_step the rate falls from start_lr (the rate the old schedule had reached there) to min_lr
+    at the new max_iters, along a cosine, or for wsd holding start_lr until the new decay start. So it
+    never jumps: a run stopped mid-decay finishes its decay over the new length, and a finished run
+    goes on at min_lr.
     """
     # the rates are computed as absolute AdamW rates and divided once, so the multiplier has exactly
     # the bits the schedule always had (a checkpoint's lr_segment holds an absolute rate)
@@ -201,18 +204,23 @@ def get_lr(step: int, cfg: TrainConfig, segment: LrSegment | None = None) -> flo
 
 
 def _absolute_lr(step: int, cfg: TrainConfig, segment: LrSegment | None) -> float:
-    if segment is not None and step >= segment[0]:
-        start, start_lr = segment
-        if step >= cfg.max_iters:
-            return cfg.min_lr
-        progress = (step - start) / (cfg.max_iters - start)
-        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (start_lr - cfg.min_lr)
-    if step < cfg.warmup_iters:
+    continued = segment is not None and step >= segment[0]
+    if not continued and step < cfg.warmup_iters:
         return cfg.learning_rate * (step + 1) / cfg.warmup_iters
+    start, peak = segment if continued else (cfg.warmup_iters, cfg.learning_rate)
     if step >= cfg.max_iters:
         return cfg.min_lr
-    progress = (step - cfg.warmup_iters) / (cfg.max_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+    if cfg.schedule == "wsd":
+        return _linear_decay(step, max(start, cfg.max_iters - round(cfg.decay_frac * cfg.max_iters)), peak, cfg)
+    progress = (step - start) / (cfg.max_iters - start)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - cfg.min_lr)
+
+
+def _linear_decay(step: int, decay_start: int, peak: float, cfg: TrainConfig) -> float:
+    """wsd's rate: `peak` until decay_start, then a straight line to min_lr at max_iters."""
+    if step < decay_start:
+        return peak
+    return peak + (cfg.min_lr - peak) * (step - decay_start) / (cfg.max_iters - decay_start)
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig,

@@ -51,6 +51,9 @@ from gothic.files import WriteError, atomic_path, remove_stale_temps, sha256_fil
 # train.* fields that do not change the trajectory: a run may continue with other values of these
 NOT_IN_RUN_KEY = ("max_iters", "eval_interval", "eval_iters", "log_interval", "compile", "device", "resume",
                   "micro_batch", "init_from")  # init_from: a base is known by its weights' hash, not its path
+# train.* fields that came after run keys did: at their defaults they are left out of the key, so a run
+# saved before they existed (which trained as the default does) is still the same run and continues
+ADDED_LATER = ("schedule", "decay_frac", "ema", "sampling")
 LOCK_NAME = ".lock"
 PUBLISHED = ("best.pt", "final.pt", "latest.pt")
 
@@ -60,7 +63,8 @@ def run_identity(model_cfg: ModelConfig, train_cfg: TrainConfig, data_fingerprin
     """The settings that define a run's trajectory, as plain values (dropout excepted: it may change);
     a fine-tune adds its base's weights hash (gothic.base), a run from scratch has no "base" key."""
     model = {k: v for k, v in to_dict(model_cfg).items() if k != "dropout"}
-    train = {k: v for k, v in to_dict(train_cfg).items() if k not in NOT_IN_RUN_KEY}
+    train = {k: v for k, v in to_dict(train_cfg).items() if k not in NOT_IN_RUN_KEY
+             and not (k in ADDED_LATER and v == getattr(TrainConfig(), k))}
     return {"model": model, "train": train, "data": data_fingerprint} | ({"base": base_sha256} if base_sha256 else {})
 
 

@@ -42,6 +42,7 @@ from gothic.checkpoint import (
 )
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, BatchStream, StepBatches, TrainingData, load_training_data
+from gothic.ema import WeightAverage
 from gothic.errors import GothicError
 from gothic.model import GPT
 from gothic.optim import build_optimizers, get_lr, set_lr, state_mismatch
@@ -157,6 +158,8 @@ class Run:
     identity: dict
     """What defines this run's trajectory (gothic.rundir.run_identity), saved in every checkpoint."""
     state: RunState = field(default_factory=RunState)
+    ema: WeightAverage | None = None
+    """The average of the weights (train.ema), or None when it is off."""
     last_saved_step: int | None = None
     """The step of the newest checkpoint on disk (None before the first save of a fresh run)."""
     started: float = field(default_factory=time.perf_counter)
@@ -165,6 +168,10 @@ class Run:
 
     def update_wall_time(self) -> None:
         self.state.wall_time_s = self.wall_offset + time.perf_counter() - self.started
+
+    def averaged(self) -> AbstractContextManager:
+        """Inside, the model holds the weights the run evaluates and publishes: the average with train.ema."""
+        return self.ema.swapped_in(self.model) if self.ema is not None else nullcontext()
 
 
 def resume_run(run: Run, path: Path) -> None:
@@ -183,13 +190,18 @@ def resume_run(run: Run, path: Path) -> None:
         opt.load_state_dict(state)
     if run.precision.scaler is not None and ckpt.scaler:
         run.precision.scaler.load_state_dict(ckpt.scaler)
+    if run.ema is not None and ckpt.ema is None:
+        raise GothicError(f"{path}: holds no weight average to continue (train.ema was off); start fresh with "
+                          "train.resume: false")
     try:
+        if run.ema is not None:
+            run.ema.load_state_dict(ckpt.ema)
         run.stream.load_state_dict(ckpt.sampler)
         rng = ckpt.rng[run.dist.rank] if run.dist.rank < len(ckpt.rng) else ckpt.rng[0]
         restore_rng_state(rng, run.device)  # raises on a malformed state before anything is trained
     except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
-        raise GothicError(f"{path}: the sampler or RNG state is damaged ({type(e).__name__}); start fresh with "
-                          "train.resume: false") from None
+        raise GothicError(f"{path}: the sampler, weight average or RNG state is damaged ({type(e).__name__}); "
+                          "start fresh with train.resume: false") from None
     state = ckpt.state
     run.wall_offset = state.wall_time_s
     if state.horizon != run.train_cfg.max_iters and state.step >= run.train_cfg.warmup_iters:
@@ -217,10 +229,12 @@ def build_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainingData
     np.random.seed(train_cfg.seed)
     model = GPT(model_cfg, data.vocab_size).to(device)  # same initial weights on every rank
     torch.manual_seed(train_cfg.seed + dist.rank)  # but different dropout masks
-    sampler = BatchSampler(data.train, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed)
+    sampler = BatchSampler(data.train, model_cfg.block_size, train_cfg.batch_size, train_cfg.seed,
+                           epochs=train_cfg.sampling == "epochs")
     return Run(model, build_optimizers(model, train_cfg, device), resolve_precision(train_cfg.dtype, device),
                BatchStream(sampler, dist.rank, dist.world_size), model_cfg, train_cfg, data, dist, device, out_dir,
-               identity or run_identity(model_cfg, train_cfg, data.fingerprint), RunState(horizon=train_cfg.max_iters))
+               identity or run_identity(model_cfg, train_cfg, data.fingerprint), RunState(horizon=train_cfg.max_iters),
+               WeightAverage(model, train_cfg.ema) if train_cfg.ema else None)
 
 
 def tokens_per_step(run: Run) -> int:
@@ -261,7 +275,8 @@ def check_finite(run: Run, what: str, value: float) -> None:
 
 def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
     """Write latest.pt (all ranks join the RNG gather; rank 0 writes), then for the other names the
-    same checkpoint without the optimizer, RNG and sampler state that only resuming needs.
+    same checkpoint without the optimizer, RNG, sampler and average state that only resuming needs
+    (with train.ema, holding the averaged weights as its model: TrainingCheckpoint.to_dict).
 
     latest.pt always comes first: a stop between it and the others is repaired from it on the next
     start (gothic.rundir.repair_copies).
@@ -281,7 +296,7 @@ def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
         train_config=to_dict(run.train_cfg), run_identity=run.identity, state=run.state,
         optimizer=[opt.state_dict() for opt in run.optimizers],
         scaler=run.precision.scaler.state_dict() if run.precision.scaler else None,
-        sampler=run.stream.state_dict(), rng=rng_states)
+        sampler=run.stream.state_dict(), rng=rng_states, ema=run.ema.state_dict() if run.ema is not None else None)
     ckpt.save(run.out_dir / "latest.pt")
     for name in names:
         ckpt.save(run.out_dir / name, resumable=False)
@@ -289,8 +304,9 @@ def save_run(run: Run, window: Window, names: tuple[str, ...]) -> None:
 
 def evaluate_and_save(run: Run, run_log: Reporter, window: Window, final: bool) -> None:
     cfg, state = run.train_cfg, run.state
-    state.val_loss = estimate_loss(run.model, run.data.val, cfg.batch_size, cfg.eval_iters, cfg.seed,
-                                   run.precision, run.dist)
+    with run.averaged():
+        state.val_loss = estimate_loss(run.model, run.data.val, cfg.batch_size, cfg.eval_iters, cfg.seed,
+                                       run.precision, run.dist)
     check_finite(run, "validation", state.val_loss)
     is_best = state.val_loss < state.best_val_loss
     if is_best:
@@ -318,6 +334,8 @@ def run_loop(run: Run, module: nn.Module, no_sync: Callable[[], AbstractContextM
             lr = set_lr(run.optimizers, state.step, cfg, state.lr_segment)
             passes = split_passes(step_batches.next(), cfg.micro_batch)
             window.add(train_step(module, passes, run.optimizers, run.precision, cfg.grad_clip, no_sync))
+            if run.ema is not None:
+                run.ema.update(run.model)
             state.step += 1
             state.tokens_seen += step_tokens
             run_log.step()

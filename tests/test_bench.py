@@ -50,13 +50,19 @@ def test_quality_trains_each_profile_and_names_the_held_out_documents(tmp_path):
     for i in range(4):  # four small "books", one held out
         (corpus / f"book{i}.txt").write_text(TINY_TEXT * 3 + f"\nThe end of book {i}.\n", encoding="utf-8")
     out = run_bench("quality.py", "--corpus", str(corpus), "--minutes", "0.01", "--eval-every", "0.2",
-                    "--vocab-size", "300", "--val-fraction", "0.25", "--profiles", *profiles, "--set",
+                    "--vocab-size", "300", "--val-fraction", "0.25", "--profiles", *profiles, "--passes-bytes", "10",
+                    "--set",
                     "model.n_layer=1", "model.n_embd=16", "model.n_head=2", "model.block_size=16",
                     results_dir=tmp_path / "results")
     result = json.loads((tmp_path / "results" / "quality.json").read_text())
     assert len(result["held_out"]) == 1 and result["held_out"][0] in out
-    assert [r["profile"] for r in result["rows"]] == profiles
-    assert all(0 < r["held-out bpb"] < 20 and r["steps"] >= 1 for r in result["rows"])
+    # both regimes, the same held-out book; many-passes trains on the smallest books only
+    assert [(r["regime"], r["profile"]) for r in result["rows"]] == \
+        [(regime, p) for regime in ("ten-minutes", "many-passes") for p in profiles]
+    assert result["held_out_by_regime"]["many-passes"] == result["held_out"]
+    assert len(result["trained_on"]["many-passes"]) == 1 < len(result["trained_on"]["ten-minutes"]) == 3
+    assert all(0 < r["held-out bpb"] < 20 and 0 < r["best.pt held-out bpb"] < 20 and r["steps"] >= 1
+               and r["passes"] > 0 for r in result["rows"])
     assert {p["profile"] for p in result["curve"]} == set(profiles)
 
 
@@ -126,12 +132,17 @@ def test_quality_in_steps_trains_exactly_as_gothic_train(train_bins, tiny_tokeni
     sys.path.insert(0, str(ROOT / "bench"))
     from quality import budget_training
 
-    model_cfg, train_cfg = tiny_model_config(), tiny_train_config(max_iters=6, grad_clip=1.0)
-    model, curve, _ = budget_training("tiny", model_cfg, train_cfg, train_bins, 0.0, math.inf, steps=6)
-    train(model_cfg, train_cfg, train_bins, tiny_tokenizer_path, tmp_path)
-    trained = torch.load(tmp_path / "final.pt", weights_only=True)["model"]
-    assert curve[-1]["step"] == 6
-    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+    model_cfg = tiny_model_config(dropout=0.1)
+    for toolbox in ({}, {"ema": 0.9, "schedule": "wsd", "sampling": "epochs"}):
+        train_cfg = tiny_train_config(max_iters=6, grad_clip=1.0, eval_interval=2, **toolbox)
+        run = budget_training("tiny", model_cfg, train_cfg, train_bins, 0.0, math.inf, steps=6)
+        out = tmp_path / str(len(toolbox))
+        train(model_cfg, train_cfg, train_bins, tiny_tokenizer_path, out)
+        assert run.curve[-1]["step"] == 6
+        for name, weights in (("final.pt", run.model.state_dict()), ("best.pt", run.best_state)):
+            trained = torch.load(out / name, weights_only=True)
+            assert all(torch.equal(value, trained["model"][key]) for key, value in weights.items()), (toolbox, name)
+        assert run.best_step == trained["step"]
 
 
 def test_gpu_check_runs_every_section_at_tiny_size_on_the_cpu(tmp_path):

@@ -126,6 +126,51 @@ def test_sampler_is_reproducible_and_resumable(built):
     assert not BatchSampler(data, block_size=8, batch_size=4, seed=4).batch(0)[0].equal(first[0][0])
 
 
+def epoch_starts(stream: BatchStream, batches: int) -> list[int]:
+    """The start of every window in the stream's next batches (the data are 0, 1, 2, ...: a window's
+    first token is its start)."""
+    return [int(x[0]) for _ in range(batches) for x in stream.next_batch()[0]]
+
+
+def test_epoch_sampling_sees_every_window_once_per_epoch_then_reshuffles():
+    data = np.arange(1003, dtype=np.uint16)
+    sampler = BatchSampler(data, block_size=8, batch_size=5, seed=3, epochs=True)
+    per_epoch = sampler.windows_per_epoch
+    assert per_epoch == 125  # (1003 - 1) // 8 windows of 8 inputs and their next token
+    stream = BatchStream(sampler)
+    starts = epoch_starts(stream, 2 * per_epoch // 5)  # batch_size 5 divides 125: exactly two epochs
+    first, second = starts[:per_epoch], starts[per_epoch:]
+    for epoch in (first, second):
+        assert len(set(epoch)) == per_epoch  # no window twice within an epoch
+        offset = epoch[0] % 8
+        assert sorted(epoch) == [offset + 8 * k for k in range(per_epoch)]  # non-overlapping, every one
+        assert max(epoch) + 8 < data.size  # the last target token exists
+    assert first != second  # shuffled afresh (and cut from a new offset) each epoch
+    x, y = sampler.batch(0)
+    assert x[:, 1:].equal(y[:, :-1]) and y[:, -1].equal(x[:, -1] + 1)
+    assert stream.state_dict() == {"seed": 3, "rank": 0, "batches_drawn": 50, "epoch": 2, "epoch_windows_done": 0}
+
+
+def test_epoch_sampling_crosses_epochs_inside_a_batch_and_resumes_exactly():
+    data = np.arange(203, dtype=np.uint16)  # 25 windows of 8: batches of 4 straddle the epochs' ends
+
+    def make() -> BatchStream:
+        return BatchStream(BatchSampler(data, block_size=8, batch_size=4, seed=1, epochs=True))
+
+    straight = make()
+    starts = epoch_starts(straight, 13)  # 52 windows: two epochs and 2 windows of the third
+    assert len(set(starts[:25])) == 25 and len(set(starts[25:50])) == 25
+    saved = make()
+    epoch_starts(saved, 7)
+    state = saved.state_dict()
+    assert (state["epoch"], state["epoch_windows_done"]) == (1, 3)  # 28 windows = one epoch and 3
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert epoch_starts(resumed, 6) == starts[28:]
+    with pytest.raises(ValueError, match="epoch position"):
+        make().load_state_dict({**state, "epoch": 0})
+
+
 def test_stream_ranks_take_turns_through_one_numbered_stream(built):
     """Rank r of W takes batches r, r + W, ...: two ranks together see what one process sees."""
     sampler = BatchSampler(load_split(built[2], "train"), block_size=8, batch_size=4, seed=3)

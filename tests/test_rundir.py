@@ -403,3 +403,16 @@ def test_stage_publishes_nothing_when_its_inputs_changed_while_it_trained(train_
                                           "published"):
         stage["main"](*args)
     assert not (tmp_path / "models").exists() and (tmp_path / "checkpoints" / "final.pt").is_file()
+
+
+def test_train_fields_added_later_leave_the_run_key_alone_at_their_defaults():
+    """A latest.pt saved before schedule, ema, ... existed trained as their defaults do: the same run."""
+    import dataclasses
+
+    from gothic.config import ModelConfig, TrainConfig
+    from gothic.rundir import ADDED_LATER, run_identity
+
+    identity = run_identity(ModelConfig(), TrainConfig(), "bins")
+    assert not set(ADDED_LATER) & set(identity["train"])
+    changed = run_identity(ModelConfig(), dataclasses.replace(TrainConfig(), schedule="wsd"), "bins")
+    assert changed["train"]["schedule"] == "wsd"

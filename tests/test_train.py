@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,8 +26,8 @@ from gothic.files import sha256_file
 from gothic.model import GPT
 from gothic.optim import get_lr, orthogonalize, orthogonalize_all
 from gothic.runlog import TrainHooks
-from gothic.runtime import Precision
-from gothic.train import estimate_loss, split_passes, train, train_step
+from gothic.runtime import SINGLE_PROCESS, Precision
+from gothic.train import build_run, estimate_loss, resume_run, split_passes, train, train_step
 
 from conftest import ROOT, tiny_model_config, tiny_train_config, venv_env
 
@@ -74,6 +75,40 @@ def test_get_lr_decays_monotonically_after_warmup():
 def test_get_lr_without_warmup_starts_at_peak():
     cfg = TrainConfig(learning_rate=1.0e-3, min_lr=0.0, warmup_iters=0, max_iters=10)
     assert get_lr(0, cfg) == 1.0
+
+
+WSD = dataclasses.replace(SCHEDULE, schedule="wsd", decay_frac=0.2)  # decays over steps 88 to 110
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 1.0e-4),      # the same warmup as the cosine
+    (9, 1.0e-3),
+    (10, 1.0e-3),     # then stable at the peak
+    (87, 1.0e-3),
+    (88, 1.0e-3),     # the decay starts at the last 20% of max_iters (110 - 22)
+    (99, 5.5e-4),     # half-way down: a straight line
+    (110, 1.0e-4),    # lands on min_lr
+    (500, 1.0e-4),
+])
+def test_get_lr_wsd_holds_the_peak_then_decays_linearly(step, expected):
+    assert WSD.learning_rate * get_lr(step, WSD) == pytest.approx(expected)
+
+
+def test_get_lr_wsd_continued_to_a_longer_run_holds_then_decays_over_the_new_end():
+    """Stopped during the stable phase (step 50 of 110) and continued to 220: still at the peak until the
+    new decay start (220 - 44), then down to min_lr; stopped mid-decay (step 99): the rate it reached is
+    held until then instead (never a jump up, and the cool-down still comes last)."""
+    longer = dataclasses.replace(WSD, max_iters=220)
+    assert longer.learning_rate * get_lr(175, longer, (50, 1.0e-3)) == pytest.approx(1.0e-3)
+    assert longer.learning_rate * get_lr(198, longer, (50, 1.0e-3)) == pytest.approx(5.5e-4)
+    mid = [longer.learning_rate * get_lr(s, longer, (99, 5.5e-4)) for s in range(99, 221)]
+    assert mid[0] == mid[176 - 99] == pytest.approx(5.5e-4) and mid[-1] == pytest.approx(1.0e-4)
+    assert all(a > b for a, b in zip(mid[176 - 99:-1], mid[176 - 99 + 1:-1], strict=False))
+
+
+def test_get_lr_wsd_without_decay_stays_at_the_peak():
+    cfg = dataclasses.replace(WSD, decay_frac=0.0)
+    assert get_lr(109, cfg) == 1.0 and get_lr(110, cfg) == pytest.approx(0.1)
 
 
 def test_grad_accumulation_equals_one_batch_of_k_times_b():
@@ -199,6 +234,74 @@ def test_stopped_then_resumed_equals_uninterrupted_bitwise(train_bins, tiny_toke
     # the log line that straddles the stop (steps 7 and 8) reports the same mean as without the stop
     assert [r["train_loss"] for r in resumed.history["train"]] == \
         [r["train_loss"] for r in uninterrupted.history["train"]]
+
+
+@pytest.mark.parametrize("toolbox", [{"ema": 0.9}, {"sampling": "epochs"}, {"schedule": "wsd", "decay_frac": 0.5},
+                                     {"ema": 0.9, "sampling": "epochs", "schedule": "wsd"}],
+                         ids=["ema", "epochs", "wsd", "all"])
+def test_stopped_then_resumed_equals_uninterrupted_with_the_data_limited_toolbox(train_bins, tiny_tokenizer_path,
+                                                                                 tmp_path, toolbox):
+    """The weight average and the epoch sampler's position travel in latest.pt: a stopped run ends bit for
+    bit where an uninterrupted one does, raw weights and average both."""
+    model, cfg = tiny_model_config(dropout=0.1), tiny_train_config(**toolbox)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(model, cfg, train_bins, tiny_tokenizer_path, straight)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, cfg, train_bins, tiny_tokenizer_path, stopped, hooks=TrainHooks(on_step=interrupt_by_signal(7)))
+    stopped_state = load_checkpoint(stopped / "latest.pt")
+    assert stopped_state["step"] == 7
+    if "sampling" in toolbox:  # 7 steps x 2 batches x 4 windows of 32 from train_bins' windows
+        windows = load_training_data(train_bins, tiny_tokenizer_path, 32).train.size // 32
+        assert divmod(7 * 2 * 4, windows) == (stopped_state["sampler"]["epoch"],
+                                              stopped_state["sampler"]["epoch_windows_done"])
+    train(model, cfg, train_bins, tiny_tokenizer_path, stopped)
+    for name in ("final.pt", "best.pt", "latest.pt"):
+        assert_bitwise_equal(weights(straight / name), weights(stopped / name))
+    a, b = (load_checkpoint(d / "latest.pt") for d in (straight, stopped))
+    assert a["best_val_loss"] == b["best_val_loss"]
+    if "ema" in toolbox:
+        for key, weight in a["ema"]["weights"].items():
+            assert weight.equal(b["ema"]["weights"][key]), key
+
+
+def test_ema_weights_are_what_the_run_evaluates_and_publishes(train_bins, tiny_tokenizer_path, tmp_path):
+    """best.pt and final.pt hold the average (tied embeddings kept one tensor), latest.pt the raw weights
+    beside it; the logged val loss is the average's, and best.pt loads like any model."""
+    result = run_training(train_bins, tiny_tokenizer_path, tmp_path, ema=0.9, max_iters=8)
+    latest, final = load_checkpoint(tmp_path / "latest.pt"), load_checkpoint(tmp_path / "final.pt")
+    assert "ema" not in final and latest["ema"]["updates"] == 8
+    average = latest["ema"]["weights"]
+    for key, weight in average.items():
+        assert final["model"][key].equal(weight), key
+    moved = [k for k in average if not latest["model"][k].equal(average[k])]
+    assert moved, "the average equals the raw weights: weak test"
+    assert final["model"]["lm_head.weight"].data_ptr() == final["model"]["wte.weight"].data_ptr()
+    model, _ = load_model(tmp_path / "final.pt")
+    data, cfg = load_training_data(train_bins, tiny_tokenizer_path, 32), tiny_train_config()
+    assert estimate_loss(model, data.val, cfg.batch_size, cfg.eval_iters, cfg.seed,
+                         Precision(torch.float32, "cpu", None)) == pytest.approx(result.history["val"][-1]["val_loss"],
+                                                                                  abs=1e-9)
+
+
+def test_an_ema_model_exports_like_any_other(train_bins, tiny_tokenizer_path, tmp_path):
+    """final.pt of a run with train.ema is a plain checkpoint: the transformers export matches its logits."""
+    from gothic.export import TOLERANCE, export_checkpoint, max_logit_diff
+
+    run_training(train_bins, tiny_tokenizer_path, tmp_path, ema=0.9, max_iters=4)
+    result = export_checkpoint(tmp_path / "final.pt", tmp_path / "export")
+    assert result.max_logit_diff is not None and result.max_logit_diff <= TOLERANCE
+    model, _ = load_model(tmp_path / "final.pt")
+    assert max_logit_diff(model, tmp_path / "export") <= TOLERANCE
+
+
+def test_resuming_with_ema_from_a_run_without_it_is_an_error(train_bins, tiny_tokenizer_path, tmp_path):
+    """train() never gets here (train.ema is part of the run key); a hand-made or damaged latest.pt might."""
+    run_training(train_bins, tiny_tokenizer_path, tmp_path / "plain", max_iters=4)
+    data = load_training_data(train_bins, tiny_tokenizer_path, 32)
+    run = build_run(tiny_model_config(), tiny_train_config(ema=0.9), data, tmp_path / "plain", SINGLE_PROCESS,
+                    torch.device("cpu"))
+    with pytest.raises(GothicError, match="no weight average"):
+        resume_run(run, tmp_path / "plain" / "latest.pt")
 
 
 def test_resume_continues_to_a_larger_max_iters(train_bins, tiny_tokenizer_path, tmp_path):
