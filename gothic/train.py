@@ -405,6 +405,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
                 folder.adopt()
             elif base is not None:
                 load_weights(run.model, base.state, base.path)  # the optimizer and schedule start fresh
+                if run.ema is not None:  # the average starts from the base's weights, not the random ones
+                    run.ema = WeightAverage(run.model, train_cfg.ema)
             if folder.start.action != "complete":
                 train_session(run, hooks)
             if hooks.before_publish is not None:

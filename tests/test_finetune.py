@@ -243,3 +243,12 @@ def test_a_fine_tunes_model_card_names_its_base(base, new_bins, tiny_tokenizer_p
     card = (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
     sha = load_base(base / "best.pt").weights_sha256
     assert f"| fine-tuned from | `{base / 'best.pt'}` (weights sha256 {sha[:12]}) |" in card
+
+
+def test_a_fine_tunes_weight_average_starts_from_the_base(base, new_bins, tiny_tokenizer_path, tmp_path):
+    """With train.ema the step-0 row scores the average: it must be the base's weights, not random ones."""
+    plain = train(tiny_model_config(), finetune_config(base / "best.pt", max_iters=2), new_bins, tiny_tokenizer_path,
+                  tmp_path / "plain")
+    averaged = train(tiny_model_config(), finetune_config(base / "best.pt", max_iters=2, ema=0.9), new_bins,
+                     tiny_tokenizer_path, tmp_path / "ema")
+    assert averaged.history["val"][0] == plain.history["val"][0]
