@@ -316,7 +316,7 @@ CASES = [
     case("train-resume-rng-empty", f"{TRAIN} --out-dir resume_rng_empty --resume --max-iters 8",
          "RNG state is damaged"),
     case("train-resume-sampler", f"{TRAIN} --out-dir resume_sampler --resume --max-iters 8",
-         "sampler or RNG state is damaged"),
+         "the sampler, weight average or RNG state is damaged"),
     case("train-resume-history", f"{TRAIN} --out-dir resume_history --resume --max-iters 8",
          "history is not train and val lists of rows of numbers with a step"),
     case("train-resume-log-window", f"{TRAIN} --out-dir resume_window --resume --max-iters 8",

@@ -44,6 +44,9 @@ def make_project(repo: Path, raw_dir: Path) -> Path:
     for folder in ("stages", "gothic"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(raw_dir, repo / "data" / "raw")
+    for folder in ("data/base", "data/heldout"):  # dependencies of stages, each holding only its README
+        (repo / folder).mkdir(parents=True)
+        (repo / folder / "README.md").write_text(committed_text(f"{folder}/README.md"), encoding="utf-8")
     params = yaml.safe_load(committed_text("params.yaml"))
     for section, values in TINY_PARAMS.items():
         params[section].update(values)
