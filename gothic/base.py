@@ -17,6 +17,7 @@ read it: a base elsewhere would change without DVC noticing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from gothic.checkpoint import (
+    TokenizerIdentity,
     check_weights_fit,
     checkpoint_tokenizer,
     first_nonfinite,
@@ -52,9 +54,11 @@ class Base:
     """The text of the tokenizer.json the base was trained with, byte for byte."""
     weights_sha256: str
 
-    def describe(self) -> str:
-        c = self.model_config
-        return f"{self.path} ({c.n_layer} layers x {c.n_embd}, context {c.block_size}, {self.vocab_size} tokens)"
+    @property
+    def tokenizer_identity(self) -> TokenizerIdentity:
+        """What "the same tokenizer" compares (gothic.checkpoint.check_same_tokenizer)."""
+        return TokenizerIdentity(self.vocab_size, hashlib.sha256(self.tokenizer_json.encode("utf-8")).hexdigest())
+
 
 
 def load_base(path: str | Path) -> Base:

@@ -18,7 +18,6 @@ SIGTERM) finishes the current step, saves latest.pt and stops; a second Ctrl+C s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -419,8 +418,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, bin_dir: str | Path, t
 
 def check_base_tokenizer(base: Base, data: TrainingData, tokenizer_path: Path) -> None:
     """A fine-tune's bins must be encoded with its base's tokenizer: other ids would mean other words."""
-    base_sha = hashlib.sha256(base.tokenizer_json.encode("utf-8")).hexdigest()
-    check_same_tokenizer(TokenizerIdentity(base.vocab_size, base_sha), base.path,
+    check_same_tokenizer(base.tokenizer_identity, base.path,
                          TokenizerIdentity(data.vocab_size, data.tokenizer_sha256),
                          f"the bins' tokenizer {tokenizer_path}",
                          "encode the new books with the base's tokenizer: `dvc repro` (the tokenize stage writes "
