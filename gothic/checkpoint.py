@@ -40,6 +40,7 @@ from typing import BinaryIO
 
 import torch
 from tokenizers import Tokenizer
+from torch.overrides import TorchFunctionMode
 
 from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig, build_section
 from gothic.errors import GothicError
@@ -502,6 +503,17 @@ def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
     return cfg
 
 
+class _ShapesOnly(TorchFunctionMode):
+    """Skips nn.init.normal_: a meta tensor has no values to draw, and drawing them anyway imports
+    torch._dynamo (1.2 s on first use), which every process that loads a checkpoint would wait for."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.init.normal_:
+            return kwargs["tensor"] if "tensor" in kwargs else args[0]
+        return func(*args, **kwargs)
+
+
 def check_weights_fit(path: Path, cfg: ModelConfig, vocab_size: int, state: dict) -> None:
     """Refuse weights whose shapes are not the ones cfg and vocab_size imply, before allocating a model.
 
@@ -522,7 +534,7 @@ def check_weights_fit(path: Path, cfg: ModelConfig, vocab_size: int, state: dict
     layers = {key.split(".")[1] for key in state if key.startswith("blocks.")}
     if len(layers) != cfg.n_layer:
         raise refuse(f"n_layer {cfg.n_layer}, {len(layers)} layers of weights")
-    with torch.device("meta"):
+    with torch.device("meta"), _ShapesOnly():
         expected = {k: tuple(v.shape) for k, v in GPT(cfg, vocab_size).state_dict().items()}
     for key in sorted(expected.keys() | state.keys()):
         if shape(key) != expected.get(key):
