@@ -33,7 +33,7 @@ from gothic.checkpoint import (
     read_checkpoint,
     weights_sha256,
 )
-from gothic.config import ModelConfig, build_section, to_dict
+from gothic.config import DROPOUT_KEYS, ModelConfig, build_section, to_dict
 from gothic.errors import GothicError
 from gothic.files import atomic_path, check_inside
 from gothic.tokenizer import EOT
@@ -134,11 +134,11 @@ def write_base_tokenizer(base: Base, path: Path) -> Tokenizer:
 
 
 def shape_from_base(params_cfg: ModelConfig, base: Base) -> tuple[ModelConfig, str | None]:
-    """The model a fine-tune trains: the base's shape, with params' dropout (it shapes nothing), and a
+    """The model a fine-tune trains: the base's shape, with params' dropout settings (they shape nothing), and a
     note naming every model.* value of params that the base overrides (None when they agree)."""
     wanted, saved = to_dict(params_cfg), to_dict(base.model_config)
-    diffs = [f"{k} {wanted[k]!r} -> {v!r}" for k, v in saved.items() if k != "dropout" and wanted[k] != v]
-    cfg = ModelConfig(**{**saved, "dropout": params_cfg.dropout})
+    diffs = [f"{k} {wanted[k]!r} -> {v!r}" for k, v in saved.items() if k not in DROPOUT_KEYS and wanted[k] != v]
+    cfg = ModelConfig(**{**saved, **{k: wanted[k] for k in DROPOUT_KEYS}})
     note = (f"the model's shape comes from the base {base.path}: model.{'; model.'.join(diffs)} (the model "
             "params are ignored where they differ)") if diffs else None
     return cfg, note

@@ -42,7 +42,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.overrides import TorchFunctionMode
 
-from gothic.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig, build_section
+from gothic.config import DROPOUT_KEYS, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig, build_section
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path
 from gothic.model import GPT
@@ -292,7 +292,7 @@ class TrainingCheckpoint:
                              "start fresh (train.resume: false) or use the original tokenizer")
         # dropout shapes nothing, so it may change on resume; every other field must match
         diffs = [f"model.{k}: checkpoint {self.model_config.get(k)!r}, params {v!r}"
-                 for k, v in model_config.items() if k != "dropout" and self.model_config.get(k) != v]
+                 for k, v in model_config.items() if k not in DROPOUT_KEYS and self.model_config.get(k) != v]
         if diffs:
             raise GothicError(f"{path}: a different model shape ({'; '.join(diffs)}); "
                               "restore those params or start fresh with train.resume: false")

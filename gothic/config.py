@@ -40,6 +40,8 @@ MAX_NEW_TOKENS = 1_000_000
 MAX_BATCH = 65_536
 """Sequences in one micro-batch (train, evaluate) or samples drawn as one batch: 4,096 times the seed's
 16, and a bound on what a typo (batch_size: 10000000) would try to allocate."""
+# model settings that shape nothing: a run may continue, and a fine-tune start from its base, with other values
+DROPOUT_KEYS = ("dropout", "attention_dropout")
 SOURCES = ("builtin", "raw")
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "wsd")
@@ -140,6 +142,10 @@ class ModelConfig:
     dropout: float = 0.0
     """On the embeddings, the attention probabilities and the residual branches (nanoGPT's places); shapes
     nothing, so a run may continue with another value."""
+    attention_dropout: bool = True
+    """Whether dropout also acts on the attention probabilities. False leaves them alone, so training keeps
+    the fused attention kernel (on CPU, dropout there makes attention about 2x slower); like dropout,
+    a run may continue with another value."""
     bias: bool = True
     """Biases in Linear and LayerNorm layers (GPT-2 style)."""
     pos_embedding: str = "learned"

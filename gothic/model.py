@@ -90,7 +90,7 @@ class CausalSelfAttention(nn.Module):
         # QK-norm (Dehghani et al. 2023) keeps attention logits bounded, which steadies training
         self.q_norm = RMSNorm(self.head_size) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_size) if cfg.qk_norm else None
-        self.dropout = cfg.dropout
+        self.dropout = cfg.dropout if cfg.attention_dropout else 0.0
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None, cache: KVCache | None,

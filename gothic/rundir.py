@@ -44,7 +44,7 @@ import torch.distributed as torch_dist
 from filelock import FileLock, Timeout
 
 from gothic.checkpoint import CheckpointInfo, TrainingCheckpoint, read_info
-from gothic.config import ModelConfig, TrainConfig, to_dict
+from gothic.config import DROPOUT_KEYS, ModelConfig, TrainConfig, to_dict
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path, remove_stale_temps, sha256_file
 
@@ -60,9 +60,9 @@ PUBLISHED = ("best.pt", "final.pt", "latest.pt")
 
 def run_identity(model_cfg: ModelConfig, train_cfg: TrainConfig, data_fingerprint: str,
                  base_sha256: str | None = None) -> dict:
-    """The settings that define a run's trajectory, as plain values (dropout excepted: it may change);
+    """The settings that define a run's trajectory, as plain values (dropout's two excepted: they may change);
     a fine-tune adds its base's weights hash (gothic.base), a run from scratch has no "base" key."""
-    model = {k: v for k, v in to_dict(model_cfg).items() if k != "dropout"}
+    model = {k: v for k, v in to_dict(model_cfg).items() if k not in DROPOUT_KEYS}
     train = {k: v for k, v in to_dict(train_cfg).items() if k not in NOT_IN_RUN_KEY
              and not (k in ADDED_LATER and v == getattr(TrainConfig(), k))}
     return {"model": model, "train": train, "data": data_fingerprint} | ({"base": base_sha256} if base_sha256 else {})

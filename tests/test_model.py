@@ -183,6 +183,23 @@ def test_dropout_only_in_training_mode():
     assert not torch.equal(model(idx)[0], model(idx)[0])
 
 
+@pytest.mark.parametrize("attention_dropout", [True, False])
+def test_attention_dropout_false_keeps_dropout_out_of_the_attention_kernel(attention_dropout, monkeypatch):
+    """The fused kernel sees dropout_p 0 (it stays on its fast path); the residual branches still drop."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, dropout_p=0.0, **kwargs):
+        seen.append(dropout_p)
+        return sdpa(*args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = make_model(dropout=0.5, attention_dropout=attention_dropout).train()
+    idx = torch.randint(0, VOCAB, (2, 8))
+    assert not torch.equal(model(idx)[0], model(idx)[0])
+    assert set(seen) == ({0.5} if attention_dropout else {0.0})
+
+
 @pytest.mark.parametrize("shape", [(16, 64), (96, 24)])
 def test_newton_schulz_pushes_singular_values_towards_one(shape):
     """Singular values spread over 30x come out in Muon's band of roughly [0.7, 1.2]."""
