@@ -87,13 +87,14 @@ repro: setup  ## dvc repro with params.yaml as it is
 	$(RUN) dvc repro
 
 # Two lanes (pyproject.toml's markers): `make test` after every change, `make test-all` before a commit
-# and in CI. The slow lane runs on every core (pytest-xdist: the tests share nothing).
-PYTEST := $(RUN) python -m pytest -q
+# and in CI. Both run on every core (pytest-xdist): the tests share nothing but a few module fixtures (one
+# trained repository copied by several tests), whose tests an xdist_group keeps on one worker (loadgroup).
+PYTEST := $(RUN) python -m pytest -q -n auto --dist loadgroup
 test: setup  ## fast lane: no dvc runs, subprocesses, ptys (under a minute)
 	$(PYTEST) -m "not slow"
 
 test-slow: setup $(VENV)/.llama-cpp  ## the slow lane alone, on every core
-	$(PYTEST) -m slow -n auto --durations=15
+	$(PYTEST) -m slow --durations=15
 
 test-all: lint test test-slow  ## lint, the fast lane, then the slow lane (CI runs this)
 

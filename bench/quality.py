@@ -82,6 +82,9 @@ PROFILES: dict[str, dict] = {
     "demo-epochs": {"train.sampling": "epochs"},
     "demo-dropout": {"model.dropout": 0.1},
     "demo-toolbox": {"train.ema": 0.99, "train.schedule": "wsd", "train.decay_frac": 0.3, "train.sampling": "epochs"},
+    # the toolbox with dropout on the embeddings and residual branches only (the attention kernel stays fused)
+    "demo-toolbox-dropout": {"train.ema": 0.99, "train.schedule": "wsd", "train.decay_frac": 0.3,
+                             "train.sampling": "epochs", "model.dropout": 0.1, "model.attention_dropout": False},
 }
 REGIMES = ("ten-minutes", "many-passes")
 

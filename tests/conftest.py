@@ -15,6 +15,11 @@ SHARED_CORPUS = ROOT.parent / "shared" / "corpus" / "gothic"
 
 SLOW_KINDS = ("dvc", "subprocess", "pty")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n: each worker is one of the cores, and so are the stages and scripts it starts; two OpenMP
+    # threads per process on a machine that every worker keeps busy only wait for each other
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def pytest_collection_modifyitems(items) -> None:
     """What a test is (dvc, subprocess, pty) puts it in the slow lane: `make test` leaves it out."""

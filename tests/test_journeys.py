@@ -52,6 +52,24 @@ def clone(tmp_path, home) -> Path:
     return new_clone(tmp_path / "gothic", home)
 
 
+@pytest.fixture(scope="module")
+def trained_clone(tmp_path_factory) -> Path:
+    """A new user's clone after one experiment, "base" (the tiny settings), left in the workspace as
+    `dvc exp run` leaves it: built once and copied by the journeys that start from a trained workspace
+    (xdist_group "trained" keeps them on one worker, so one build serves them all)."""
+    folder = tmp_path_factory.mktemp("trained")
+    (folder / "home").mkdir()
+    repo = new_clone(folder / "gothic", folder / "home")
+    dvc_identity_run(["dvc", "exp", "run", "-n", "base", *overrides()], repo, folder / "home")
+    return repo
+
+
+@pytest.fixture
+def trained(trained_clone, tmp_path) -> Path:
+    """A private copy of trained_clone (git history, experiments, DVC cache and outputs included)."""
+    return Path(shutil.copytree(trained_clone, tmp_path / "gothic", symlinks=True))
+
+
 def new_clone(repo: Path, home: Path) -> Path:
     repo.mkdir()
     archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True)
@@ -189,52 +207,45 @@ def dvc_identity_run(cmd: list[str], repo: Path, home: Path, ok: bool = True) ->
 
 
 
-def checkpoint_seed(path: Path) -> int | None:
+def checkpoint_run(path: Path) -> tuple[int, int] | None:
+    """(train.seed, step) of the run a checkpoint holds."""
     try:
-        return torch.load(path, weights_only=True, mmap=True)["run_identity"]["train"]["seed"]
+        ckpt = torch.load(path, weights_only=True, mmap=True)
+        return ckpt["run_identity"]["train"]["seed"], ckpt["step"]
     except Exception:  # not there yet, or being replaced this instant
         return None
 
 
-def stop_when_training(command: list[str], clone: Path, home: Path, seed: int) -> int:
-    """Start `command`, Ctrl+C it once its run (train.seed `seed`) has saved latest.pt; the step it stopped at."""
+def stop_when_training(command: list[str], clone: Path, home: Path, seed: int, after: int = 0) -> tuple[int, str]:
+    """Start `command`, Ctrl+C it once its run (train.seed `seed`) has saved latest.pt past step `after`;
+    (the step it stopped at, what it printed)."""
     proc = subprocess.Popen(command, cwd=clone, env={**user_env(home), **IDENTITY}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 120
-    while checkpoint_seed(clone / "checkpoints" / "latest.pt") != seed and time.time() < deadline:
+    while (run := checkpoint_run(clone / "checkpoints" / "latest.pt")) is None or run[0] != seed or run[1] <= after:
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-2000:]
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C sends to the terminal's foreground process group
     stopped_output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and "stopped at step" in stopped_output, stopped_output[-2000:]
-    return torch.load(clone / "checkpoints" / "latest.pt", weights_only=True)["step"]
+    return torch.load(clone / "checkpoints" / "latest.pt", weights_only=True)["step"], stopped_output
 
 
-def test_a_stopped_dvc_experiment_continues_where_it_stopped_not_an_older_run(clone, home):
-    """Ctrl+C in `dvc exp run`, in a repo that already holds a finished run; the same command again
-    continues the stopped run (train.resume: auto) and ends with the weights of a run never stopped."""
-    long = {"train.max_iters": "150", "train.eval_interval": "10", "train.log_interval": "10"}
-    dvc_identity_run(["dvc", "exp", "run", *overrides(**long, **{"train.seed": "4"})], clone, home)
+@pytest.mark.xdist_group("trained")
+def test_a_stopped_dvc_experiment_continues_where_it_stopped_even_after_another_one(trained, home):
+    """Ctrl+C in `dvc exp run` (experiment A), in a workspace that holds a finished run: A's command again
+    continues A (train.resume: auto), not the older run. Stopped a second time, then experiment B run to
+    the end in the same workspace: A is kept in checkpoints/stopped/, and A's command brings it back and
+    ends with the weights of an A never stopped."""
+    clone = trained
     sh(["git", "-c", "user.name=setup", "-c", "user.email=s@gothic.invalid", "commit", "-qam", "a finished run"],
        clone, home)
-    command = ["dvc", "exp", "run", *overrides(**long, **{"train.seed": "5"})]
-    stopped_at = stop_when_training(command, clone, home, seed=5)
-    assert 0 < stopped_at < 150
-
-    again = dvc_identity_run(command, clone, home)
-    assert f"resuming at step {stopped_at}" in again, again[-2000:]
-    shutil.copy(clone / "models" / "final.pt", clone.parent / "continued.pt")
-    dvc_identity_run(command + ["-S", "train.resume=false"], clone, home)
-    assert same_weights(clone.parent / "continued.pt", clone / "models" / "final.pt")
-
-
-def test_another_experiment_keeps_a_stopped_one_which_its_own_command_then_continues(clone, home):
-    """Experiment A stopped by Ctrl+C, experiment B run to the end in the same workspace, then A's
-    command again: A continues from where it stopped (kept in checkpoints/stopped/) and ends with the
-    weights of an A never stopped."""
     long = {"train.max_iters": "150", "train.eval_interval": "10", "train.log_interval": "10"}
     command_a = ["dvc", "exp", "run", *overrides(**long, **{"train.seed": "4"})]
-    stopped_at = stop_when_training(command_a, clone, home, seed=4)
-    assert 0 < stopped_at < 150
+    first_stop, _ = stop_when_training(command_a, clone, home, seed=4)
+    assert 0 < first_stop < 150
+    stopped_at, continued = stop_when_training(command_a, clone, home, seed=4, after=first_stop)
+    assert f"resuming at step {first_stop}" in continued and first_stop < stopped_at < 150, continued[-2000:]
 
     b = dvc_identity_run(["dvc", "exp", "run", *overrides(**{"train.seed": "5"})], clone, home)
     assert f"stopped at step {stopped_at} of 150: kept in checkpoints/stopped/" in b, b[-2000:]
@@ -248,8 +259,9 @@ def test_another_experiment_keeps_a_stopped_one_which_its_own_command_then_conti
     assert same_weights(clone.parent / "continued.pt", clone / "models" / "final.pt")
 
 
-def test_a_failed_train_stage_does_not_force_a_retrain(clone, home):
-    dvc_identity_run(["dvc", "exp", "run", *overrides()], clone, home)
+@pytest.mark.xdist_group("trained")
+def test_a_failed_train_stage_does_not_force_a_retrain(trained, home):
+    clone = trained  # the workspace of a finished `dvc exp run`
     params = (clone / "params.yaml").read_text()
     (clone / "params.yaml").write_text(params.replace("n_embd: 16", "n_embd: 65"))
     failed = sh(["dvc", "repro", "train"], clone, home, ok=False)
@@ -317,10 +329,12 @@ def test_gothic_and_dvc_read_params_yaml_the_same_way(clone, home):
     assert from_set[2] == 3e-5
 
 
-def test_fine_tune_a_base_from_an_earlier_experiment_and_from_another_repository(clone, home, tmp_path):
-    """README's recipes (a) and (b): a base trained on data/raw's books in one experiment, fine-tuned on
-    other books in the next; the same base brought into another repository with `dvc import`."""
-    dvc_identity_run(["dvc", "exp", "run", "-n", "base", *overrides()], clone, home)
+@pytest.mark.xdist_group("trained")
+def test_fine_tune_a_base_from_an_earlier_experiment_and_from_another_repository(trained, home, tmp_path):
+    """README's recipes (a) and (b): a base trained on data/raw's books in one experiment ("base", the
+    trained fixture's), fine-tuned on other books in the next; the same base brought into another
+    repository with `dvc import`."""
+    clone = trained
     dvc_identity_run(["dvc", "exp", "apply", "base"], clone, home)
     base_tokenizer = (clone / "data" / "tokenizer.json").read_bytes()
     shutil.copy(clone / "models" / "best.pt", clone / "data" / "base" / "best.pt")

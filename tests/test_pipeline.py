@@ -12,7 +12,9 @@ import yaml
 
 from conftest import ROOT, committed_text, git_init, has_dvc, make_raw_dir, venv_env
 
-pytestmark = [pytest.mark.dvc, pytest.mark.skipif(not has_dvc(), reason="dvc is not installed")]
+# one xdist worker takes the whole module, so reproduced_baseline (a module fixture) is built once
+pytestmark = [pytest.mark.dvc, pytest.mark.skipif(not has_dvc(), reason="dvc is not installed"),
+              pytest.mark.xdist_group("pipeline")]
 
 # Small enough that every stage, training included, runs in seconds on a CPU.
 TINY_PARAMS = {
