@@ -22,10 +22,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """What a test is (dvc, subprocess, pty) puts it in the slow lane: `make test` leaves it out."""
+    """What a test is (dvc, subprocess, pty) puts it in the slow lane: `make test` leaves it out.
+
+    The dvc tests (the longest: tens of seconds to two minutes each) go first, so that under pytest -n the
+    short ones fill the workers' last minutes and the workers finish together."""
     for item in items:
         if any(item.get_closest_marker(kind) for kind in SLOW_KINDS) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("dvc") is None)  # stable: the file order otherwise
 
 
 # A few paragraphs of public-domain-style prose, enough for a 300-token BPE.
