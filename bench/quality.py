@@ -66,6 +66,7 @@ LN2 = math.log(2)
 # the others change what they name on top of it, so only that differs.
 SEED_ARCH = {"model.pos_embedding": "learned", "model.norm": "layernorm", "model.qk_norm": False, "model.mlp": "gelu",
              "model.tie_embeddings": True, "model.bias": True, "train.optimizer": "adamw"}
+TOOLBOX = {"train.ema": 0.99, "train.schedule": "wsd", "train.decay_frac": 0.3, "train.sampling": "epochs"}
 PROFILES: dict[str, dict] = {
     "demo": {},
     # the seed architecture (GPT-2 style, AdamW) at the demo's shape
@@ -81,10 +82,14 @@ PROFILES: dict[str, dict] = {
     "demo-wsd": {"train.schedule": "wsd", "train.decay_frac": 0.3},
     "demo-epochs": {"train.sampling": "epochs"},
     "demo-dropout": {"model.dropout": 0.1},
-    "demo-toolbox": {"train.ema": 0.99, "train.schedule": "wsd", "train.decay_frac": 0.3, "train.sampling": "epochs"},
+    "demo-toolbox": TOOLBOX,
     # the toolbox with dropout on the embeddings and residual branches only (the attention kernel stays fused)
-    "demo-toolbox-dropout": {"train.ema": 0.99, "train.schedule": "wsd", "train.decay_frac": 0.3,
-                             "train.sampling": "epochs", "model.dropout": 0.1, "model.attention_dropout": False},
+    "demo-toolbox-dropout": {**TOOLBOX, "model.dropout": 0.1, "model.attention_dropout": False},
+    # ... three times that dropout: tens of passes over a few hundred KB memorise it (train loss -> 0.3)
+    "demo-toolbox-dropout3": {**TOOLBOX, "model.dropout": 0.3, "model.attention_dropout": False},
+    # ... with a third of the demo's peak rates, so the memorising comes later
+    "demo-toolbox-slow": {**TOOLBOX, "model.dropout": 0.1, "model.attention_dropout": False,
+                          "train.learning_rate": 1.0e-3, "train.min_lr": 1.0e-4, "train.muon_lr": 0.007},
 }
 REGIMES = ("ten-minutes", "many-passes")
 
