@@ -60,7 +60,6 @@ class Base:
         return TokenizerIdentity(self.vocab_size, hashlib.sha256(self.tokenizer_json.encode("utf-8")).hexdigest())
 
 
-
 def load_base(path: str | Path) -> Base:
     """The base at path: a gothic checkpoint file or an export folder; anything else is a GothicError."""
     path = Path(path)

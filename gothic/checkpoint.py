@@ -290,7 +290,7 @@ class TrainingCheckpoint:
         check_same_tokenizer(TokenizerIdentity(self.vocab_size, self.tokenizer_sha256), path,
                              TokenizerIdentity(vocab_size, tokenizer_sha256), "the bins' tokenizer",
                              "start fresh (train.resume: false) or use the original tokenizer")
-        # dropout shapes nothing, so it may change on resume; every other field must match
+        # the dropout settings shape nothing, so they may change on resume; every other field must match
         diffs = [f"model.{k}: checkpoint {self.model_config.get(k)!r}, params {v!r}"
                  for k, v in model_config.items() if k not in DROPOUT_KEYS and self.model_config.get(k) != v]
         if diffs:
