@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -35,6 +36,28 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+@contextlib.contextmanager
+def llama_cpp_without_repacking():
+    """Inside it, llama-cpp-python's Llama loads without weight repacking, as llama.cpp's `--no-repack`.
+    On CPUs with AMX, llama.cpp repacks q8_0 matrices for its AMX kernels, and that path segfaults in
+    llama-cpp-python 0.3.36 (llama.cpp#20824; reproduced on a 2-core Xeon with AMX, 64 to 1024 wide).
+    The binding's constructor takes no switch for it, so the switch is set in the defaults it reads."""
+    from llama_cpp import llama_cpp as binding
+
+    defaults = binding.llama_model_default_params
+
+    def no_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    binding.llama_model_default_params = no_repacking
+    try:
+        yield
+    finally:
+        binding.llama_model_default_params = defaults
 
 
 def best_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,

@@ -27,7 +27,7 @@ from gothic.generation import generate_tokens
 from gothic.model import GPT
 from gothic.tokenizer import save_tokenizer, tokenizer_sha256, train_tokenizer
 
-from common import report
+from common import llama_cpp_without_repacking, report
 
 VOCAB_SIZE = 4096
 # the demo profile's architecture (Makefile DEMO_PARAMS), llama.cpp's apertus
@@ -82,8 +82,9 @@ def main() -> None:
         for weight_type in args.types:
             folder = tmp / weight_type
             export_checkpoint(ckpt, folder, formats=("gguf",), gguf_type=weight_type)
-            llm = Llama(str(folder / gguf_filename(weight_type)), n_ctx=cfg.block_size, n_threads=args.threads,
-                        verbose=False)
+            with llama_cpp_without_repacking():
+                llm = Llama(str(folder / gguf_filename(weight_type)), n_ctx=cfg.block_size, n_threads=args.threads,
+                            verbose=False)
 
             def run(llm=llm):
                 got = 0

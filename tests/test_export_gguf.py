@@ -19,7 +19,10 @@ from gothic.export import export_checkpoint
 from gothic.export_gguf import gguf_architecture, gguf_filename, gguf_tolerance
 from gothic.generation import generate_tokens
 
-from conftest import GENERATION_TEXT, committed_text, save_tiny_checkpoint, tiny_gpt
+from conftest import GENERATION_TEXT, ROOT, committed_text, save_tiny_checkpoint, tiny_gpt
+
+sys.path.insert(0, str(ROOT / "bench"))
+from common import llama_cpp_without_repacking  # noqa: E402  (bench/common.py: the bench opens llama.cpp alike)
 
 gguf = pytest.importorskip("gguf", reason="the export extra (gguf) is not installed")
 project = test_pipeline.project  # the fixture: a tiny copy of this project in a git repo, for dvc exp run
@@ -252,8 +255,9 @@ def open_llama(llama_cpp, path, n_ctx: int):
     """llama.cpp on one thread with a float32 KV cache (its default f16 cache would round every key
     and value), scoring every position."""
     f32 = 0  # GGML_TYPE_F32
-    return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=1, logits_all=True, type_k=f32,
-                           type_v=f32, verbose=False)
+    with llama_cpp_without_repacking():
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=1, logits_all=True, type_k=f32,
+                               type_v=f32, verbose=False)
 
 
 def llama_greedy(llm, prompt: list[int], n: int) -> list[int]:
@@ -321,7 +325,7 @@ def test_a_trained_demo_model_continues_in_llama_cpp_as_in_gothic(train_bins, ti
         code = readme.replace("export/model-f16.gguf", str(folder / gguf_filename(weight_type)))
         code = code.replace('"The night was", max_tokens=60', '"The castle", max_tokens=12, temperature=0')
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), llama_cpp_without_repacking():
             exec(compile(code, "README.md", "exec"), {})
         assert out.getvalue().rstrip("\n") == ours, weight_type
 
