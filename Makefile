@@ -89,7 +89,9 @@ repro: setup  ## dvc repro with params.yaml as it is
 # Two lanes (pyproject.toml's markers): `make test` after every change, `make test-all` before a commit
 # and in CI. Both run on every core (pytest-xdist): the tests share nothing but a few module fixtures (one
 # trained repository copied by several tests), whose tests an xdist_group keeps on one worker (loadgroup).
-PYTEST := $(RUN) python -m pytest -q -n auto --dist loadgroup
+# A worker that crashes (a segfault in a native library) fails its test and is not replaced: replaced, it
+# once left the run waiting forever.
+PYTEST := $(RUN) python -m pytest -q -n auto --dist loadgroup --max-worker-restart=0
 test: setup  ## fast lane: no dvc runs, subprocesses, ptys (under a minute)
 	$(PYTEST) -m "not slow"
 
