@@ -164,9 +164,13 @@ def test_model_card_names_the_gguf_its_size_and_how_to_run_it(tmp_path, tiny_tok
 # --- bad input ---------------------------------------------------------------------------------------
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    """gothic-export in an empty folder: its --metrics and --samples defaults are relative, and the
+    workspace's own (after `make demo`) must not reach a test's export."""
+    import tempfile
+
     from gothic.cli_export import export_main
 
-    with pytest.raises(SystemExit) as exit_info:
+    with tempfile.TemporaryDirectory() as empty, contextlib.chdir(empty), pytest.raises(SystemExit) as exit_info:
         export_main(args)
     return exit_info.value.code, capsys.readouterr().err.strip()
 
