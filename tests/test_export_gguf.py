@@ -8,6 +8,7 @@ import errno
 import io
 import re
 import sys
+import tempfile
 
 import pytest
 import test_pipeline
@@ -166,8 +167,6 @@ def test_model_card_names_the_gguf_its_size_and_how_to_run_it(tmp_path, tiny_tok
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
     """gothic-export in an empty folder: its --metrics and --samples defaults are relative, and the
     workspace's own (after `make demo`) must not reach a test's export."""
-    import tempfile
-
     from gothic.cli_export import export_main
 
     with tempfile.TemporaryDirectory() as empty, contextlib.chdir(empty), pytest.raises(SystemExit) as exit_info:

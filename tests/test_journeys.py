@@ -380,10 +380,11 @@ def test_fine_tune_a_base_from_an_earlier_experiment_and_from_another_repository
     assert history[0]["step"] == 0 and history[0]["val_loss"] == expected
     evaluation = json.loads((clone / "metrics" / "eval.json").read_text())
     assert 0 < evaluation["extra"]["base_val"]["bits_per_byte"] < 20
-    # one run, continued: every step logged once (that it ends bit for bit as a run never stopped is
-    # test_finetune's test_a_stopped_fine_tune_continues_bit_for_bit, and the stop journey's through DVC)
     steps = [row["step"] for row in torch.load(clone / "models" / "final.pt", weights_only=True)["history"]["train"]]
-    assert steps == list(range(1, 41)), steps
+    assert steps == list(range(1, 41)), steps  # one run, continued: every step logged once
+    shutil.copy(clone / "models" / "final.pt", tmp_path / "continued.pt")
+    dvc_identity_run(["dvc", "exp", "run", "-n", "ft-straight", *finetune, "-S", "train.resume=false"], clone, home)
+    assert same_weights(tmp_path / "continued.pt", clone / "models" / "final.pt")  # the Ctrl+C changed nothing
     for name, expected_best in (("base", clone / "data" / "base" / "best.pt"), ("ft", None)):
         dvc_identity_run(["dvc", "exp", "apply", name], clone, home)
         if expected_best is not None:
