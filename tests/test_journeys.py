@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -199,13 +200,22 @@ IDENTITY = {"GIT_AUTHOR_NAME": "gothic tests", "GIT_AUTHOR_EMAIL": "t@gothic.inv
 
 
 def dvc_identity_run(cmd: list[str], repo: Path, home: Path, ok: bool = True) -> str:
-    """A dvc command that commits experiments, with an identity given as `make demo` gives it."""
+    """A dvc command that commits experiments, with an identity given as `make demo` gives it; its output
+    (stdout and stderr together).
+
+    The output goes through a file, not a pipe: `--run-all` leaves its queue worker running (it stops
+    itself after 10 s with an empty queue), and that worker holds the command's stdout, so reading a
+    pipe to its end would wait for the worker as well; a user's terminal gets its prompt back at once."""
     started = time.time()
-    proc = subprocess.run(cmd, cwd=repo, env={**user_env(home), **IDENTITY}, capture_output=True, text=True)
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as output:
+        proc = subprocess.run(cmd, cwd=repo, env={**user_env(home), **IDENTITY}, stdout=output,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        output.seek(0)
+        printed = output.read()
     print(f"{time.time() - started:.0f}s: {' '.join(cmd[:4])}")
     if ok:
-        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"{' '.join(cmd)}:\n{printed[-6000:]}"
+    return printed
 
 
 
