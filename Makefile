@@ -94,7 +94,10 @@ repro: setup  ## dvc repro with params.yaml as it is
 # trained repository copied by several tests), whose tests an xdist_group keeps on one worker (loadgroup).
 # A worker that crashes (a segfault in a native library) fails its test and is not replaced: replaced, it
 # once left the run waiting forever.
-PYTEST := $(RUN) python -m pytest -q -n auto --dist loadgroup --max-worker-restart=0
+# PYTHONDONTWRITEBYTECODE (set in many containers and CI images) would also stop pytest keeping its rewritten
+# test modules in tests/__pycache__ (ignored by git): every worker of every lane would rewrite and compile
+# them all again, 3 s of each worker's start on a 2-core AMD Zen 5.
+PYTEST := $(RUN) PYTHONDONTWRITEBYTECODE= python -m pytest -q -n auto --dist loadgroup --max-worker-restart=0
 test: setup  ## fast lane: no dvc runs, subprocesses, ptys (under a minute)
 	$(PYTEST) -m "not slow"
 
