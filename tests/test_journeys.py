@@ -209,7 +209,7 @@ def dvc_identity_run(cmd: list[str], repo: Path, home: Path, ok: bool = True) ->
     started = time.time()
     with tempfile.TemporaryFile("w+", encoding="utf-8") as output:
         proc = subprocess.run(cmd, cwd=repo, env={**user_env(home), **IDENTITY}, stdout=output,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         output.seek(0)
         printed = output.read()
     print(f"{time.time() - started:.0f}s: {' '.join(cmd[:4])}")
