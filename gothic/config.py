@@ -515,7 +515,10 @@ def parse_yaml(text: str):
     from ruamel.yaml import YAML, YAMLError
 
     try:
-        return YAML(typ="safe").load(text)  # the very call dvc.utils.serialize.parse_yaml makes
+        # dvc.utils.serialize.parse_yaml's call, in pure Python: where ruamel.yaml.clib is installed DVC parses
+        # with libyaml (same values, the same YAML 1.2 resolver), which crashes the process on nesting
+        # thousands deep, where the pure parser raises RecursionError and gothic can say what is wrong
+        return YAML(typ="safe", pure=True).load(text)
     except RecursionError:  # `[[[[...` thousands deep: ruamel parses nesting by recursion
         raise YAMLError("nested thousands of levels deep (a params file is a few levels deep)") from None
 
