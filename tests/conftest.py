@@ -15,6 +15,10 @@ SHARED_CORPUS = ROOT.parent / "shared" / "corpus" / "gothic"
 
 SLOW_KINDS = ("dvc", "subprocess", "pty")
 
+# DVC reports usage from a background process after each command in a repository that has not turned
+# it off (this project's .dvc/config has; `dvc init` in a test's repository has not yet): no test sends it
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n: each worker is one of the cores, and so are the stages and scripts it starts; two OpenMP
     # threads per process on a machine that every worker keeps busy only wait for each other
@@ -67,6 +71,17 @@ def make_raw_dir(parent: Path) -> Path:
 @pytest.fixture
 def raw_dir(tmp_path: Path) -> Path:
     return make_raw_dir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def made_demo(tmp_path_factory):
+    """`make demo` in a new user's clone, once for the session (test_journeys.make_demo); tests that use
+    it share an xdist_group "demo", so that one worker builds it for all of them."""
+    if not has_dvc() or shutil.which("make") is None:
+        pytest.skip("needs dvc and make")
+    import test_journeys
+
+    return test_journeys.make_demo(tmp_path_factory.mktemp("demo"))
 
 
 def committed_text(name: str) -> str:

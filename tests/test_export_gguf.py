@@ -11,7 +11,6 @@ import sys
 import tempfile
 
 import pytest
-import test_pipeline
 import torch
 
 from gothic.config import ModelConfig
@@ -26,7 +25,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import llama_cpp_without_repacking  # noqa: E402  (bench/common.py: the bench opens llama.cpp alike)
 
 gguf = pytest.importorskip("gguf", reason="the export extra (gguf) is not installed")
-project = test_pipeline.project  # the fixture: a tiny copy of this project in a git repo, for dvc exp run
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROPE = {"pos_embedding": "rope", "norm": "rmsnorm"}
@@ -379,25 +377,20 @@ def test_the_speed_benchmark_runs_both_runtimes(tmp_path, llama_cpp):
     assert all(r["tokens/s"] > 0 for r in rows)
 
 
-DEMO_SWITCHES = ["model.pos_embedding=rope", "model.norm=rmsnorm", "model.qk_norm=true", "model.mlp=relu2",
-                 "model.tie_embeddings=false", "model.bias=false"]  # the Makefile's DEMO_PARAMS architecture
-
-
 @pytest.mark.dvc
-def test_a_demo_model_trained_by_dvc_exp_run_continues_in_llama_cpp_as_in_gothic(project, llama_cpp):
+@pytest.mark.xdist_group("demo")
+def test_a_demo_model_trained_by_make_demo_continues_in_llama_cpp_as_in_gothic(made_demo, llama_cpp):
+    """The demo's architecture (at tiny sizes) as `make demo` trains and exports it: llama.cpp's greedy tokens
+    are gothic's."""
     from gothic.checkpoint import load_model
     from gothic.tokenizer import load_tokenizer
 
-    from conftest import has_dvc
-
-    if not has_dvc():
-        pytest.skip("dvc is not installed")
-    test_pipeline.run(["dvc", "exp", "run", *(arg for switch in DEMO_SWITCHES for arg in ("-S", switch))], project)
-    export_dir = project / "export"
+    clone = made_demo[0]
+    export_dir = clone / "export"
     assert {"model.safetensors", "model-f16.gguf", "Modelfile", "README.md"} <= {p.name for p in export_dir.iterdir()}
     assert "as its `apertus` architecture" in (export_dir / "README.md").read_text()
-    model, _ = load_model(project / "models" / "best.pt", device="cpu")
-    prompt = load_tokenizer(project / "data" / "tokenizer.json").encode("The castle").ids
+    model, _ = load_model(clone / "models" / "best.pt", device="cpu")
+    prompt = load_tokenizer(clone / "data" / "tokenizer.json").encode("The castle").ids
     llm = open_llama(llama_cpp, export_dir / "model-f16.gguf", n_ctx=model.cfg.block_size)
     n = model.cfg.block_size - len(prompt)
     assert llama_greedy(llm, prompt, n) == gothic_greedy(model, prompt, n)

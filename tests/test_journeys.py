@@ -126,10 +126,28 @@ def exp_ref(repo: Path, home: Path, name: str) -> str:
     return next(ref for ref in refs if ref.endswith(f"/{name}"))
 
 
-def test_make_demo_then_chat_then_tests_without_a_git_identity(clone, home):
+# the architecture switches of the Makefile's DEMO_PARAMS, at the tiny sizes
+DEMO_SWITCHES = {"model.pos_embedding": "rope", "model.norm": "rmsnorm", "model.qk_norm": "true",
+                 "model.mlp": "relu2", "model.tie_embeddings": "false", "model.bias": "false"}
+
+
+def make_demo(folder: Path) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """`make demo` in a new user's clone with no git identity, at the tiny sizes with the demo's architecture
+    and both export formats: (the clone, its HOME, what make printed). Built once for the session (conftest's
+    made_demo): the make-demo journey goes on from it, and the GGUF tests run its export in llama.cpp."""
+    home = folder / "home"
+    home.mkdir()
+    clone = new_clone(folder / "gothic", home)
     assert sh(["git", "config", "user.email"], clone, home, ok=False).returncode != 0  # really no identity
-    demo_params = " ".join(f"-S {arg}" for arg in overrides(**FULL_EXPORT)[1::2])
-    demo = sh(["make", "demo", f"VENV={VENV}", f"DEMO_PARAMS={demo_params}"], clone, home)
+    makefile_demo = sh(["make", "-s", "demo-params"], clone, home).stdout.split()
+    assert all(f"{key}={value}" in makefile_demo for key, value in DEMO_SWITCHES.items()), makefile_demo
+    demo_params = " ".join(f"-S {arg}" for arg in overrides(**DEMO_SWITCHES, **FULL_EXPORT)[1::2])
+    return clone, home, sh(["make", "demo", f"VENV={VENV}", f"DEMO_PARAMS={demo_params}"], clone, home)
+
+
+@pytest.mark.xdist_group("demo")
+def test_make_demo_then_chat_then_tests_without_a_git_identity(made_demo):
+    clone, home, demo = made_demo
     out = demo.stdout
     assert "Ran experiment(s)" in out or "Experiment results" in out, out[-2000:]
     assert "No file hash info found" not in demo.stderr  # a first run has nothing to check out: no alarm about it
