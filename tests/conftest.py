@@ -77,7 +77,7 @@ def raw_dir(tmp_path: Path) -> Path:
 def made_demo(tmp_path_factory):
     """`make demo` in a new user's clone, once for the session (test_journeys.make_demo); tests that use
     it share an xdist_group "demo", so that one worker builds it for all of them."""
-    if not has_dvc() or shutil.which("make") is None:
+    if not has_dvc_and_make():
         pytest.skip("needs dvc and make")
     import test_journeys
 
@@ -108,6 +108,11 @@ def venv_env() -> dict:
 
 def has_dvc() -> bool:
     return shutil.which("dvc", path=venv_env()["PATH"]) is not None
+
+
+def has_dvc_and_make() -> bool:
+    """What the journeys need: they run dvc and the Makefile's targets, as a user does."""
+    return has_dvc() and shutil.which("make") is not None
 
 
 # --- generation / evaluation fixtures -------------------------------------------------------------

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY_TEXT, has_dvc
+from conftest import ROOT, TINY_TEXT, has_dvc_and_make
 
-pytestmark = [pytest.mark.dvc, pytest.mark.skipif(not has_dvc() or shutil.which("make") is None,
-                                                   reason="needs dvc and make")]
+pytestmark = [pytest.mark.dvc, pytest.mark.skipif(not has_dvc_and_make(), reason="needs dvc and make")]
 
 VENV = Path(sys.executable).parent.parent
 # -S overrides that make the pipeline take seconds: three small books, a 300-token BPE, a 1-layer GPT, and the
@@ -126,9 +125,11 @@ def exp_ref(repo: Path, home: Path, name: str) -> str:
     return next(ref for ref in refs if ref.endswith(f"/{name}"))
 
 
-# the architecture switches of the Makefile's DEMO_PARAMS, at the tiny sizes
-DEMO_SWITCHES = {"model.pos_embedding": "rope", "model.norm": "rmsnorm", "model.qk_norm": "true",
-                 "model.mlp": "relu2", "model.tie_embeddings": "false", "model.bias": "false"}
+def demo_architecture(clone: Path, home: Path) -> dict[str, str]:
+    """The clone's Makefile DEMO_PARAMS model settings but the sizes, which stay TINY's: the demo's architecture."""
+    words = sh(["make", "-s", "demo-params"], clone, home).stdout.split()
+    settings = dict(word.split("=", 1) for word in words if word.startswith("model."))
+    return {key: value for key, value in settings.items() if key not in TINY}
 
 
 def make_demo(folder: Path) -> tuple[Path, Path, subprocess.CompletedProcess]:
@@ -139,9 +140,7 @@ def make_demo(folder: Path) -> tuple[Path, Path, subprocess.CompletedProcess]:
     home.mkdir()
     clone = new_clone(folder / "gothic", home)
     assert sh(["git", "config", "user.email"], clone, home, ok=False).returncode != 0  # really no identity
-    makefile_demo = sh(["make", "-s", "demo-params"], clone, home).stdout.split()
-    assert all(f"{key}={value}" in makefile_demo for key, value in DEMO_SWITCHES.items()), makefile_demo
-    demo_params = " ".join(f"-S {arg}" for arg in overrides(**DEMO_SWITCHES, **FULL_EXPORT)[1::2])
+    demo_params = " ".join(f"-S {arg}" for arg in overrides(**demo_architecture(clone, home), **FULL_EXPORT)[1::2])
     return clone, home, sh(["make", "demo", f"VENV={VENV}", f"DEMO_PARAMS={demo_params}"], clone, home)
 
 
