@@ -574,7 +574,9 @@ def test_ddp_two_gloo_processes_match_one_process_on_the_same_global_batch(train
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "gothic", "train", *args, "--out-dir", str(tmp_path / "ddp")]
     # own session, so a hang can be cleaned up with the workers torchrun started
-    proc = subprocess.Popen(cmd, env=venv_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    # torchrun keeps its logs in a fresh folder under TMPDIR and never removes it: keep it in tmp_path
+    env = {**venv_env(), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=120)
