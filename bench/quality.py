@@ -43,9 +43,6 @@ from gothic.config import (
     PrepareConfig,
     TrainConfig,
     params_from_dict,
-    parse_value,
-    read_params_dict,
-    set_values,
 )
 from gothic.corpus import prepare
 from gothic.data import BatchSampler, BatchStream, binarize, load_meta, load_split
@@ -53,6 +50,7 @@ from gothic.ema import WeightAverage
 from gothic.evaluate import evaluate_tokens
 from gothic.model import GPT
 from gothic.optim import build_optimizers, set_lr
+from gothic.params_file import parse_value, read_params_dict, set_values
 from gothic.runtime import resolve_precision
 from gothic.tokenizer import EOT, save_tokenizer, train_tokenizer
 from gothic.train import estimate_loss, train_step

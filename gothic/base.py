@@ -24,18 +24,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from gothic.checkpoint import (
-    TokenizerIdentity,
-    check_weights_fit,
-    checkpoint_tokenizer,
-    first_nonfinite,
-    model_config_from,
-    read_checkpoint,
-    weights_sha256,
-)
+from gothic.checkpoint import TokenizerIdentity, read_checkpoint, weights_sha256
 from gothic.config import DROPOUT_KEYS, ModelConfig, build_section, to_dict
 from gothic.errors import GothicError
 from gothic.files import atomic_path, check_inside
+from gothic.loading import check_weights_fit, checkpoint_tokenizer, first_nonfinite, model_config_from
 from gothic.tokenizer import EOT
 
 PIPELINE_BASE_DIR = Path("data/base")

@@ -1,4 +1,4 @@
-"""Checkpoints: the format (one definition, `TrainingCheckpoint`), atomic saves, safe loads.
+"""Checkpoints: the format (one definition, `TrainingCheckpoint`), atomic saves, safe loads, listing.
 
 A checkpoint is one `torch.save` file holding only tensors and plain Python values, so it loads
 with `torch.load(weights_only=True)`: a file that would need to run code to unpickle is refused,
@@ -11,15 +11,13 @@ history), and, in latest.pt only, what resuming needs (optimizer, scaler, sample
 weight average with train.ema). best.pt and final.pt leave that out, so they are a third of the
 size; with train.ema their model is the average (`published_weights`). Training writes and resumes through
 it. Every reader asks `CheckpointInfo`, the typed view of a file's plain values with one table
-of what older files mean by a missing key (`INFO_FIELDS`); most need only `load_model`:
-
-    model, info = load_model("models/best.pt", device="auto")  # info.step, info.best_val_loss, ...
+of what older files mean by a missing key (`INFO_FIELDS`); building the model a file describes is
+gothic.loading's (`load_model`).
 
 Version 1 (still read) had no `tokenizer`, and best/final were copies of latest.pt; such a
 checkpoint needs its tokenizer.json given separately. `check_same_tokenizer` is the one rule for
-"trained with this tokenizer", `resolve_tokenizer` the one lookup of a checkpoint's tokenizer.
-`find_checkpoints` and `summarize_checkpoint` list a folder's checkpoints (step, val loss) without
-loading their weights.
+"trained with this tokenizer". `find_checkpoints` and `summarize_checkpoint` list a folder's
+checkpoints (step, val loss) without loading their weights.
 """
 
 from __future__ import annotations
@@ -39,15 +37,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
-from tokenizers import Tokenizer
-from torch.overrides import TorchFunctionMode
 
-from gothic.config import DROPOUT_KEYS, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, ModelConfig, build_section
+from gothic.config import DROPOUT_KEYS, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from gothic.errors import GothicError
 from gothic.files import WriteError, atomic_path
-from gothic.model import GPT
-from gothic.runtime import resolve_device
-from gothic.tokenizer import EOT, load_tokenizer, tokenizer_sha256
 
 FORMAT_VERSION = 2  # 2: the tokenizer travels inside; best/final hold no optimizer state
 
@@ -361,7 +354,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             torch.save(state, tmp)
         except RuntimeError as e:
             # torch's own writer reports a failed write (a full disk, mostly) without an errno
-            raise WriteError(f"cannot write {path}: the write stopped part-way ({_first_line(e)}); the disk is "
+            raise WriteError(f"cannot write {path}: the write stopped part-way ({first_line(e)}); the disk is "
                              "probably full: free some space and run again (files written before are intact)"
                              ) from None
 
@@ -460,10 +453,11 @@ def _load_error_detail(e: BaseException) -> str:
         return f"malformed pickle data: {type(e).__name__}"
     _, marker, rest = str(e).partition("WeightsUnpickler error:")
     detail = next((line.strip() for line in rest.splitlines() if line.strip()), "") if marker else ""
-    return detail.partition(". ")[0] or _first_line(e)  # its first sentence: the rest is how to allowlist
+    return detail.partition(". ")[0] or first_line(e)  # its first sentence: the rest is how to allowlist
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's first line of message (its type name when it has none): what a one-line error quotes."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
@@ -485,137 +479,6 @@ def _check_contents(path: Path, ckpt) -> CheckpointInfo:
         raise GothicError(f"{path}: model is a {type(ckpt['model']).__name__}, not a mapping; the file is damaged "
                           "or not from gothic")
     return info
-
-
-def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
-    """The ModelConfig a checkpoint was trained with; unknown or invalid fields are a GothicError."""
-    raw = ckpt["model_config"]
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    if raw.keys() - fields:
-        raise GothicError(f"{path}: model_config has fields this gothic does not know; upgrade gothic")
-    saved_digest = ckpt.get("model_config_sha256")  # absent in files written before it was added
-    if saved_digest is not None and saved_digest != config_digest(raw):
-        raise GothicError(f"{path}: model_config was changed after the checkpoint was written (its checksum "
-                          "differs); the file is damaged or edited: use the original")
-    cfg, problems = build_section(ModelConfig, raw, "model")  # a string where a number belongs, too
-    if problems:
-        raise GothicError(f"{path}: invalid model_config: {'; '.join(problems)}")
-    return cfg
-
-
-class _ShapesOnly(TorchFunctionMode):
-    """Skips nn.init.normal_: a meta tensor has no values to draw, and drawing them anyway imports
-    torch._dynamo (1.2 s on first use), which every process that loads a checkpoint would wait for."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.init.normal_:
-            return kwargs["tensor"] if "tensor" in kwargs else args[0]
-        return func(*args, **kwargs)
-
-
-def check_weights_fit(path: Path, cfg: ModelConfig, vocab_size: int, state: dict) -> None:
-    """Refuse weights whose shapes are not the ones cfg and vocab_size imply, before allocating a model.
-
-    A tampered vocab_size or block_size (say 1e9) would otherwise first try to allocate hundreds of
-    gigabytes. The expected shapes come from a model built on the meta device (no memory); the
-    token embedding and the layer count are compared first, because a huge value would make even
-    that model slow to build.
-    """
-    def refuse(detail: str) -> GothicError:
-        return GothicError(f"{path}: weights do not fit the model config it records ({detail}); the file is damaged")
-
-    def shape(key: str) -> tuple | None:
-        value = state.get(key)
-        return tuple(value.shape) if isinstance(value, torch.Tensor) else None
-
-    if shape("wte.weight") != (vocab_size, cfg.n_embd):
-        raise refuse(f"vocab_size {vocab_size} and n_embd {cfg.n_embd}, token embedding {shape('wte.weight')}")
-    layers = {key.split(".")[1] for key in state if key.startswith("blocks.")}
-    if len(layers) != cfg.n_layer:
-        raise refuse(f"n_layer {cfg.n_layer}, {len(layers)} layers of weights")
-    with torch.device("meta"), _ShapesOnly():
-        expected = {k: tuple(v.shape) for k, v in GPT(cfg, vocab_size).state_dict().items()}
-    for key in sorted(expected.keys() | state.keys()):
-        if shape(key) != expected.get(key):
-            raise refuse(f"{key}: {shape(key)} in the file, {expected.get(key)} expected")
-
-
-def first_nonfinite(state: dict) -> str | None:
-    """The name of the first weight holding NaN or an infinity (None: all finite)."""
-    return next((key for key, value in state.items()
-                 if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()),
-                None)
-
-
-def load_weights(model: GPT, state: dict, path: Path) -> None:
-    """Copy a state_dict into model; a shape or key mismatch, or a weight that is not finite (a diverged
-    run, a damaged file: it would give NaN losses and tracebacks downstream) is a GothicError naming the file."""
-    if (key := first_nonfinite(state)) is not None:
-        raise GothicError(f"{path}: the weights hold NaN or infinite values ({key}); the run that wrote it diverged "
-                          "or the file is damaged: use an earlier checkpoint or train again")
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError) as e:
-        detail = _first_line(e) if len(str(e)) < 300 else str(e).splitlines()[0][:300]
-        raise GothicError(f"{path}: weights do not fit the model config it records ({detail})") from None
-
-
-def checkpoint_tokenizer(path: str | Path, info: CheckpointInfo) -> Tokenizer | None:
-    """The tokenizer a checkpoint carries (format 2), checked against its recorded hash; None
-    for a format-1 checkpoint, which carries none."""
-    if info.tokenizer is None:
-        return None
-    if hashlib.sha256(info.tokenizer.encode("utf-8")).hexdigest() != info.tokenizer_sha256:
-        raise GothicError(f"{path}: the tokenizer inside does not match its recorded sha256; the file is damaged")
-    try:
-        tok = Tokenizer.from_str(info.tokenizer)
-    except Exception as e:  # tokenizers raises plain Exceptions
-        raise GothicError(f"{path}: the tokenizer inside cannot be read ({_first_line(e)})") from None
-    if tok.token_to_id(EOT) is None:
-        raise GothicError(f"{path}: the tokenizer inside has no {EOT} token; the file is damaged")
-    return tok
-
-
-def resolve_tokenizer(path: str | Path, info: CheckpointInfo, tokenizer_path: str | Path | None = None,
-                      fallback: Path | None = None) -> tuple[Tokenizer, str]:
-    """The tokenizer to use with a checkpoint, and its tokenizer.json text: tokenizer_path when given
-    (checked to be the one the model was trained with), else the one inside (format 2), else
-    fallback (a format-1 checkpoint carried none). No tokenizer at all is a GothicError."""
-    if tokenizer_path is None:
-        tokenizer = checkpoint_tokenizer(path, info)
-        if tokenizer is not None:
-            return tokenizer, info.tokenizer
-        if fallback is None or not fallback.is_file():
-            raise GothicError(f"{path} is an older checkpoint that carries no tokenizer: pass --tokenizer PATH "
-                              "(the tokenizer.json it was trained with)")
-        tokenizer_path = fallback
-    tokenizer = load_tokenizer(tokenizer_path)
-    check_same_tokenizer(info.tokenizer_identity, path,
-                         TokenizerIdentity(tokenizer.get_vocab_size(), tokenizer_sha256(tokenizer_path)),
-                         str(tokenizer_path))
-    return tokenizer, Path(tokenizer_path).read_bytes().decode("utf-8")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, CheckpointInfo]:
-    """Build the GPT a checkpoint describes and load its weights.
-
-    Args:
-        path: a checkpoint written by training (best.pt, latest.pt, final.pt).
-        device: a torch device or a `device` param value ('auto', 'cpu', 'cuda', ...).
-    Returns:
-        (model in eval mode on device, the checkpoint's plain values: step, best_val_loss,
-        model_config, vocab_size, tokenizer, ...; no weights or training state, so a long-lived
-        caller such as the chat does not keep a second copy of the model).
-    """
-    path = Path(path)
-    device = resolve_device(device) if isinstance(device, str) else device
-    ckpt, info = read_checkpoint(path)
-    cfg = model_config_from(path, ckpt)
-    check_weights_fit(path, cfg, ckpt["vocab_size"], ckpt["model"])
-    model = GPT(cfg, ckpt["vocab_size"])
-    load_weights(model, ckpt.pop("model"), path)
-    return model.to(device).eval(), info
 
 
 CHECKPOINT_NAMES = ("best", "latest", "final")

@@ -20,15 +20,13 @@ from gothic.config import (
     SamplingSettings,
     TokenizerConfig,
     TrainConfig,
-    apply_overrides,
     check_device,
-    load_params,
     num_samples_problem,
     params_from_dict,
     seed_problem,
-    set_values,
 )
 from gothic.errors import GothicError, printable, run_main
+from gothic.params_file import apply_overrides, load_params, set_values
 from gothic.script_args import script_parser
 
 if TYPE_CHECKING:

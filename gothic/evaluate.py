@@ -32,10 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gothic.checkpoint import TokenizerIdentity, check_same_tokenizer, load_model, resolve_tokenizer
+from gothic.checkpoint import TokenizerIdentity, check_same_tokenizer
 from gothic.corpus import Source, clean_source, raw_files, shown
 from gothic.data import encode_documents, load_meta, load_split
 from gothic.errors import GothicError
+from gothic.loading import load_model, resolve_tokenizer
 from gothic.runtime import resolve_device
 from gothic.tokenizer import EOT
 

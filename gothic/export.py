@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from gothic.checkpoint import load_model, resolve_tokenizer
 from gothic.config import EXPORT_FORMATS, SamplingSettings
 from gothic.errors import GothicError
 from gothic.export_gguf import EXTRA_HINT, gguf_architecture, gguf_filename
 from gothic.files import write_error, write_json, write_text
 from gothic.hf_mapping import to_hf
+from gothic.loading import load_model, resolve_tokenizer
 from gothic.model import GPT
 from gothic.tokenizer import EOT
 

@@ -53,9 +53,10 @@ from typing import TYPE_CHECKING
 import torch
 from tokenizers import Tokenizer, decoders
 
-from gothic.checkpoint import CheckpointInfo, TokenizerIdentity, check_same_tokenizer, load_model, resolve_tokenizer
+from gothic.checkpoint import CheckpointInfo, TokenizerIdentity, check_same_tokenizer
 from gothic.config import SamplingSettings, num_samples_problem
 from gothic.errors import GothicError
+from gothic.loading import load_model, resolve_tokenizer
 from gothic.runtime import inference_dtype, resolve_device
 from gothic.tokenizer import eot_id, load_tokenizer
 

@@ -36,13 +36,12 @@ from gothic.checkpoint import (
     TokenizerIdentity,
     TrainingCheckpoint,
     check_same_tokenizer,
-    first_nonfinite,
-    load_weights,
 )
 from gothic.config import ModelConfig, TrainConfig, to_dict
 from gothic.data import BatchSampler, BatchStream, StepBatches, TrainingData, load_training_data
 from gothic.ema import WeightAverage
 from gothic.errors import GothicError
+from gothic.loading import first_nonfinite, load_weights
 from gothic.model import GPT
 from gothic.optim import build_optimizers, get_lr, set_lr, state_mismatch
 from gothic.rundir import run_folder, run_identity

@@ -4,10 +4,10 @@ to evaluate.max_tokens, evenly spaced windows above)."""
 import sys
 from pathlib import Path
 
-from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.evaluate import evaluate_checkpoint
 from gothic.files import check_inside, write_json
+from gothic.params_file import load_params
 from gothic.progress import progress_bar
 
 HELDOUT_DIR = Path("data/heldout")  # a dependency of the stage in dvc.yaml

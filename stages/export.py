@@ -8,9 +8,9 @@ export/ is declared under `artifacts:` in dvc.yaml, so `dvc push` shares it thro
 
 import sys
 
-from gothic.config import load_params
 from gothic.errors import GothicError, printable, run_main
 from gothic.export import TOLERANCE, export_checkpoint
+from gothic.params_file import load_params
 
 
 def main(checkpoint_path: str, metrics_dir: str, samples_path: str, out_dir: str) -> None:

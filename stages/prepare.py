@@ -4,10 +4,10 @@ import sys
 import time
 from pathlib import Path
 
-from gothic.config import load_params
 from gothic.corpus import prepare
 from gothic.errors import run_main
 from gothic.files import write_json
+from gothic.params_file import load_params
 
 
 def main(raw_dir: str, out_dir: str, metrics_path: str) -> None:

@@ -7,10 +7,10 @@ only to measure memorisation (the longest word n-gram a sample shares with it).
 import sys
 from pathlib import Path
 
-from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.files import write_json, write_text
 from gothic.generation import Engine
+from gothic.params_file import load_params
 from gothic.samples import draw_samples, load_text_index, render_markdown, sample_metrics, shared_ngrams
 
 

@@ -6,9 +6,9 @@ weights know its ids (gothic.base)."""
 import sys
 from pathlib import Path
 
-from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.files import write_json
+from gothic.params_file import load_params
 from gothic.tokenizer import save_tokenizer, tokenizer_stats_file, train_tokenizer, training_bytes
 
 

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from gothic.base import check_pipeline_base
-from gothic.config import load_params
 from gothic.errors import run_main
 from gothic.files import write_json
 from gothic.live import LiveMetrics
+from gothic.params_file import load_params
 from gothic.progress import step_display
 from gothic.rundir import check_inputs_unchanged, check_params_unchanged, input_digests
 from gothic.runlog import TrainHooks, write_curves

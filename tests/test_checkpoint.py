@@ -14,13 +14,13 @@ import torch
 from gothic.checkpoint import (
     FORMAT_VERSION,
     imports_objects,
-    load_model,
     read_info,
     save_checkpoint,
     summarize_checkpoint,
 )
 from gothic.errors import GothicError
 from gothic.files import sha256_file
+from gothic.loading import load_model
 from gothic.model import GPT
 from gothic.runtime import capture_rng_state, restore_rng_state
 from gothic.train import train

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gothic.config import SECTIONS, ConfigError, apply_overrides, load_params, params_from_dict
+from gothic.config import SECTIONS, ConfigError, params_from_dict
+from gothic.params_file import apply_overrides, load_params, read_params_dict
 
 from conftest import committed_text
 
@@ -142,8 +143,6 @@ YAML_1_2 = "train:\n  learning_rate: 3e-4\n  min_lr: 1e-5\n  compile: no\nprepar
 def test_params_are_read_exactly_as_dvc_reads_them(tmp_path):
     """DVC reads params.yaml with ruamel.yaml (YAML 1.2): 3e-4 is a float, `no` a string. So does gothic."""
     from dvc.utils.serialize import load_yaml
-
-    from gothic.config import read_params_dict
 
     path = tmp_path / "params.yaml"
     path.write_text(YAML_1_2, encoding="utf-8")

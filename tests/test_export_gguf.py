@@ -308,7 +308,7 @@ def test_a_trained_demo_model_continues_in_llama_cpp_as_in_gothic(train_bins, ti
                                                                    tiny_tokenizer, llama_cpp):
     """The demo profile's architecture, trained by gothic's train, exported at every weight type: the
     README's llama.cpp lines (run as written, on this export) continue the prompt with gothic's greedy text."""
-    from gothic.checkpoint import load_model
+    from gothic.loading import load_model
     from gothic.train import train
 
     from conftest import tiny_model_config, tiny_train_config
@@ -382,7 +382,7 @@ def test_the_speed_benchmark_runs_both_runtimes(tmp_path, llama_cpp):
 def test_a_demo_model_trained_by_make_demo_continues_in_llama_cpp_as_in_gothic(made_demo, llama_cpp):
     """The demo's architecture (at tiny sizes) as `make demo` trains and exports it: llama.cpp's greedy tokens
     are gothic's."""
-    from gothic.checkpoint import load_model
+    from gothic.loading import load_model
     from gothic.tokenizer import load_tokenizer
 
     clone = made_demo[0]

@@ -11,11 +11,12 @@ import torch
 from test_train import assert_bitwise_equal, interrupt_by_signal, weights
 
 from gothic.base import check_pipeline_base, load_base
-from gothic.checkpoint import load_checkpoint, load_model, read_info, save_checkpoint
+from gothic.checkpoint import load_checkpoint, read_info, save_checkpoint
 from gothic.config import to_dict
 from gothic.data import binarize, load_training_data
 from gothic.errors import GothicError
 from gothic.export import export_checkpoint
+from gothic.loading import load_model
 from gothic.rundir import run_key
 from gothic.runlog import TrainHooks
 from gothic.runtime import resolve_precision

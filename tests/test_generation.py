@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from gothic.checkpoint import load_model
 from gothic.cli import generate_main
 from gothic.config import SamplingSettings
 from gothic.errors import GothicError
@@ -22,6 +21,7 @@ from gothic.generation import (
     sample_next,
     window_keep,
 )
+from gothic.loading import load_model
 from gothic.tokenizer import eot_id
 
 from conftest import save_tiny_checkpoint, tiny_gpt

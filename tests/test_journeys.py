@@ -351,7 +351,8 @@ def test_gothic_and_dvc_read_params_yaml_the_same_way(clone, home):
     dvc = json.loads(sh([sys.executable, "-c", "import json, dvc.api; print(json.dumps(dvc.api.params_show()))"],
                         clone, home).stdout)
     assert dvc["train"]["learning_rate"] == 0.0003 and dvc["sample"]["prompts"][0] == "no"
-    read = ("import json, sys; from gothic.config import load_params; p = load_params('params.yaml', sys.argv[1:]); "
+    read = ("import json, sys; from gothic.params_file import load_params; "
+            "p = load_params('params.yaml', sys.argv[1:]); "
             "print(json.dumps([p.train.learning_rate, p.sample.prompts, p.train.min_lr]))")
     from_file = json.loads(sh([sys.executable, "-c", read], clone, home).stdout)
     assert from_file[:2] == [dvc["train"]["learning_rate"], dvc["sample"]["prompts"]]
@@ -395,8 +396,8 @@ def test_fine_tune_a_base_from_an_earlier_experiment_and_from_another_repository
     assert (clone / "data" / "tokenizer.json").read_bytes() == base_tokenizer
     assert json.loads((clone / "metrics" / "tokenizer.json").read_text())["from_base"] == "data/base/best.pt"
     # the first logged validation loss is the base's loss on the new books: its weights were loaded
-    from gothic.checkpoint import load_model
     from gothic.data import load_training_data
+    from gothic.loading import load_model
     from gothic.runtime import resolve_precision
     from gothic.train import estimate_loss
 

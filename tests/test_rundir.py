@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gothic.checkpoint import load_checkpoint, load_model
+from gothic.checkpoint import load_checkpoint
 from gothic.errors import GothicError
 from gothic.files import sha256_file
+from gothic.loading import load_model
 from gothic.model import GPT
 from gothic.rundir import RunDirLock
 from gothic.runlog import TrainHooks

@@ -17,12 +17,13 @@ import pytest
 import torch
 import yaml
 
-from gothic.checkpoint import load_checkpoint, load_model
+from gothic.checkpoint import load_checkpoint
 from gothic.cli import train_main
 from gothic.config import TrainConfig, to_dict
 from gothic.data import load_training_data
 from gothic.errors import GothicError
 from gothic.files import sha256_file
+from gothic.loading import load_model
 from gothic.model import GPT
 from gothic.optim import get_lr, orthogonalize, orthogonalize_all
 from gothic.runlog import TrainHooks
