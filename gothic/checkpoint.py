@@ -39,7 +39,7 @@ from typing import BinaryIO
 import torch
 
 from gothic.config import DROPOUT_KEYS, MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
-from gothic.errors import GothicError
+from gothic.errors import GothicError, first_line
 from gothic.files import WriteError, atomic_path
 
 FORMAT_VERSION = 2  # 2: the tokenizer travels inside; best/final hold no optimizer state
@@ -454,11 +454,6 @@ def _load_error_detail(e: BaseException) -> str:
     _, marker, rest = str(e).partition("WeightsUnpickler error:")
     detail = next((line.strip() for line in rest.splitlines() if line.strip()), "") if marker else ""
     return detail.partition(". ")[0] or first_line(e)  # its first sentence: the rest is how to allowlist
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's first line of message (its type name when it has none): what a one-line error quotes."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _check_contents(path: Path, ckpt) -> CheckpointInfo:

@@ -38,6 +38,12 @@ def _escaped(match: re.Match) -> str:
     return ch.encode("unicode_escape").decode("ascii")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line of message (its type name when it has none): what a one-line error quotes
+    of a library's exception, whose message may run to paragraphs."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def printable(text: object) -> str:
     """text as one safe line for a terminal: every character it would act on written as its escape,
     as repr writes it (a file named "a\x1b[2J.txt" shows as a\\x1b[2J.txt, a newline as \\n).

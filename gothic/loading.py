@@ -26,11 +26,10 @@ from gothic.checkpoint import (
     TokenizerIdentity,
     check_same_tokenizer,
     config_digest,
-    first_line,
     read_checkpoint,
 )
 from gothic.config import ModelConfig, build_section
-from gothic.errors import GothicError
+from gothic.errors import GothicError, first_line
 from gothic.model import GPT
 from gothic.runtime import resolve_device
 from gothic.tokenizer import EOT, load_tokenizer, tokenizer_sha256
@@ -106,7 +105,7 @@ def load_weights(model: GPT, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
-        detail = first_line(e) if len(str(e)) < 300 else str(e).splitlines()[0][:300]
+        detail = first_line(e)[:300]
         raise GothicError(f"{path}: weights do not fit the model config it records ({detail})") from None
 
 

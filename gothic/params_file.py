@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gothic.config import SECTIONS, ConfigError, Params, params_from_dict
+from gothic.errors import first_line
 
 
 def parse_yaml(text: str):
@@ -78,7 +79,7 @@ def read_params_dict(path: str | Path = "params.yaml") -> dict:
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise ConfigError([f"not valid YAML{where}: {problem}"], str(path)) from None
     if _expanded_nodes(raw, MAX_PARAMS_NODES) > MAX_PARAMS_NODES:
         raise ConfigError([f"holds more than {MAX_PARAMS_NODES:,} values once its YAML aliases are expanded (aliases "

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gothic.errors import GothicError, printable, run_main
+from gothic.errors import GothicError, first_line, printable, run_main
 from gothic.files import atomic_path, write_text
 
 # one size for every chart, so a card, a folder of PNGs and a slide line up; "fit" makes it the
@@ -36,7 +36,7 @@ def render(spec: dict, out_dir: Path, name: str, html_page: bool = True) -> Path
         png = vl_convert.vegalite_to_png(spec, scale=1)
         page = vl_convert.vegalite_to_html(spec, bundle=True) if html_page else None
     except ValueError as e:  # vl-convert's error for a spec Vega-Lite rejects
-        raise GothicError(f"cannot render the chart {name!r}: {str(e).splitlines()[0]}") from None
+        raise GothicError(f"cannot render the chart {name!r}: {first_line(e)}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / f"{name}.png") as tmp:
         tmp.write_bytes(png)

@@ -26,7 +26,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gothic.config import MIN_VOCAB_SIZE
-from gothic.errors import GothicError
+from gothic.errors import GothicError, first_line
 from gothic.files import json_object, sha256_file, write_text
 
 EOT = "<|endoftext|>"
@@ -301,7 +301,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:
-        raise GothicError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+        raise GothicError(f"{path}: not a valid tokenizer.json ({first_line(e)})") from None
     if tok.token_to_id(EOT) is None:
         raise GothicError(f"{path}: tokenizer has no {EOT} token; train it with gothic-tokenize")
     return tok
