@@ -69,7 +69,7 @@ def _from_checkpoint(path: Path) -> Base:
                           "base's own: export it (gothic-export --checkpoint ...) and start from the export folder, "
                           "which holds its tokenizer.json")
     checkpoint_tokenizer(path, info)  # its recorded sha256, an <|endoftext|>
-    cfg = model_config_from(path, ckpt)
+    cfg = model_config_from(path, info)
     check_weights_fit(path, cfg, info.vocab_size, ckpt["model"])
     return Base(path, cfg, info.vocab_size, ckpt["model"], info.tokenizer, weights_sha256(ckpt["model"]))
 

@@ -69,6 +69,7 @@ Number = int | float
 INFO_FIELDS: dict[str, tuple[type, object]] = {
     "format_version": (int, REQUIRED),
     "model_config": (dict, REQUIRED),
+    "model_config_sha256": (str | None, None),  # written since model configs were checksummed
     "vocab_size": (int, REQUIRED),
     "tokenizer_sha256": (str | None, REQUIRED),
     "step": (int, REQUIRED),
@@ -104,6 +105,8 @@ class CheckpointInfo:
 
     format_version: int
     model_config: dict
+    model_config_sha256: str | None
+    """The checksum model_config was saved with (gothic.loading.model_config_from checks it)."""
     vocab_size: int
     tokenizer_sha256: str | None
     step: int

@@ -401,7 +401,10 @@ class ExportConfig:
     """The export stage: what it writes into export/."""
 
     formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))
+    """What to write: transformers (a folder transformers loads) and/or gguf (beside it, where llama.cpp
+    computes the model; gothic.export_gguf.gguf_architecture says where it does not)."""
     gguf_type: str = "f16"
+    """The GGUF's weight type, one of GGUF_TYPES."""
 
     def check(self) -> list[str]:
         errors = [f"export.formats: {f!r} is not one of {', '.join(EXPORT_FORMATS)}"

