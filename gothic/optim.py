@@ -16,6 +16,7 @@ from torch import Tensor
 
 from gothic.config import TrainConfig
 from gothic.model import GPT
+from gothic.runtime import cpu_has_bf16_units
 
 # Coefficients of the quintic Newton-Schulz iteration from Keller Jordan's Muon write-up (2024):
 # chosen for a steep slope at 0, so small singular values grow fast; they converge to roughly
@@ -25,14 +26,25 @@ NS_STEPS = 5
 MUON_MOMENTUM = 0.95
 
 
-def orthogonalize(g: Tensor, steps: int = NS_STEPS) -> Tensor:
-    """Approximately replace g = U S V^T by U V^T (all singular values ~1), without an SVD.
+def newton_schulz_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """What Muon's Newton-Schulz iteration computes in: bf16 on CUDA, and on a CPU with bf16 units
+    (AVX-512 BF16, AMX) when the run trains in bf16; fp32 elsewhere, where emulated bf16 is slower.
+    The iteration only needs a rough orthogonalisation (its coefficients leave singular values in
+    [0.7, 1.2]), so bf16 costs no held-out quality, and on a CPU it is about a quarter of a demo
+    step in fp32 (bench/README.md)."""
+    if device.type == "cuda" or (device.type == "cpu" and cfg.dtype == "bfloat16" and cpu_has_bf16_units()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def orthogonalize(g: Tensor, steps: int = NS_STEPS, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Approximately replace g = U S V^T by U V^T (all singular values ~1), without an SVD, computing
+    in dtype (newton_schulz_dtype).
 
     g is one matrix, or a stack (n, rows, cols) of same-shaped matrices, each orthogonalised on its own
     in the same batched products (one launch per product for all of them: what a GPU wants)."""
     a, b, c = NS_COEFFS
-    # bf16 is fast and accurate enough on GPUs; CPUs without bf16 units are faster in fp32
-    x = g.bfloat16() if g.is_cuda else g.float()
+    x = g.to(dtype)
     wide = x.size(-2) <= x.size(-1)
     if not wide:  # iterate on the wide orientation, so x @ x.T is the smaller Gram matrix
         x = x.mT
@@ -47,19 +59,21 @@ def orthogonalize(g: Tensor, steps: int = NS_STEPS) -> Tensor:
     return (x if wide else x.mT).to(g.dtype)
 
 
-def orthogonalize_all(updates: list[Tensor], batched: bool | None = None) -> list[Tensor]:
+def orthogonalize_all(updates: list[Tensor], dtype: torch.dtype = torch.float32,
+                      batched: bool | None = None) -> list[Tensor]:
     """`orthogonalize` of each update. On CUDA the same-shaped ones go through as one stack (a GPT's
     layers share four shapes, so 4 batched iterations instead of 4 per layer: far fewer kernel
     launches); elsewhere one by one, which the CPU runs as fast and which keeps its results.
     `batched` overrides that choice (tests)."""
     if not updates or not (updates[0].is_cuda if batched is None else batched):
-        return [orthogonalize(u) for u in updates]
+        return [orthogonalize(u, dtype=dtype) for u in updates]
     by_shape: dict[tuple, list[int]] = {}
     for i, u in enumerate(updates):
         by_shape.setdefault(tuple(u.shape), []).append(i)
     out: list[Tensor | None] = [None] * len(updates)
     for indices in by_shape.values():
-        for i, o in zip(indices, orthogonalize(torch.stack([updates[i] for i in indices])).unbind(0), strict=True):
+        stacked = orthogonalize(torch.stack([updates[i] for i in indices]), dtype=dtype)
+        for i, o in zip(indices, stacked.unbind(0), strict=True):
             out[i] = o
     return out
 
@@ -69,12 +83,14 @@ class Muon(torch.optim.Optimizer):
 
     Each step takes SGD momentum (Nesterov), orthogonalises the update with `orthogonalize`, and
     scales it by sqrt(max(1, rows / cols)) so tall matrices get an update of the same RMS per
-    entry. Weight decay is decoupled, as in AdamW: p <- p * (1 - lr * weight_decay).
+    entry. Weight decay is decoupled, as in AdamW: p <- p * (1 - lr * weight_decay). `ns_dtype` is what
+    the orthogonalisation computes in (newton_schulz_dtype).
     """
 
     def __init__(self, params, lr: float, momentum: float = MUON_MOMENTUM, weight_decay: float = 0.0,
-                 nesterov: bool = True):
+                 nesterov: bool = True, ns_dtype: torch.dtype = torch.float32):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -86,7 +102,7 @@ class Muon(torch.optim.Optimizer):
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf.mul_(momentum).add_(p.grad)
                 updates.append(p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf)
-            for p, update in zip(params, orthogonalize_all(updates), strict=True):
+            for p, update in zip(params, orthogonalize_all(updates, self.ns_dtype), strict=True):
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
                 p.mul_(1.0 - lr * group["weight_decay"])
                 p.add_(update, alpha=-lr * scale)
@@ -128,7 +144,8 @@ def build_optimizers(model: GPT, cfg: TrainConfig, device: torch.device) -> list
     # Muon's decoupled decay is multiplied by its own (much larger) lr; rescale it so the matrices
     # shrink by the same factor per step as under AdamW.
     muon_wd = cfg.weight_decay * cfg.learning_rate / cfg.muon_lr
-    muon = Muon([{"params": hidden, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr, weight_decay=muon_wd)
+    muon = Muon([{"params": hidden, "base_lr": cfg.muon_lr}], lr=cfg.muon_lr, weight_decay=muon_wd,
+                ns_dtype=newton_schulz_dtype(cfg, device))
     return [adamw, muon]
 
 

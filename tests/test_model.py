@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gothic.config import ModelConfig
+from gothic import optim
+from gothic.config import ModelConfig, TrainConfig
 from gothic.model import GPT, swiglu_hidden
 from gothic.optim import orthogonalize
 
@@ -200,18 +201,36 @@ def test_attention_dropout_false_keeps_dropout_out_of_the_attention_kernel(atten
     assert set(seen) == ({0.5} if attention_dropout else {0.0})
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(16, 64), (96, 24)])
-def test_newton_schulz_pushes_singular_values_towards_one(shape):
-    """Singular values spread over 30x come out in Muon's band of roughly [0.7, 1.2]."""
+def test_newton_schulz_pushes_singular_values_towards_one(shape, dtype):
+    """Singular values spread over 30x come out in Muon's band of roughly [0.7, 1.2], in fp32 and in
+    bf16 (what bf16 hardware computes it in), returned in the gradient's dtype."""
     torch.manual_seed(0)
     k = min(shape)
     u, _ = torch.linalg.qr(torch.randn(shape[0], k))  # (rows, k) orthonormal columns
     v, _ = torch.linalg.qr(torch.randn(shape[1], k))  # (cols, k)
     g = 5.0 * u @ torch.diag(torch.logspace(-1.5, 0, k)) @ v.T
-    out = orthogonalize(g)
+    out = orthogonalize(g, dtype=dtype)
     singular = torch.linalg.svdvals(out)
     assert out.shape == shape and out.dtype == g.dtype
     assert singular.min() > 0.6 and singular.max() < 1.25
+
+
+@pytest.mark.parametrize("device, dtype, bf16_units, expected", [
+    ("cuda", "float32", False, torch.bfloat16),
+    ("cpu", "bfloat16", True, torch.bfloat16),
+    ("cpu", "bfloat16", False, torch.float32),  # emulated bf16 is slower than fp32
+    ("cpu", "float32", True, torch.float32),  # a float32 run stays float32 throughout
+])
+def test_newton_schulz_runs_in_bf16_where_the_hardware_computes_it(monkeypatch, device, dtype, bf16_units, expected):
+    monkeypatch.setattr(optim, "cpu_has_bf16_units", lambda: bf16_units)
+    cfg = TrainConfig(optimizer="muon", dtype=dtype)
+    assert optim.newton_schulz_dtype(cfg, torch.device(device)) == expected
+    model = make_model(**VARIANTS["modern"])
+    if device == "cpu":
+        muon = optim.build_optimizers(model, cfg, torch.device(device))[1]
+        assert muon.ns_dtype == expected
 
 
 @pytest.mark.parametrize("variant", ["seed", "modern"])
