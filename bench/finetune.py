@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from quality import configs, parse_overrides
+from quality import PLAIN, configs, parse_overrides
 
 from gothic.config import EvaluateConfig, PrepareConfig
 from gothic.corpus import Source, clean_source, prepare
@@ -37,11 +37,13 @@ from common import RESULTS_DIR, report
 
 ROOT = Path(__file__).resolve().parent.parent
 # Fine-tuning recipes on top of the demo profile: the same schedule shape at lower peak rates (the seed's
-# table suggests far lower rates for fine-tuning; these measure how much lower pays on a few hundred KB).
+# table suggests far lower rates for fine-tuning; these measure how much lower pays on a few hundred KB),
+# with the cosine schedule, random windows and no weight average they were measured with (Makefile
+# FINETUNE_PARAMS).
 RECIPES = {
-    "demo": {},
-    "lr/3": {"train.learning_rate": 1.0e-3, "train.min_lr": 1.0e-4, "train.muon_lr": 0.0067},
-    "lr/10": {"train.learning_rate": 3.0e-4, "train.min_lr": 3.0e-5, "train.muon_lr": 0.002},
+    "demo": PLAIN,
+    "lr/3": {**PLAIN, "train.learning_rate": 1.0e-3, "train.min_lr": 1.0e-4, "train.muon_lr": 0.0067},
+    "lr/10": {**PLAIN, "train.learning_rate": 3.0e-4, "train.min_lr": 3.0e-5, "train.muon_lr": 0.002},
 }
 HEADING = re.compile(r"^(?:chapter|letter|book|part)\b[^\n]{0,60}$", re.IGNORECASE | re.MULTILINE)
 
@@ -144,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "gothic"))
     parser.add_argument("--new-author", default="shelley_frankenstein", help="the book (file stem) stage 2 learns")
-    parser.add_argument("--base-steps", type=int, default=600, help="stage 1 steps (the demo trains 900)")
+    parser.add_argument("--base-steps", type=int, default=600, help="stage 1 steps (the demo trains 1,200)")
     parser.add_argument("--steps", type=int, default=200, help="stage 2 steps, the same for every run")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",

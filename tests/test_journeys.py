@@ -125,22 +125,23 @@ def exp_ref(repo: Path, home: Path, name: str) -> str:
     return next(ref for ref in refs if ref.endswith(f"/{name}"))
 
 
-def demo_architecture(clone: Path, home: Path) -> dict[str, str]:
-    """The clone's Makefile DEMO_PARAMS model settings but the sizes, which stay TINY's: the demo's architecture."""
+def demo_recipe(clone: Path, home: Path) -> dict[str, str]:
+    """The clone's Makefile DEMO_PARAMS but the sizes and steps, which stay TINY's: the demo's architecture,
+    optimizer and data-limited toolbox (weight average, warmup-stable-decay, epochs of windows)."""
     words = sh(["make", "-s", "demo-params"], clone, home).stdout.split()
-    settings = dict(word.split("=", 1) for word in words if word.startswith("model."))
+    settings = dict(word.split("=", 1) for word in words if word.startswith(("model.", "train.")))
     return {key: value for key, value in settings.items() if key not in TINY}
 
 
 def make_demo(folder: Path) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """`make demo` in a new user's clone with no git identity, at the tiny sizes with the demo's architecture
+    """`make demo` in a new user's clone with no git identity, at the tiny sizes with the demo's recipe
     and both export formats: (the clone, its HOME, what make printed). Built once for the session (conftest's
     made_demo): the make-demo journey goes on from it, and the GGUF tests run its export in llama.cpp."""
     home = folder / "home"
     home.mkdir()
     clone = new_clone(folder / "gothic", home)
     assert sh(["git", "config", "user.email"], clone, home, ok=False).returncode != 0  # really no identity
-    demo_params = " ".join(f"-S {arg}" for arg in overrides(**demo_architecture(clone, home), **FULL_EXPORT)[1::2])
+    demo_params = " ".join(f"-S {arg}" for arg in overrides(**demo_recipe(clone, home), **FULL_EXPORT)[1::2])
     return clone, home, sh(["make", "demo", f"VENV={VENV}", f"DEMO_PARAMS={demo_params}"], clone, home)
 
 
@@ -151,7 +152,8 @@ def test_make_demo_then_chat_then_tests_without_a_git_identity(made_demo):
     assert "Ran experiment(s)" in out or "Experiment results" in out, out[-2000:]
     assert "No file hash info found" not in demo.stderr  # a first run has nothing to check out: no alarm about it
     assert (clone / "models" / "best.pt").is_file() and (clone / "samples" / "samples.md").is_file()
-    assert "n_layer: 1" in (clone / "params.yaml").read_text()  # the workspace holds the demo's values now
+    workspace_params = (clone / "params.yaml").read_text()  # the workspace holds the demo's values now
+    assert "n_layer: 1" in workspace_params and "schedule: wsd" in workspace_params
     assert not (home / ".gitconfig").exists() and "[user]" not in (clone / ".git" / "config").read_text()
 
     chat = sh(["make", "chat", f"VENV={VENV}"], clone, home, input="The castle\n/quit\n", timeout=120)
