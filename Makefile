@@ -27,12 +27,13 @@ RUN    := PATH="$(abspath $(BIN)):$$PATH"
 # screened corpora. The data-limited toolbox (a weight average, warmup-stable-decay, every window
 # once per pass) lowered them again in both, by 1.2-2.5% at ten minutes (two seeds each); wider or
 # deeper models, a longer context, a smaller vocabulary and dropout did not (bench/README.md,
-# bench/quality.py). 1,200 steps fill the ten minutes on the slowest CPU measured (an AMD Zen 4).
+# bench/quality.py). 1,000 steps keep make demo near ten minutes on both kinds of CPU: 7 minutes of
+# training with bf16 units, 9.6 without (426 and 576 ms a step on an AMD Zen 4, fp32 forced for the second).
 DEMO_PARAMS ?= -S model.n_layer=4 -S model.n_head=4 -S model.n_embd=256 -S model.block_size=256 \
 	-S model.pos_embedding=rope -S model.norm=rmsnorm -S model.qk_norm=true -S model.mlp=relu2 \
 	-S model.tie_embeddings=false -S model.bias=false \
 	-S train.optimizer=muon -S train.muon_lr=0.02 -S train.learning_rate=3.0e-3 -S train.min_lr=3.0e-4 \
-	-S train.batch_size=8 -S train.grad_accum=1 -S train.max_iters=1200 -S train.warmup_iters=60 \
+	-S train.batch_size=8 -S train.grad_accum=1 -S train.max_iters=1000 -S train.warmup_iters=50 \
 	-S train.weight_decay=1.0 -S train.eval_interval=150 -S train.eval_iters=10 \
 	-S train.ema=0.99 -S train.schedule=wsd -S train.decay_frac=0.3 -S train.sampling=epochs
 

@@ -146,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus" / "gothic"))
     parser.add_argument("--new-author", default="shelley_frankenstein", help="the book (file stem) stage 2 learns")
-    parser.add_argument("--base-steps", type=int, default=600, help="stage 1 steps (the demo trains 1,200)")
+    parser.add_argument("--base-steps", type=int, default=600, help="stage 1 steps (the demo trains 1,000)")
     parser.add_argument("--steps", type=int, default=200, help="stage 2 steps, the same for every run")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
