@@ -25,10 +25,11 @@ RUN    := PATH="$(abspath $(BIN)):$$PATH"
 # float32 on one without. Weight decay 1.0 (10x the seed's): a corpus of a few million tokens is
 # seen several times in ten minutes, and the stronger decay lowered held-out bits per byte in both
 # screened corpora. The data-limited toolbox (a weight average, warmup-stable-decay, every window
-# once per pass) lowered them again in both, by 1.2-2.5% at ten minutes (two seeds each); wider or
-# deeper models, a longer context, a smaller vocabulary and dropout did not (bench/README.md,
-# bench/quality.py). 1,000 steps keep make demo near ten minutes on both kinds of CPU: 7 minutes of
-# training with bf16 units, 9.6 without (426 and 576 ms a step on an AMD Zen 4, fp32 forced for the second).
+# once per pass) and Muon's bf16 step lowered them again in both, by 2.3% and 1.0% at ten minutes
+# (two seeds each); wider or deeper models, a longer context, a smaller vocabulary and dropout did
+# not (bench/README.md, bench/quality.py). 1,000 steps keep make demo near ten minutes on both kinds
+# of CPU: 7 minutes of training with bf16 units, 9.6 without (426 and 576 ms a step on an AMD Zen 4,
+# fp32 forced for the second).
 DEMO_PARAMS ?= -S model.n_layer=4 -S model.n_head=4 -S model.n_embd=256 -S model.block_size=256 \
 	-S model.pos_embedding=rope -S model.norm=rmsnorm -S model.qk_norm=true -S model.mlp=relu2 \
 	-S model.tie_embeddings=false -S model.bias=false \
